@@ -1,0 +1,46 @@
+"""The `dataplane` command.
+
+Each subcommand lives in its own module, which provides add_parser(subparsers)
+(registering itself and setting `run`) and run(args) -> int; this file only
+wires them together. Later commands (up, down, show) slot in next to bench,
+and later benchmark scenarios next to crypto in BENCH_SCENARIOS.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from dataplane import __version__
+from dataplane.bench import crypto as bench_crypto
+
+# `dataplane bench <scenario>`: one module per scenario.
+BENCH_SCENARIOS = (bench_crypto,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dataplane",
+        description="Kernel-bypass, WireGuard-compatible data plane for VPN exit nodes.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    bench = commands.add_parser("bench", help="measure performance on this machine",
+                                description="Measure performance on this machine.")
+    scenarios = bench.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
+    for scenario in BENCH_SCENARIOS:
+        scenario.add_parser(scenarios)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"dataplane {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

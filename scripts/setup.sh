@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Takes a fresh Debian 12 machine (as root) to a working install: system
+# packages, a virtualenv in .venv, and dataplane with its test and bench
+# extras. Safe to run again; it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    build-essential pkg-config python3 python3-venv python3-dev
+    libssl-dev openssl
+    clang llvm libbpf-dev libxdp-dev bpftool liburcu-dev
+    iproute2 wireguard-tools wireguard-go iperf3 tcpdump
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: installing system packages needs root (run as root or with sudo)" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # No recommends: wireguard-tools would pull a kernel image for its module.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+echo "setup: building and installing dataplane (native core included)"
+.venv/bin/python -m pip install -q -e '.[test,bench]'
+.venv/bin/python -c 'import dataplane.crypto as c; print("setup: ok; crypto implementations on this CPU:", ", ".join(c.implementations()))'
