@@ -48,7 +48,7 @@ def _buffer(name: str, value, writable: bool = False):
                         f"not {type(value).__name__}")
     try:
         return ffi.from_buffer("uint8_t[]", value, require_writable=writable)
-    except TypeError:
+    except (TypeError, BufferError):
         raise TypeError(f"{name} must be a writable buffer (bytearray or a writable "
                         f"memoryview), not {type(value).__name__}") from None
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import statistics
 import sys
@@ -128,22 +130,28 @@ def _run(args) -> int:
             raise BenchError(f"--batch {batch} is larger than one batch call takes, "
                              f"{lib.DP_AEAD_BATCH_MAX}")
 
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise BenchError(f"cannot write --json {args.json}: {folder} is not a writable "
+                             f"directory")
+
     machine = machine_info()
     groups = [(op, size, batch) for op in ops for size in sizes for batch in batches]
     per_measurement = seconds + min(seconds / 4, WARMUP_MAX_SECONDS)
     estimate = len(groups) * repeat * (len(impls) + 1) * per_measurement
     print(f"{_machine_line(machine)}\n"
-          f"measuring {len(groups) * len(impls)} rows ({', '.join(impls.values())} and OpenSSL, "
-          f"{repeat} x {seconds:g} s each), about {estimate:.0f} s",
+          f"measuring {len(groups) * len(impls)} row(s) ({', '.join(impls.values())} and OpenSSL, "
+          f"{repeat} x {seconds:g} s each), about {math.ceil(estimate)} s",
           file=sys.stderr, flush=True)
 
-    rows = []
+    rows, total = [], len(groups) * len(impls)
     for op, size, batch in groups:
         for row in measure_group(impls, op, size, batch, seconds, repeat):
             row["machine"] = machine
             rows.append(row)
-            print(f"[{len(rows):{len(str(len(groups) * len(impls)))}}/"
-                  f"{len(groups) * len(impls)}] {_row_line(row)}", file=sys.stderr, flush=True)
+            print(f"[{len(rows):{len(str(total))}}/{total}] {_row_line(row)}",
+                  file=sys.stderr, flush=True)
 
     if args.json:
         try:
