@@ -12,13 +12,12 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE = ROOT / "native"
 
-# Headers whose declarations form the Python-visible API, in order.
-CDEF_HEADERS = [
-    NATIVE / "crypto" / "dp_crypto.h",
-    NATIVE / "crypto" / "dp_crypto_testing.h",
-    NATIVE / "bench" / "dp_bench.h",
-]
-SOURCE_DIRS = [NATIVE / "crypto", NATIVE / "bench"]
+# The Python-visible API: every native/<part>/dp_*.h, each self-contained
+# (it may use only standard C types and its own declarations). The crypto
+# header goes first so that others may use its constants.
+CDEF_HEADERS = sorted(NATIVE.glob("*/dp_*.h"), key=lambda p: (p.parent.name != "crypto", str(p)))
+SOURCES = sorted(NATIVE.glob("*/*.c"))
+INCLUDE_DIRS = sorted({str(p.parent) for p in CDEF_HEADERS} | {str(ROOT)})
 
 _DEFINE_INT = re.compile(r"^#define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*$")
 
@@ -54,12 +53,11 @@ def compile_flags() -> list:
 ffibuilder = FFI()
 ffibuilder.cdef("\n".join(cdef_from_header(h) for h in CDEF_HEADERS))
 
-_sources = sorted(str(p.relative_to(ROOT)) for d in SOURCE_DIRS for p in d.glob("*.c"))
 ffibuilder.set_source(
     "dataplane._native",
     "\n".join(f'#include "{h.relative_to(ROOT)}"' for h in CDEF_HEADERS),
-    sources=_sources,
-    include_dirs=[str(ROOT), str(NATIVE / "crypto")],
+    sources=[str(p.relative_to(ROOT)) for p in SOURCES],
+    include_dirs=INCLUDE_DIRS,
     extra_compile_args=compile_flags(),
     libraries=["crypto"],
 )
