@@ -19,7 +19,7 @@ CDEF_HEADERS = sorted(NATIVE.glob("*/dp_*.h"), key=lambda p: (p.parent.name != "
 SOURCES = sorted(NATIVE.glob("*/*.c"))
 INCLUDE_DIRS = sorted({str(p.parent) for p in CDEF_HEADERS} | {str(ROOT)})
 
-_DEFINE_INT = re.compile(r"^#define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*$")
+_DEFINE_INT = re.compile(r"^#define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*(/\*.*\*/)?\s*$")
 
 
 def cdef_from_header(path: Path) -> str:

@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module, which provides add_parser(subparsers)
 (registering itself and setting `run`) and run(args) -> int; this file only
-wires them together. Later commands (up, down, show) slot in next to bench,
+wires them together: up/down/show (dataplane.commands) and bench,
 and later benchmark scenarios next to crypto in BENCH_SCENARIOS.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 from dataplane import __version__
+from dataplane import commands as operator_commands
 from dataplane.bench import crypto as bench_crypto
 
 # `dataplane bench <scenario>`: one module per scenario.
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    operator_commands.add_parsers(commands)
     bench = commands.add_parser("bench", help="measure performance on this machine",
                                 description="Measure performance on this machine.")
     scenarios = bench.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)

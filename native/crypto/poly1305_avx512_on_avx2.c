@@ -5,7 +5,7 @@
 
 #define PL_LANES 8
 #define PL_FN dp_poly1305_jobs_avx512_on_avx2
-#define PL_SPLIT_CARRY 1
+#define PL_SPLIT8 1
 #define PL_VMUL32(a, b)                                                     \
     ({                                                                      \
         pl_v a_ = (a), b_ = (b);                                            \

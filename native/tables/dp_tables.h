@@ -67,8 +67,8 @@ int dp_replay_check(struct dp_replay *r, uint64_t counter);
  *   list_peer, reclaim) must be serialised by the caller (the Python control
  *   plane holds one lock per table). Lookups from the writer thread are
  *   always safe.
- * - Readers (worker threads) call only dp_allowedips_lookup, and take no
- *   lock. A lookup concurrent with a change sees the table either before or
+ * - Readers (worker threads) call only dp_allowedips_lookup(_batch) and the
+ *   reader_* calls below, and take no lock. A lookup concurrent with a change sees the table either before or
  *   after each single-prefix change, never a broken trie: the writer builds
  *   new nodes fully and then publishes them with one release store. A
  *   remove_peer is a sequence of single-prefix removals; a concurrent lookup
@@ -124,6 +124,12 @@ int64_t dp_allowedips_remove_peer(struct dp_allowedips *t, uint32_t peer_id);
  * bytes at addr. Reader-safe, lock-free, allocation-free. */
 uint32_t dp_allowedips_lookup(const struct dp_allowedips *t, int family,
                               const uint8_t *addr);
+
+/* The same for n addresses of one family: peers[i] receives the lookup of
+ * addrs[i] (DP_PEER_NONE for a NULL addrs[i]). Returns 0, or -error (then
+ * peers is untouched). Reader-safe like dp_allowedips_lookup. */
+int dp_allowedips_lookup_batch(const struct dp_allowedips *t, int family,
+                               const uint8_t *const *addrs, uint32_t *peers, size_t n);
 
 /* Number of prefixes of one family, or of both with family 0; -error. */
 int64_t dp_allowedips_count(const struct dp_allowedips *t, int family);

@@ -1,0 +1,150 @@
+"""`dataplane up`, `down` and `show`: the operator's commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from dataplane import uapi
+from dataplane.daemon import RUN_DIR, UAPI_DIR, run_up
+
+
+def add_parsers(commands) -> None:
+    up = commands.add_parser("up", help="bring an interface up from a wg-quick style file and "
+                                        "serve it in the foreground",
+                             description="Bring an interface up from CONFIG (wg-quick format "
+                                         "plus [DataPlane]) and serve it until SIGTERM/SIGINT. "
+                                         "The interface is named after the file.")
+    up.add_argument("config", help="path to NAME.conf")
+    up.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    up.set_defaults(run=_up)
+
+    down = commands.add_parser("down", help="stop the daemon serving NAME",
+                               description="Stop the daemon serving NAME; it removes the "
+                                           "interface and its routes and wipes its keys.")
+    down.add_argument("name")
+    down.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    down.set_defaults(run=_down)
+
+    show = commands.add_parser("show", help="show interfaces, peers and drop counters",
+                               description="Show what `wg show` shows, plus the backend and "
+                                           "the drop counters of our interfaces.")
+    show.add_argument("name", nargs="?", help="one interface (default: all of ours)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(run=_show)
+
+
+def _up(args) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="dataplane: %(message)s", stream=sys.stderr)
+    if os.geteuid() != 0:
+        print("dataplane up: needs root (CAP_NET_ADMIN) to create the interface",
+              file=sys.stderr)
+        return 1
+    return run_up(args.config)
+
+
+def _pid_of(name: str) -> int:
+    try:
+        return int((RUN_DIR / f"{name}.pid").read_text())
+    except (OSError, ValueError):
+        raise SystemExit(f"dataplane: {name} is not up (no {RUN_DIR}/{name}.pid)") from None
+
+
+def _down(args) -> int:
+    pid = _pid_of(args.name)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"dataplane down: {args.name}: its daemon (pid {pid}) is gone", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists():
+            print(f"{args.name} is down")
+            return 0
+        time.sleep(0.05)
+    print(f"dataplane down: {args.name}: pid {pid} still running after {args.timeout}s",
+          file=sys.stderr)
+    return 1
+
+
+def _request(path: Path, text: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(text.encode())
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+            if text and b"".join(chunks).endswith(b"\n\n"):
+                break
+    return b"".join(chunks).decode()
+
+
+def interface_status(name: str) -> dict:
+    """`wg`'s view (UAPI get) and ours (the status socket) of one interface."""
+    state = uapi.parse_get(_request(UAPI_DIR / f"{name}.sock", "get=1\n\n"))
+    ours = json.loads(_request(RUN_DIR / f"{name}.status.sock", "") or "{}")
+    return {"state": state, "status": ours}
+
+
+def _ago(ns: int) -> str:
+    if not ns:
+        return "never"
+    s = int(time.time() - ns / 1e9)
+    return f"{s} second{'s' if s != 1 else ''} ago"
+
+
+def _show(args) -> int:
+    names = [args.name] if args.name else sorted(
+        p.name[:-len(".pid")] for p in RUN_DIR.glob("*.pid")) if RUN_DIR.exists() else []
+    if not names:
+        print("no dataplane interfaces are up")
+        return 0
+    out = {}
+    for name in names:
+        try:
+            out[name] = interface_status(name)
+        except (OSError, uapi.UapiError, ValueError) as e:
+            print(f"dataplane show: {name}: {e}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps({n: {"listen_port": v["state"].listen_port,
+                              "peers": [{"public_key": str(p.public_key),
+                                         "endpoint": str(p.endpoint) if p.endpoint else None,
+                                         "allowed_ips": [str(a) for a in p.allowed_ips],
+                                         "latest_handshake_ns": p.last_handshake_ns,
+                                         "rx_bytes": p.rx_bytes, "tx_bytes": p.tx_bytes}
+                                        for p in v["state"].peers],
+                              **v["status"]} for n, v in out.items()}, indent=2))
+        return 0
+    for name, v in out.items():
+        st, ours = v["state"], v["status"]
+        print(f"interface: {name}")
+        if st.private_key is not None:
+            print(f"  public key: {st.private_key.public_key()}")
+        print(f"  listening port: {st.listen_port}")
+        print(f"  backend: {ours.get('backend', '?')}")
+        drops = {k: n for k, n in ours.get("drops", {}).items() if n}
+        print(f"  drops: {', '.join(f'{k} {n}' for k, n in drops.items()) or 'none'}")
+        for p in st.peers:
+            print(f"\npeer: {p.public_key}")
+            if p.endpoint:
+                print(f"  endpoint: {p.endpoint}")
+            print(f"  allowed ips: {', '.join(map(str, p.allowed_ips)) or '(none)'}")
+            print(f"  latest handshake: {_ago(p.last_handshake_ns)}")
+            print(f"  transfer: {p.rx_bytes} B received, {p.tx_bytes} B sent")
+            if p.persistent_keepalive_interval:
+                print(f"  persistent keepalive: every {p.persistent_keepalive_interval} seconds")
+        print()
+    return 0

@@ -1,0 +1,410 @@
+"""`dataplane up`: bring an interface up from a config file and serve it in
+the foreground (systemd-friendly) until SIGTERM/SIGINT, then take it down:
+interface and routes removed, keys wiped.
+
+Layout on the machine:
+  /var/run/wireguard/NAME.sock   the WireGuard UAPI (mode 0600), for `wg`
+  /run/dataplane/NAME.pid        our pid, for `dataplane down NAME`
+  /run/dataplane/NAME.status.sock  our own figures as JSON (mode 0600), for
+                                 `dataplane show`
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+from typing import Optional
+
+from pyroute2 import IPRoute
+
+from dataplane import config as cfg
+from dataplane import uapi
+from dataplane.device import Device, DROP_REASONS, Endpoint
+from dataplane.interface import DEFAULT_MTU, MAX_PEERS, Interface, Peer, resolve
+from dataplane.keys import PresharedKey
+from dataplane.tun import open_tun
+
+log = logging.getLogger("dataplane")
+
+UAPI_DIR = Path("/var/run/wireguard")
+RUN_DIR = Path("/run/dataplane")
+TICK_SECONDS = 0.25
+
+
+class UpError(Exception):
+    """The interface could not come up; nothing was left behind."""
+
+
+# ---------------------------------------------------------------- sockets
+
+def open_udp(port: int) -> tuple[socket.socket, Optional[socket.socket]]:
+    """UDP sockets on `port` (0: a random one) for IPv4 and, where the
+    machine has IPv6, IPv6 (v6-only, same port)."""
+    s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s4.bind(("0.0.0.0", port))
+    except OSError as e:
+        s4.close()
+        raise UpError(f"cannot listen on UDP port {port}: {e.strerror}") from None
+    port = s4.getsockname()[1]
+    try:
+        s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s6.bind(("::", port))
+    except OSError:
+        s6 = None  # no IPv6 here: IPv4 alone
+    for s in (s4, s6):
+        if s is not None:
+            s.setblocking(False)
+    return s4, s6
+
+
+def uapi_socket_in_use(path: Path) -> bool:
+    if not path.exists():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+# ---------------------------------------------------------------- the daemon
+
+class Daemon:
+    def __init__(self, conf: cfg.Config):
+        self.conf = conf
+        self.name = conf.name
+        self.iface: Optional[Interface] = None
+        self.sockets: tuple = ()
+        self.uapi_path = UAPI_DIR / f"{self.name}.sock"
+        self.pid_path = RUN_DIR / f"{self.name}.pid"
+        self.status_path = RUN_DIR / f"{self.name}.status.sock"
+        self.backend = "socket"
+        self._server: Optional[asyncio.AbstractServer] = None
+        self._status_server: Optional[asyncio.AbstractServer] = None
+        self._stop: Optional[asyncio.Event] = None
+
+    # -- bring up / down
+
+    def up(self) -> None:
+        """Everything or nothing: on failure what was done is undone."""
+        conf = self.conf
+        if conf.dataplane.backend == "xdp":
+            raise UpError("Backend = xdp: the XDP backend is not in this version yet; "
+                          "use Backend = socket or auto")
+        self.backend = "socket"
+        if conf.dataplane.backend == "auto":
+            log.info("backend: socket (the XDP backend is not in this version yet)")
+        if uapi_socket_in_use(self.uapi_path):
+            raise UpError(f"{self.name} is already up (its UAPI socket answers)")
+        mtu = conf.interface.mtu or DEFAULT_MTU
+        try:
+            with IPRoute() as ipr:
+                if ipr.link_lookup(ifname=self.name):
+                    raise UpError(f"an interface named {self.name} already exists")
+            s4, s6 = open_udp(conf.interface.listen_port or 0)
+            self.sockets = (s4, s6)
+            tun_fd = open_tun(self.name)
+            device = Device(tun_fd, os.dup(s4.fileno()), os.dup(s6.fileno()) if s6 else -1, mtu,
+                            max_peers=MAX_PEERS)
+            self.iface = Interface(self.name, conf.interface.private_key, device,
+                                   s4.getsockname()[1])
+            self._apply_fwmark(conf.interface.fwmark)
+            for pc in conf.peers:
+                self._configure_peer(pc)
+            self._configure_link(mtu)
+            device.start()
+        except BaseException:
+            self.down()
+            raise
+        log.info("%s is up: listening on UDP port %d, %d peer(s), backend %s",
+                 self.name, self.iface.listen_port, len(conf.peers), self.backend)
+
+    def _configure_peer(self, pc: cfg.PeerConfig) -> Peer:
+        iface = self.iface
+        peer = iface.add_peer(pc.public_key)
+        peer.preshared_key = pc.preshared_key
+        peer.persistent_keepalive = pc.persistent_keepalive
+        iface.replace_allowed_ips(peer, pc.allowed_ips)
+        if pc.endpoint is not None:
+            iface.set_endpoint(peer, resolve(pc.endpoint))
+        return peer
+
+    def _configure_link(self, mtu: int) -> None:
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=self.name)[0]
+            ipr.link("set", index=idx, mtu=mtu)
+            for addr in self.conf.interface.addresses:
+                ipr.addr("add", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+            ipr.link("set", index=idx, state="up")
+        self.sync_routes()
+
+    def sync_routes(self) -> None:
+        """A route into the interface for every peer's allowed IPs, as
+        wg-quick adds them (default routes are left to the operator)."""
+        if self.iface is None:
+            return
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=self.name)
+            if not found:
+                return
+            idx = found[0]
+            have = set()
+            for r in ipr.get_routes(oif=idx):
+                if r.get("proto") == 3 and r.get("dst_len") is not None:  # RTPROT_BOOT: ours
+                    dst = r.get_attr("RTA_DST")
+                    if dst:
+                        have.add(ipaddress.ip_network(f"{dst}/{r['dst_len']}"))
+            want = set()
+            for peer in self.iface.peers.values():
+                for net in self.iface.device.allowed_ips(peer.id):
+                    if net.prefixlen == 0:
+                        log.warning("%s: not adding a default route for a peer; route it "
+                                    "yourself", self.name)
+                        continue
+                    want.add(net)
+            for net in want - have:
+                try:
+                    ipr.route("add", dst=str(net), oif=idx, proto=3)
+                except Exception as e:  # noqa: BLE001 - e.g. the route exists already
+                    if "exists" not in str(e).lower():
+                        log.warning("%s: cannot add a route for %s: %s", self.name, net, e)
+            for net in have - want:
+                try:
+                    ipr.route("del", dst=str(net), oif=idx)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def _apply_fwmark(self, mark: int) -> None:
+        for s in self.sockets:
+            if s is not None:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        if self.iface:
+            self.iface.fwmark = mark
+
+    def down(self) -> None:
+        if self.iface is not None:
+            self.iface.device.stop()
+            self.iface.device.close()  # wipes keys; closing the TUN removes the link and routes
+            if self.iface.private_key is not None:
+                self.iface.private_key.wipe()
+            self.iface = None
+        for s in self.sockets:
+            if s is not None:
+                s.close()
+        self.sockets = ()
+        for path in (self.uapi_path, self.pid_path, self.status_path):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- serving
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        UAPI_DIR.mkdir(parents=True, exist_ok=True)
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        for path in (self.uapi_path, self.status_path):
+            if path.exists():
+                path.unlink()  # stale: up() checked that nobody answers
+        old = os.umask(0o077)
+        try:
+            self._server = await asyncio.start_unix_server(self._uapi_client, str(self.uapi_path))
+            self._status_server = await asyncio.start_unix_server(self._status_client,
+                                                                  str(self.status_path))
+        finally:
+            os.umask(old)
+        for path in (self.uapi_path, self.status_path):
+            os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        self.pid_path.write_text(f"{os.getpid()}\n")
+        loop.add_reader(self.iface.device.event_fd, self._on_events)
+        ticker = asyncio.create_task(self._ticker())
+        try:
+            await self._stop.wait()
+        finally:
+            ticker.cancel()
+            loop.remove_reader(self.iface.device.event_fd)
+            self._server.close()
+            self._status_server.close()
+            log.info("%s: going down", self.name)
+
+    def _on_events(self) -> None:
+        try:
+            self.iface.handle_events()
+        except Exception:  # noqa: BLE001 - one bad event must not stop the daemon
+            log.exception("%s: error while handling events", self.name)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                self.iface.tick()
+            except Exception:  # noqa: BLE001
+                log.exception("%s: error in the timer tick", self.name)
+
+    async def _status_client(self, reader, writer) -> None:
+        writer.write(json.dumps(self.status()).encode())
+        await writer.drain()
+        writer.close()
+
+    # -- UAPI
+
+    async def _uapi_client(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        framer = uapi.RequestReader()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    framer.close()
+                    break
+                try:
+                    requests = framer.feed(data)
+                except uapi.UapiError as e:
+                    writer.write(e.response().encode())
+                    break
+                for req in requests:
+                    writer.write(self.uapi_request(req).encode())
+                await writer.drain()
+        except (uapi.UapiError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def uapi_request(self, req: uapi.Request) -> str:
+        try:
+            if req.operation == "get":
+                return uapi.format_get(self.device_state())
+            self.apply_set(uapi.parse_set(req.lines))
+            return uapi.format_status(0)
+        except uapi.UapiError as e:
+            log.info("%s: UAPI request refused: %s", self.name, e)
+            return e.response()
+        except (ValueError, OSError) as e:
+            log.info("%s: UAPI request failed: %s", self.name, e)
+            return uapi.format_status(getattr(e, "errno", None) or uapi.EINVAL)
+
+    def device_state(self) -> uapi.DeviceState:
+        iface = self.iface
+        peers = []
+        for peer in iface.peers.values():
+            st = iface.stats(peer)
+            ep = iface.device.endpoint(peer.id)
+            peers.append(uapi.PeerState(
+                public_key=peer.public_key, preshared_key=peer.preshared_key,
+                endpoint=cfg.Endpoint(str(ep.address), ep.port) if ep else None,
+                last_handshake_ns=peer.last_handshake_wall_ns, tx_bytes=st.tx_bytes,
+                rx_bytes=st.rx_bytes, persistent_keepalive_interval=peer.persistent_keepalive,
+                allowed_ips=tuple(iface.device.allowed_ips(peer.id))))
+        return uapi.DeviceState(private_key=iface.private_key, listen_port=iface.listen_port,
+                                fwmark=iface.fwmark, peers=tuple(peers))
+
+    def apply_set(self, ops: list) -> None:
+        """Apply a parsed `set`; it was checked whole before (parse_set)."""
+        iface = self.iface
+        routes_changed = False
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            if isinstance(op, uapi.SetPrivateKey):
+                iface.set_private_key(op.private_key)
+            elif isinstance(op, uapi.SetListenPort):
+                self._set_listen_port(op.port)
+            elif isinstance(op, uapi.SetFwmark):
+                self._apply_fwmark(op.fwmark)
+            elif isinstance(op, uapi.ReplacePeers):
+                for key in list(iface.peers):
+                    iface.remove_peer(key)
+                routes_changed = True
+            elif isinstance(op, uapi.SelectPeer):
+                j = i + 1
+                while j < len(ops) and not isinstance(ops[j], uapi.SelectPeer):
+                    j += 1
+                routes_changed |= self._apply_peer(op.public_key, ops[i + 1:j])
+                i = j
+                continue
+            i += 1
+        if routes_changed:
+            self.sync_routes()
+
+    def _apply_peer(self, key, ops: list) -> bool:
+        iface = self.iface
+        if any(isinstance(op, uapi.RemovePeer) for op in ops):
+            iface.remove_peer(key)
+            return True
+        if any(isinstance(op, uapi.UpdateOnly) for op in ops) and key not in iface.peers:
+            return False
+        if iface.private_key is not None and key == iface.private_key.public_key():
+            return False  # our own key: wireguard-go skips such a peer as well
+        peer = iface.add_peer(key)
+        changed = False
+        for op in ops:
+            if isinstance(op, uapi.SetPresharedKey):
+                peer.preshared_key = op.preshared_key
+            elif isinstance(op, uapi.SetEndpoint):
+                iface.set_endpoint(peer, resolve(op.endpoint))
+            elif isinstance(op, uapi.SetPersistentKeepalive):
+                was = peer.persistent_keepalive
+                peer.persistent_keepalive = op.interval
+                if op.interval and not was and not iface.device.keepalive(peer.id):
+                    iface.initiate(peer)
+            elif isinstance(op, uapi.ReplaceAllowedIPs):
+                iface.device.allowed_ips_remove_peer(peer.id)
+                changed = True
+            elif isinstance(op, uapi.AddAllowedIP):
+                iface.add_allowed_ip(peer, op.network)
+                changed = True
+        return changed
+
+    def _set_listen_port(self, port: int) -> None:
+        if port and port == self.iface.listen_port:
+            return
+        s4, s6 = open_udp(port)
+        self.iface.device.set_udp(os.dup(s4.fileno()), os.dup(s6.fileno()) if s6 else -1)
+        for s in self.sockets:
+            if s is not None:
+                s.close()
+        self.sockets = (s4, s6)
+        self.iface.listen_port = s4.getsockname()[1]
+        self._apply_fwmark(self.iface.fwmark)
+
+    def status(self) -> dict:
+        """Our own figures beyond what `wg` shows (for `dataplane show`)."""
+        return {"backend": self.backend, "drops": self.iface.device.drops(),
+                "handshake": dict(self.iface.counters)}
+
+
+def run_up(path: str) -> int:
+    try:
+        conf = cfg.load_config(path)
+    except (cfg.ConfigError, OSError) as e:
+        log.error("%s", e)
+        return 1
+    for warning in conf.warnings:
+        log.warning("%s", warning)
+    daemon = Daemon(conf)
+    try:
+        daemon.up()
+    except (UpError, OSError) as e:
+        log.error("%s: cannot bring the interface up: %s", conf.name, e)
+        return 1
+    try:
+        asyncio.run(daemon.serve())
+    finally:
+        daemon.down()
+        log.info("%s is down", conf.name)
+    return 0

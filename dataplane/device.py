@@ -1,0 +1,295 @@
+"""Bindings of the native device (native/wg/dp_device.h): argument checks,
+C error codes turned into exceptions, Python types in and out. Policy
+(handshakes, timers) lives in dataplane.interface; this layer only moves
+tables and events across."""
+from __future__ import annotations
+
+import errno as errno_mod
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from dataplane._native import ffi, lib
+
+BURST: int = lib.DP_DEVICE_BURST
+PEER_NONE: int = lib.DP_PEER_NONE
+
+DROP_REASONS = {
+    lib.DP_DROP_MALFORMED: "malformed",
+    lib.DP_DROP_UNKNOWN_INDEX: "unknown_index",
+    lib.DP_DROP_BAD_MAC: "bad_mac",
+    lib.DP_DROP_REPLAY: "replay",
+    lib.DP_DROP_EXPIRED_KEY: "expired_key",
+    lib.DP_DROP_NOT_ALLOWED: "not_allowed",
+    lib.DP_DROP_INNER_MALFORMED: "inner_malformed",
+    lib.DP_DROP_NO_ROUTE: "no_route",
+    lib.DP_DROP_NO_ENDPOINT: "no_endpoint",
+    lib.DP_DROP_STAGED_FULL: "staged_full",
+    lib.DP_DROP_EVENTS_FULL: "events_full",
+    lib.DP_DROP_TOO_BIG: "too_big",
+    lib.DP_DROP_SEND_FAILED: "send_failed",
+}
+assert len(DROP_REASONS) == lib.DP_DROP_COUNT
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+class DeviceError(OSError):
+    pass
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        raise DeviceError(-rc, f"{what}: {os.strerror(-rc)}")
+    return rc
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: IPAddress
+    port: int
+    scope_id: int = 0
+
+    def __str__(self) -> str:
+        if self.address.version == 6:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+
+def endpoint_to_c(ep: Optional[Endpoint]):
+    c = ffi.new("struct dp_endpoint *")
+    if ep is None:
+        c.family = lib.DP_ENDPOINT_NONE
+        return c
+    if not 0 < ep.port < 65536:
+        raise ValueError(f"endpoint port must be 1..65535, got {ep.port}")
+    addr = ep.address
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    c.family = addr.version
+    c.port = ep.port
+    c.scope_id = ep.scope_id
+    ffi.memmove(c.addr, addr.packed, len(addr.packed))
+    return c
+
+
+def endpoint_from_c(c) -> Optional[Endpoint]:
+    if c.family == lib.DP_ENDPOINT_IPV4:
+        return Endpoint(ipaddress.IPv4Address(bytes(c.addr[0:4])), c.port)
+    if c.family == lib.DP_ENDPOINT_IPV6:
+        return Endpoint(ipaddress.IPv6Address(bytes(c.addr[0:16])), c.port, c.scope_id)
+    return None
+
+
+@dataclass(frozen=True)
+class Event:
+    type: int
+    peer_id: int
+    local_index: int
+    data: bytes
+    endpoint: Optional[Endpoint]
+
+
+@dataclass(frozen=True)
+class PeerStats:
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    last_rx_ns: int
+    last_rx_data_ns: int
+    last_tx_ns: int
+    last_tx_data_ns: int
+    current_created_ns: int
+    current_send_counter: int
+    current_local_index: int
+    current_is_initiator: bool
+    staged: int
+    keypairs: int
+
+
+class Device:
+    """One native device. It owns the fds given to it from construction on
+    (also when construction fails)."""
+
+    def __init__(self, tun_fd: int, udp4_fd: int, udp6_fd: int, mtu: int, max_peers: int = 1024,
+                 keypair_slots_log2: int = 12, event_ring_log2: int = 10):
+        cfg = ffi.new("struct dp_device_config *")
+        cfg.tun_fd, cfg.udp4_fd, cfg.udp6_fd = tun_fd, udp4_fd, udp6_fd
+        cfg.mtu, cfg.max_peers = mtu, max_peers
+        cfg.keypair_slots_log2, cfg.event_ring_log2 = keypair_slots_log2, event_ring_log2
+        ptr = lib.dp_device_new(cfg)
+        if ptr == ffi.NULL:
+            err = ffi.errno or errno_mod.ENOMEM
+            for fd in (tun_fd, udp4_fd, udp6_fd):
+                if fd >= 0:
+                    os.close(fd)
+            raise DeviceError(err, f"cannot create the device: {os.strerror(err)}")
+        self._d = ptr
+        self.max_peers = max_peers
+        self._aip = lib.dp_device_allowedips(ptr)
+        self._events = ffi.new("struct dp_event[]", 64)
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        _check(lib.dp_device_start(self._dev), "start")
+
+    def stop(self) -> None:
+        lib.dp_device_stop(self._dev)
+
+    def close(self) -> None:
+        if self._d is not None:
+            lib.dp_device_free(self._d)
+            self._d = None
+
+    @property
+    def _dev(self):
+        if self._d is None:
+            raise DeviceError(errno_mod.EBADF, "the device is closed")
+        return self._d
+
+    def __enter__(self) -> "Device":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- events
+
+    @property
+    def event_fd(self) -> int:
+        return lib.dp_device_event_fd(self._dev)
+
+    def events(self) -> list[Event]:
+        out = []
+        while True:
+            n = lib.dp_device_events(self._dev, self._events, len(self._events))
+            for i in range(n):
+                e = self._events[i]
+                out.append(Event(e.type, e.peer_id, e.local_index, bytes(e.data[0:e.len]),
+                                 endpoint_from_c(e.endpoint)))
+            if n < len(self._events):
+                return out
+
+    def event_load(self) -> float:
+        """How full the event ring is, 0..1: the control plane's load."""
+        return lib.dp_device_event_backlog(self._dev) / lib.dp_device_event_capacity(self._dev)
+
+    # -- peers
+
+    def peer_add(self, peer_id: int) -> None:
+        _check(lib.dp_device_peer_add(self._dev, peer_id), f"add peer {peer_id}")
+
+    def peer_remove(self, peer_id: int) -> None:
+        _check(lib.dp_device_peer_remove(self._dev, peer_id), f"remove peer {peer_id}")
+
+    def set_endpoint(self, peer_id: int, ep: Optional[Endpoint]) -> None:
+        _check(lib.dp_device_peer_set_endpoint(self._dev, peer_id, endpoint_to_c(ep)),
+               f"set the endpoint of peer {peer_id}")
+
+    def endpoint(self, peer_id: int) -> Optional[Endpoint]:
+        c = ffi.new("struct dp_endpoint *")
+        _check(lib.dp_device_peer_get_endpoint(self._dev, peer_id, c),
+               f"endpoint of peer {peer_id}")
+        return endpoint_from_c(c)
+
+    def stats(self, peer_id: int) -> PeerStats:
+        c = ffi.new("struct dp_peer_stats *")
+        _check(lib.dp_device_peer_stats(self._dev, peer_id, c), f"stats of peer {peer_id}")
+        return PeerStats(c.rx_bytes, c.tx_bytes, c.rx_packets, c.tx_packets, c.last_rx_ns,
+                         c.last_rx_data_ns, c.last_tx_ns, c.last_tx_data_ns, c.current_created_ns,
+                         c.current_send_counter, c.current_local_index,
+                         bool(c.current_is_initiator), c.staged, c.keypairs)
+
+    def clear_keypairs(self, peer_id: int) -> None:
+        _check(lib.dp_device_peer_clear_keypairs(self._dev, peer_id),
+               f"clear the keys of peer {peer_id}")
+
+    def rearm(self, peer_id: int) -> None:
+        _check(lib.dp_device_peer_rearm(self._dev, peer_id), f"rearm peer {peer_id}")
+
+    def keepalive(self, peer_id: int) -> bool:
+        """Sends a keepalive; False when the peer has no keypair to send with."""
+        rc = lib.dp_device_peer_keepalive(self._dev, peer_id)
+        if rc in (-errno_mod.ENOKEY, -errno_mod.EDESTADDRREQ):
+            return False
+        _check(rc, f"keepalive to peer {peer_id}")
+        return True
+
+    # -- allowed IPs
+
+    def allowed_ip_add(self, peer_id: int, net: IPNetwork) -> None:
+        _check(lib.dp_allowedips_insert(self._aip, net.version, net.network_address.packed,
+                                        net.prefixlen, peer_id), f"allowed IP {net}")
+
+    def allowed_ip_remove(self, net: IPNetwork) -> bool:
+        return _check(lib.dp_allowedips_remove(self._aip, net.version,
+                                               net.network_address.packed, net.prefixlen),
+                      f"remove allowed IP {net}") == 1
+
+    def allowed_ips_remove_peer(self, peer_id: int) -> int:
+        return _check(lib.dp_allowedips_remove_peer(self._aip, peer_id),
+                      f"remove the allowed IPs of peer {peer_id}")
+
+    def allowed_ips(self, peer_id: int) -> list[IPNetwork]:
+        n = _check(lib.dp_allowedips_list_peer(self._aip, peer_id, ffi.NULL, 0), "list")
+        buf = ffi.new("struct dp_allowedips_entry[]", max(n, 1))
+        n = _check(lib.dp_allowedips_list_peer(self._aip, peer_id, buf, n), "list")
+        out = []
+        for e in buf[0:n]:
+            size = 4 if e.family == lib.DP_FAMILY_IPV4 else 16
+            out.append(ipaddress.ip_network((bytes(e.addr[0:size]), e.cidr)))
+        return out
+
+    def lookup(self, addr: IPAddress) -> Optional[int]:
+        peer = lib.dp_allowedips_lookup(self._aip, addr.version, addr.packed)
+        return None if peer == PEER_NONE else peer
+
+    # -- keypairs
+
+    def index_reserve(self) -> int:
+        return _check(lib.dp_device_index_reserve(self._dev), "reserve a receiver index")
+
+    def index_release(self, index: int) -> None:
+        lib.dp_device_index_release(self._dev, index)
+
+    def keypair_install(self, peer_id: int, local_index: int, remote_index: int,
+                        send_key: bytes, recv_key: bytes, is_initiator: bool,
+                        created_ns: int) -> None:
+        p = ffi.new("struct dp_keypair_params *")
+        p.peer_id, p.local_index, p.remote_index = peer_id, local_index, remote_index
+        p.is_initiator, p.created_ns = int(is_initiator), created_ns
+        ffi.memmove(p.send_key, send_key, 32)
+        ffi.memmove(p.recv_key, recv_key, 32)
+        try:
+            _check(lib.dp_device_keypair_install(self._dev, p), f"install a keypair for peer {peer_id}")
+        finally:
+            ffi.memmove(p, bytes(ffi.sizeof(p[0])), ffi.sizeof(p[0]))
+
+    def keypair_retire(self, local_index: int) -> bool:
+        return lib.dp_device_keypair_retire(self._dev, local_index) == 0
+
+    def maintain(self) -> int:
+        return lib.dp_device_maintain(self._dev)
+
+    # -- I/O and counters
+
+    def set_udp(self, udp4_fd: int, udp6_fd: int) -> None:
+        """New UDP sockets (a new listen port); the device owns the fds."""
+        _check(lib.dp_device_set_udp(self._dev, udp4_fd, udp6_fd), "replace the UDP sockets")
+
+    def send_to(self, ep: Endpoint, data: bytes) -> None:
+        _check(lib.dp_device_send_to(self._dev, endpoint_to_c(ep), data, len(data)),
+               f"send {len(data)} bytes")
+
+    def drops(self) -> dict[str, int]:
+        buf = ffi.new("uint64_t[]", lib.DP_DROP_COUNT)
+        lib.dp_device_drops(self._dev, buf, lib.DP_DROP_COUNT)
+        return {name: buf[i] for i, name in DROP_REASONS.items()}
+
+    def poll_once(self) -> int:
+        return lib.dp_device_poll_once(self._dev)
+

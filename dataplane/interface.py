@@ -1,0 +1,433 @@
+"""One WireGuard interface: the protocol engine around the native device.
+
+The native device moves data packets. This module does everything else a
+WireGuard implementation does, from Python, driven by the device's events
+and a timer tick: handshakes as initiator and responder (dataplane.noise),
+cookies and rate limiting under load, keypair rotation, the timers of the
+whitepaper (section 6), and the model behind the UAPI (`wg`).
+
+Nothing here logs keys or peer endpoints.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import random
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from dataplane import config as cfg
+from dataplane import noise
+from dataplane.device import Device, Endpoint, PeerStats
+from dataplane.keys import PresharedKey, PrivateKey, PublicKey, is_low_order
+from dataplane._native import lib
+
+log = logging.getLogger("dataplane")
+
+NS = 1_000_000_000
+REKEY_TIMEOUT_NS = lib.DP_WG_REKEY_TIMEOUT * NS
+REKEY_ATTEMPT_NS = lib.DP_WG_REKEY_ATTEMPT_TIME * NS
+KEEPALIVE_NS = lib.DP_WG_KEEPALIVE_TIMEOUT * NS
+REJECT_AFTER_NS = lib.DP_WG_REJECT_AFTER_TIME * NS
+COOKIE_SECRET_MAX_AGE_NS = lib.DP_WG_COOKIE_SECRET_MAX_AGE * NS
+# A cookie from a reply is good for COOKIE_SECRET_MAX_AGE less a margin
+# for latency (the kernel's COOKIE_SECRET_LATENCY).
+COOKIE_VALID_NS = COOKIE_SECRET_MAX_AGE_NS - 5 * NS
+# Keys are wiped when no handshake happened for this long (whitepaper 6.3).
+ZERO_KEYS_NS = 3 * REJECT_AFTER_NS
+REKEY_JITTER_NS = NS // 3
+# One accepted initiation per peer per this interval (flood protection).
+INITIATION_MIN_INTERVAL_NS = NS // lib.DP_WG_INITIATIONS_PER_SECOND
+# The control plane counts as under load while the event ring is this full,
+# and for a second after (the kernel's MAX_QUEUED_INCOMING_HANDSHAKES / 8).
+UNDER_LOAD_FRACTION = 1 / 8
+UNDER_LOAD_HOLD_NS = NS
+DEFAULT_MTU = 1420
+MAX_PEERS = 1024
+
+
+@dataclass
+class Peer:
+    id: int
+    public_key: PublicKey
+    preshared_key: Optional[PresharedKey] = None
+    allowed_ips: list = field(default_factory=list)
+    persistent_keepalive: int = 0
+    # handshake state
+    pending: Optional[noise.InitiatorState] = None
+    attempt_started_ns: int = 0        # first initiation of the current attempt
+    last_initiation_ns: int = 0        # last initiation we sent
+    next_retry_ns: int = 0
+    last_timestamp: bytes = b""        # greatest TAI64N accepted from the peer
+    last_initiation_consumed_ns: int = -(1 << 62)
+    cookie: Optional[bytes] = None
+    cookie_ns: int = 0
+    last_handshake_ns: int = 0         # monotonic, of the last completed handshake
+    last_handshake_wall_ns: int = 0    # Unix time, for `wg show`
+    last_keepalive_sent_ns: int = 0
+    indices: set = field(default_factory=set)  # local indices of installed keypairs
+
+    def psk(self) -> bytes:
+        return self.preshared_key.reveal() if self.preshared_key else bytes(32)
+
+    def __repr__(self) -> str:
+        return f"Peer(id={self.id}, public_key={self.public_key})"
+
+
+class RateLimiter:
+    """Token buckets per source (IPv4 address, IPv6 /64), as the kernel's
+    ratelimiter: DP_WG_INITIATIONS_PER_SECOND with a burst of
+    DP_WG_INITIATIONS_BURST."""
+
+    RATE = lib.DP_WG_INITIATIONS_PER_SECOND
+    BURST = lib.DP_WG_INITIATIONS_BURST
+    MAX_ENTRIES = 1 << 16
+
+    def __init__(self, clock: Callable[[], int]):
+        self.clock = clock
+        self.buckets: dict[bytes, tuple[float, int]] = {}
+
+    @staticmethod
+    def key(ep: Endpoint) -> bytes:
+        packed = ep.address.packed
+        return packed if ep.address.version == 4 else packed[:8]
+
+    def allow(self, ep: Endpoint) -> bool:
+        now = self.clock()
+        k = self.key(ep)
+        tokens, last = self.buckets.get(k, (float(self.BURST), now))
+        tokens = min(float(self.BURST), tokens + (now - last) * self.RATE / NS)
+        if tokens < 1:
+            self.buckets[k] = (tokens, now)
+            return False
+        if len(self.buckets) >= self.MAX_ENTRIES and k not in self.buckets:
+            self.gc()
+        self.buckets[k] = (tokens - 1, now)
+        return True
+
+    def gc(self) -> None:
+        now = self.clock()
+        self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < NS}
+
+
+def endpoint_bytes(ep: Endpoint) -> bytes:
+    """The source address as the cookie MAC covers it: IP then port."""
+    return ep.address.packed + struct.pack(">H", ep.port)
+
+
+def resolve(endpoint: cfg.Endpoint) -> Endpoint:
+    """A configured endpoint to an address (host names resolved now)."""
+    if endpoint.address is not None:
+        return Endpoint(endpoint.address, endpoint.port)
+    infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"cannot resolve {endpoint.host}")
+    return Endpoint(ipaddress.ip_address(infos[0][4][0]), endpoint.port)
+
+
+class Interface:
+    """The protocol state of one interface and its native device.
+
+    `clock` is CLOCK_MONOTONIC in ns (the data path's clock); tests move it
+    forward together with the native one (see advance_clock)."""
+
+    def __init__(self, name: str, private_key: PrivateKey, device: Device, listen_port: int,
+                 clock: Callable[[], int] = time.monotonic_ns,
+                 wallclock: Callable[[], int] = time.time_ns):
+        self.name = name
+        self.device = device
+        self.listen_port = listen_port
+        self.fwmark = 0
+        self.clock = clock
+        self.wallclock = wallclock
+        self.peers: dict[bytes, Peer] = {}
+        self.by_id: dict[int, Peer] = {}
+        self.pending_by_index: dict[int, Peer] = {}
+        self.ratelimiter = RateLimiter(clock)
+        self.cookie_secret = os.urandom(32)
+        self.cookie_secret_ns = clock()
+        self.under_load_until = 0
+        self.counters = {"handshake_bad_mac1": 0, "handshake_bad_mac2": 0,
+                         "handshake_ratelimited": 0, "handshake_invalid": 0,
+                         "handshake_replayed": 0, "handshake_unknown_index": 0,
+                         "cookie_replies_sent": 0, "handshakes_completed": 0}
+        self.set_private_key(private_key)
+
+    # ---------------------------------------------------------------- model
+
+    def set_private_key(self, key: Optional[PrivateKey]) -> None:
+        self.private_key = key if key is not None and not key.is_zero() else None
+        self.handshake = (noise.Handshake(self.private_key.reveal(), self._psk_for, self.clock)
+                          if self.private_key else None)
+        if self.private_key is not None:
+            ours = self.private_key.public_key()
+            if ours in self.peers:  # a peer with our own key cannot be talked to
+                self.remove_peer(ours)
+        # Sessions of the old identity are void: wipe them; traffic starts a
+        # new handshake at once.
+        for peer in self.peers.values():
+            self._drop_session(peer)
+
+    def _psk_for(self, public: bytes) -> Optional[bytes]:
+        peer = self.peers.get(public)
+        return peer.psk() if peer else None
+
+    def add_peer(self, public_key: PublicKey) -> Peer:
+        if is_low_order(public_key):
+            raise ValueError("a low-order public key cannot complete a handshake")
+        if public_key in self.peers:
+            return self.peers[public_key]
+        free = next((i for i in range(self.device.max_peers) if i not in self.by_id), None)
+        if free is None:
+            raise OSError(f"no room for another peer (at most {self.device.max_peers})")
+        self.device.peer_add(free)
+        peer = Peer(free, PublicKey(public_key))
+        self.peers[peer.public_key] = peer
+        self.by_id[free] = peer
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        del self.by_id[peer.id]
+        self._cancel_pending(peer)
+        self.device.peer_remove(peer.id)  # allowed IPs and keys go with it, wiped
+
+    def set_endpoint(self, peer: Peer, endpoint: Optional[Endpoint]) -> None:
+        self.device.set_endpoint(peer.id, endpoint)
+
+    def replace_allowed_ips(self, peer: Peer, networks) -> None:
+        self.device.allowed_ips_remove_peer(peer.id)
+        for net in networks:
+            self.device.allowed_ip_add(peer.id, net)
+
+    def add_allowed_ip(self, peer: Peer, net) -> None:
+        self.device.allowed_ip_add(peer.id, net)
+
+    def _drop_session(self, peer: Peer) -> None:
+        self._cancel_pending(peer)
+        self.device.clear_keypairs(peer.id)
+        peer.indices.clear()
+
+    def _cancel_pending(self, peer: Peer) -> None:
+        if peer.pending is not None:
+            self.pending_by_index.pop(peer.pending.sender_index, None)
+            self.device.index_release(peer.pending.sender_index)
+            peer.pending = None
+
+    # ---------------------------------------------------------------- events
+
+    def under_load(self) -> bool:
+        now = self.clock()
+        if self.device.event_load() >= UNDER_LOAD_FRACTION:
+            self.under_load_until = now + UNDER_LOAD_HOLD_NS
+        return now < self.under_load_until
+
+    def handle_events(self) -> int:
+        events = self.device.events()
+        for ev in events:
+            if ev.type == lib.DP_EVENT_HANDSHAKE:
+                self._handshake_message(ev.data, ev.endpoint)
+            elif ev.type == lib.DP_EVENT_NEED_HANDSHAKE:
+                peer = self.by_id.get(ev.peer_id)
+                if peer is not None:
+                    self.initiate(peer)
+            elif ev.type == lib.DP_EVENT_KEYPAIR_CONFIRMED:
+                peer = self.by_id.get(ev.peer_id)
+                if peer is not None:
+                    self._handshake_complete(peer)
+        return len(events)
+
+    def _handshake_message(self, msg: bytes, src: Endpoint) -> None:
+        if self.handshake is None:
+            return
+        mtype = msg[0]
+        if mtype == noise.MSG_COOKIE_REPLY:
+            self._cookie_reply(msg)
+            return
+        if not self.handshake.check_mac1(msg):
+            self.counters["handshake_bad_mac1"] += 1
+            return
+        if self.under_load():
+            if not noise.check_mac2(msg, noise.mac(self._cookie_secret(), endpoint_bytes(src))):
+                self.counters["handshake_bad_mac2"] += 1
+                self._send_cookie_reply(msg, src)
+                return
+            if not self.ratelimiter.allow(src):
+                self.counters["handshake_ratelimited"] += 1
+                return
+        try:
+            if mtype == noise.MSG_INITIATION:
+                self._initiation(msg, src)
+            elif mtype == noise.MSG_RESPONSE:
+                self._response(msg, src)
+        except noise.HandshakeError:
+            self.counters["handshake_invalid"] += 1
+
+    def _cookie_secret(self) -> bytes:
+        if self.clock() - self.cookie_secret_ns >= COOKIE_SECRET_MAX_AGE_NS:
+            self.cookie_secret = os.urandom(32)
+            self.cookie_secret_ns = self.clock()
+        return self.cookie_secret
+
+    def _send_cookie_reply(self, msg: bytes, src: Endpoint) -> None:
+        sender = struct.unpack_from("<I", msg, 4)[0]
+        mac1_off = (noise.INITIATION_MAC1_OFF if msg[0] == noise.MSG_INITIATION
+                    else noise.RESPONSE_MAC1_OFF)
+        reply = noise.create_cookie_reply(self._cookie_secret(), endpoint_bytes(src), sender,
+                                          msg[mac1_off:mac1_off + noise.MAC_LEN],
+                                          self.handshake.public)
+        self.device.send_to(src, reply)
+        self.counters["cookie_replies_sent"] += 1
+
+    def _cookie_reply(self, msg: bytes) -> None:
+        receiver = struct.unpack_from("<I", msg, 4)[0]
+        peer = self.pending_by_index.get(receiver)
+        if peer is None or peer.pending is None:
+            self.counters["handshake_unknown_index"] += 1
+            return
+        try:
+            peer.cookie = noise.consume_cookie_reply(msg, peer.public_key, peer.pending.mac1)
+            peer.cookie_ns = self.clock()
+        except noise.HandshakeError:
+            self.counters["handshake_invalid"] += 1
+
+    def _valid_cookie(self, peer: Peer) -> Optional[bytes]:
+        if peer.cookie and self.clock() - peer.cookie_ns < COOKIE_VALID_NS:
+            return peer.cookie
+        return None
+
+    def _initiation(self, msg: bytes, src: Endpoint) -> None:
+        init = self.handshake.consume_initiation(msg)
+        peer = self.peers[init.peer_public]
+        now = self.clock()
+        # Replayed or flooding initiations (whitepaper 5.1): the timestamp
+        # must grow, and one per INITIATION_MIN_INTERVAL.
+        if init.timestamp <= peer.last_timestamp or \
+                now - peer.last_initiation_consumed_ns < INITIATION_MIN_INTERVAL_NS:
+            self.counters["handshake_replayed"] += 1
+            return
+        peer.last_timestamp = init.timestamp
+        peer.last_initiation_consumed_ns = now
+        index = self.device.index_reserve()
+        try:
+            resp, keys = self.handshake.create_response(init, index, self._valid_cookie(peer))
+            self.device.keypair_install(peer.id, index, keys.remote_index, keys.send_key,
+                                        keys.recv_key, False, now)
+        except BaseException:
+            self.device.index_release(index)
+            raise
+        peer.indices.add(index)
+        self.set_endpoint(peer, src)
+        self.device.send_to(src, resp)
+
+    def _response(self, msg: bytes, src: Endpoint) -> None:
+        receiver = struct.unpack_from("<I", msg, 8)[0]
+        peer = self.pending_by_index.get(receiver)
+        if peer is None or peer.pending is None:
+            self.counters["handshake_unknown_index"] += 1
+            return
+        keys = self.handshake.consume_response(msg, peer.pending)
+        state, peer.pending = peer.pending, None
+        del self.pending_by_index[receiver]
+        had_staged = self.device.stats(peer.id).staged > 0
+        self.set_endpoint(peer, src)
+        self.device.keypair_install(peer.id, state.sender_index, keys.remote_index, keys.send_key,
+                                    keys.recv_key, True, self.clock())
+        peer.indices.add(state.sender_index)
+        self._handshake_complete(peer)
+        if not had_staged:
+            # confirms the session to the responder at once (as the kernel does)
+            self.device.keepalive(peer.id)
+
+    def _handshake_complete(self, peer: Peer) -> None:
+        peer.last_handshake_ns = self.clock()
+        peer.last_handshake_wall_ns = self.wallclock()
+        peer.attempt_started_ns = 0
+        self.counters["handshakes_completed"] += 1
+
+    # ---------------------------------------------------------------- initiating
+
+    def initiate(self, peer: Peer, retry: bool = False) -> bool:
+        """Send a handshake initiation unless one went out within
+        REKEY_TIMEOUT (retries come from the timer)."""
+        if self.handshake is None:
+            return False
+        now = self.clock()
+        if peer.pending is not None and not retry and \
+                now - peer.last_initiation_ns < REKEY_TIMEOUT_NS:
+            return False
+        endpoint = self.device.endpoint(peer.id)
+        if endpoint is None:
+            return False
+        self._cancel_pending(peer)
+        index = self.device.index_reserve()
+        try:
+            msg, state = self.handshake.create_initiation(peer.public_key, index,
+                                                          self._valid_cookie(peer))
+        except noise.HandshakeError:
+            self.device.index_release(index)
+            return False
+        peer.pending = state
+        self.pending_by_index[index] = peer
+        if not peer.attempt_started_ns:
+            peer.attempt_started_ns = now
+        peer.last_initiation_ns = now
+        peer.next_retry_ns = now + REKEY_TIMEOUT_NS + random.randrange(REKEY_JITTER_NS)
+        try:
+            self.device.send_to(endpoint, msg)
+        except OSError:
+            pass  # the retry timer tries again
+        return True
+
+    # ---------------------------------------------------------------- timers
+
+    def tick(self) -> None:
+        """The timers of whitepaper section 6, evaluated for every peer."""
+        now = self.clock()
+        for peer in list(self.peers.values()):
+            st = self.device.stats(peer.id)
+            self._peer_timers(peer, st, now)
+        self.device.maintain()
+        if len(self.ratelimiter.buckets) > 1024:
+            self.ratelimiter.gc()
+
+    def _peer_timers(self, peer: Peer, st: PeerStats, now: int) -> None:
+        if peer.pending is not None and now >= peer.next_retry_ns:
+            if now - peer.attempt_started_ns >= REKEY_ATTEMPT_NS:
+                # give up (whitepaper 6.4); new traffic starts a new attempt
+                self._cancel_pending(peer)
+                peer.attempt_started_ns = 0
+                self.device.rearm(peer.id)
+            else:
+                self.initiate(peer, retry=True)
+        # Sent data but heard nothing back for KEEPALIVE + REKEY_TIMEOUT:
+        # the session may be dead; start a handshake.
+        if peer.pending is None and st.last_tx_data_ns > st.last_rx_ns and \
+                now - st.last_tx_data_ns >= KEEPALIVE_NS + REKEY_TIMEOUT_NS and \
+                now - peer.last_initiation_ns >= REKEY_TIMEOUT_NS:
+            self.initiate(peer)
+        # Received data and sent nothing back for KEEPALIVE: passive keepalive.
+        if st.last_rx_data_ns > st.last_tx_ns and now - st.last_rx_data_ns >= KEEPALIVE_NS:
+            self.device.keepalive(peer.id)
+        elif peer.persistent_keepalive and st.current_created_ns and \
+                now - max(st.last_tx_ns, peer.last_keepalive_sent_ns) >= \
+                peer.persistent_keepalive * NS:
+            peer.last_keepalive_sent_ns = now
+            if not self.device.keepalive(peer.id):
+                self.initiate(peer)
+        # Keys wiped after three REJECT_AFTER_TIMEs without a handshake.
+        if st.keypairs and peer.last_handshake_ns and \
+                now - peer.last_handshake_ns >= ZERO_KEYS_NS:
+            self._drop_session(peer)
+            self.device.rearm(peer.id)
+
+    # ---------------------------------------------------------------- for wg
+
+    def stats(self, peer: Peer) -> PeerStats:
+        return self.device.stats(peer.id)

@@ -1,0 +1,636 @@
+/* The packet path: receive (decap) and send (encap) passes over bursts of
+ * up to DP_DEVICE_BURST packets, and the worker loop that runs them. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "device_internal.h"
+
+/* Buffers of one thread: packets are decrypted and encrypted in place, the
+ * data header in front of the payload. */
+struct burst {
+    size_t buf_size;
+    uint8_t *buf[DP_DEVICE_BURST];
+    struct mmsghdr msg[DP_DEVICE_BURST];
+    struct iovec iov[DP_DEVICE_BURST];
+    struct sockaddr_in6 addr[DP_DEVICE_BURST];
+    struct dp_aead_msg aead[DP_DEVICE_BURST];
+    struct keypair *kp[DP_DEVICE_BURST];
+    uint32_t len[DP_DEVICE_BURST];
+    uint32_t peer[DP_DEVICE_BURST];
+    int idx[DP_DEVICE_BURST];
+    /* outgoing, by family */
+    struct mmsghdr out[2][DP_DEVICE_BURST];
+    struct iovec out_iov[2][DP_DEVICE_BURST];
+    struct sockaddr_in6 out_addr[2][DP_DEVICE_BURST];
+};
+
+struct burst *dp_burst_new(size_t buf_size)
+{
+    struct burst *b = calloc(1, sizeof(*b));
+
+    if (!b)
+        return NULL;
+    b->buf_size = buf_size;
+    for (int i = 0; i < DP_DEVICE_BURST; i++) {
+        b->buf[i] = aligned_alloc(64, (buf_size + 63) & ~(size_t)63);
+        if (!b->buf[i]) {
+            dp_burst_free(b);
+            return NULL;
+        }
+    }
+    return b;
+}
+
+void dp_burst_free(struct burst *b)
+{
+    if (!b)
+        return;
+    for (int i = 0; i < DP_DEVICE_BURST; i++) {
+        if (b->buf[i]) {
+            dp_wipe(b->buf[i], b->buf_size);
+            free(b->buf[i]);
+        }
+    }
+    free(b);
+}
+
+/* ---------------------------------------------------------------- endpoints */
+
+static socklen_t endpoint_to_sockaddr(const struct dp_endpoint *ep, struct sockaddr_in6 *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (ep->family == DP_ENDPOINT_IPV4) {
+        struct sockaddr_in *a = (struct sockaddr_in *)out;
+
+        a->sin_family = AF_INET;
+        a->sin_port = htons(ep->port);
+        memcpy(&a->sin_addr, ep->addr, 4);
+        return sizeof(*a);
+    }
+    out->sin6_family = AF_INET6;
+    out->sin6_port = htons(ep->port);
+    out->sin6_scope_id = ep->scope_id;
+    memcpy(&out->sin6_addr, ep->addr, 16);
+    return sizeof(*out);
+}
+
+static void sockaddr_to_endpoint(const struct sockaddr_in6 *sa, struct dp_endpoint *ep)
+{
+    memset(ep, 0, sizeof(*ep));
+    if (sa->sin6_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+
+        ep->family = DP_ENDPOINT_IPV4;
+        ep->port = ntohs(a->sin_port);
+        memcpy(ep->addr, &a->sin_addr, 4);
+    } else {
+        ep->family = DP_ENDPOINT_IPV6;
+        ep->port = ntohs(sa->sin6_port);
+        ep->scope_id = sa->sin6_scope_id;
+        memcpy(ep->addr, &sa->sin6_addr, 16);
+    }
+}
+
+static int fd_for(struct dp_device *d, int family)
+{
+    return family == DP_ENDPOINT_IPV4 ? d->cfg.udp4_fd : d->cfg.udp6_fd;
+}
+
+int dp_sendto(struct dp_device *d, const struct dp_endpoint *ep, const uint8_t *data, size_t len)
+{
+    struct sockaddr_in6 sa;
+    socklen_t salen = endpoint_to_sockaddr(ep, &sa);
+    int fd = fd_for(d, ep->family);
+
+    if (fd < 0)
+        return -EAFNOSUPPORT;
+    if (sendto(fd, data, len, 0, (struct sockaddr *)&sa, salen) < 0)
+        return -errno;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- inner packets */
+
+/* Length of the IP packet at p (from its header), or 0 if it is not a sane
+ * IPv4/IPv6 packet within len bytes. Sets the source/destination pointers. */
+static uint32_t inner_packet(const uint8_t *p, uint32_t len, int *family, const uint8_t **src,
+                             const uint8_t **dst)
+{
+    if (len >= 20 && p[0] >> 4 == 4) {
+        uint32_t ihl = (uint32_t)(p[0] & 0xf) * 4, total = (uint32_t)p[2] << 8 | p[3];
+
+        if (ihl < 20 || total < ihl || total > len)
+            return 0;
+        *family = DP_FAMILY_IPV4;
+        *src = p + 12;
+        *dst = p + 16;
+        return total;
+    }
+    if (len >= 40 && p[0] >> 4 == 6) {
+        uint32_t total = 40 + ((uint32_t)p[4] << 8 | p[5]);
+
+        if (total > len)
+            return 0;
+        *family = DP_FAMILY_IPV6;
+        *src = p + 8;
+        *dst = p + 24;
+        return total;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- receive */
+
+static void handshake_event(struct dp_device *d, const uint8_t *data, uint32_t len,
+                            const struct sockaddr_in6 *from)
+{
+    struct dp_event ev = {.type = DP_EVENT_HANDSHAKE, .peer_id = DP_PEER_NONE, .len = len};
+
+    memcpy(ev.data, data, len);
+    sockaddr_to_endpoint(from, &ev.endpoint);
+    dp_event_push(d, &ev);
+}
+
+static bool message_size_ok(uint32_t type, uint32_t len)
+{
+    switch (type) {
+    case DP_WG_MSG_INITIATION:
+        return len == DP_WG_INITIATION_LEN;
+    case DP_WG_MSG_RESPONSE:
+        return len == DP_WG_RESPONSE_LEN;
+    case DP_WG_MSG_COOKIE_REPLY:
+        return len == DP_WG_COOKIE_REPLY_LEN;
+    default:
+        return false;
+    }
+}
+
+/* The first authenticated data on a responder's next keypair confirms it
+ * (whitepaper 6.3): it becomes current, the current one previous. */
+static void confirm_next(struct dp_device *d, struct peer *p, uint32_t peer_id,
+                         struct keypair *kp)
+{
+    struct keypair *dropped = NULL;
+    bool confirmed = false, flush;
+
+    spin_lock(&p->lock);
+    if (p->next == kp) {
+        dropped = p->previous;
+        p->previous = atomic_load(&p->current);
+        atomic_store(&p->current, kp);
+        p->next = NULL;
+        confirmed = true;
+    }
+    flush = confirmed && p->staged_count > 0;
+    spin_unlock(&p->lock);
+    if (!confirmed)
+        return;
+    if (dropped)
+        dp_orphan_keypair(d, dropped);
+    dp_event_push(d, &(struct dp_event){.type = DP_EVENT_KEYPAIR_CONFIRMED, .peer_id = peer_id,
+                                        .local_index = kp->local_index});
+    if (flush)
+        dp_flush_staged(d, peer_id);
+}
+
+static void update_endpoint(struct peer *p, const struct sockaddr_in6 *from)
+{
+    struct dp_endpoint ep;
+
+    sockaddr_to_endpoint(from, &ep);
+    spin_lock(&p->lock);
+    if (memcmp(&p->endpoint, &ep, sizeof(ep)))
+        p->endpoint = ep; /* roaming: follow the latest authenticated source */
+    spin_unlock(&p->lock);
+}
+
+int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
+{
+    uint64_t now = dp_now_ns();
+    int n, ndata = 0;
+
+    if (fd < 0)
+        return 0;
+    for (int i = 0; i < DP_DEVICE_BURST; i++) {
+        b->iov[i] = (struct iovec){b->buf[i], b->buf_size};
+        b->msg[i].msg_hdr = (struct msghdr){.msg_name = &b->addr[i],
+                                            .msg_namelen = sizeof(b->addr[i]),
+                                            .msg_iov = &b->iov[i], .msg_iovlen = 1};
+    }
+    n = recvmmsg(fd, b->msg, DP_DEVICE_BURST, MSG_DONTWAIT, NULL);
+    if (n <= 0)
+        return 0;
+
+    /* classify: handshake messages to the control plane, data to the batch */
+    for (int i = 0; i < n; i++) {
+        const uint8_t *m = b->buf[i];
+        uint32_t len = b->msg[i].msg_len, type;
+
+        if ((b->msg[i].msg_hdr.msg_flags & MSG_TRUNC) || len < 4) {
+            count_drop(d, DP_DROP_MALFORMED, 1);
+            continue;
+        }
+        type = (uint32_t)m[0] | (uint32_t)m[1] << 8 | (uint32_t)m[2] << 16 | (uint32_t)m[3] << 24;
+        if (type != DP_WG_MSG_DATA) {
+            if (message_size_ok(type, len))
+                handshake_event(d, m, len, &b->addr[i]);
+            else
+                count_drop(d, DP_DROP_MALFORMED, 1);
+            continue;
+        }
+        if (len < DP_WG_DATA_MIN_LEN) {
+            count_drop(d, DP_DROP_MALFORMED, 1);
+            continue;
+        }
+        uint32_t index;
+        uint64_t counter;
+
+        memcpy(&index, m + 4, 4);
+        memcpy(&counter, m + 8, 8);
+        index = le32toh(index);
+        counter = le64toh(counter);
+        struct keypair *kp = atomic_load_explicit(&d->by_slot[index & d->slot_mask],
+                                                  memory_order_acquire);
+        if (!kp || kp->local_index != index) {
+            count_drop(d, DP_DROP_UNKNOWN_INDEX, 1);
+            continue;
+        }
+        if (now - kp->created_ns >= (uint64_t)DP_WG_REJECT_AFTER_TIME * NSEC_PER_SEC ||
+            counter >= DP_WG_REJECT_AFTER_MESSAGES) {
+            count_drop(d, DP_DROP_EXPIRED_KEY, 1);
+            continue;
+        }
+        b->kp[ndata] = kp;
+        b->idx[ndata] = i;
+        b->len[ndata] = len;
+        b->aead[ndata] = (struct dp_aead_msg){
+            .key = kp->recv_key, .counter = counter, .len = len - DP_WG_DATA_HEADER_LEN,
+            .src = m + DP_WG_DATA_HEADER_LEN, .dst = b->buf[i] + DP_WG_DATA_HEADER_LEN};
+        ndata++;
+    }
+    if (!ndata)
+        return n;
+
+    dp_aead_open_batch(b->aead, (size_t)ndata);
+
+    for (int j = 0; j < ndata; j++) {
+        struct keypair *kp = b->kp[j];
+        int i = b->idx[j];
+        uint32_t plen = b->len[j] - DP_WG_DATA_MIN_LEN, pkt_len;
+        uint8_t *pt = b->buf[i] + DP_WG_DATA_HEADER_LEN;
+        const uint8_t *src, *dst;
+        int family, ok;
+        struct peer *p;
+
+        if (b->aead[j].status) {
+            count_drop(d, DP_DROP_BAD_MAC, 1);
+            continue;
+        }
+        spin_lock(&kp->replay_lock);
+        ok = dp_replay_check(&kp->replay, b->aead[j].counter);
+        spin_unlock(&kp->replay_lock);
+        if (!ok) {
+            count_drop(d, DP_DROP_REPLAY, 1);
+            continue;
+        }
+        p = &d->peers[kp->peer_id];
+        update_endpoint(p, &b->addr[i]);
+        stat_add(&p->rx_bytes, b->len[j]);
+        stat_add(&p->rx_packets, 1);
+        stat_set(&p->last_rx_ns, now);
+        if (kp->is_initiator == 0)
+            confirm_next(d, p, kp->peer_id, kp);
+        if (kp->is_initiator && now - kp->created_ns >= REKEY_ON_RECEIVE_AGE)
+            dp_want_handshake(d, p, kp->peer_id);
+        if (plen == 0)
+            continue; /* keepalive */
+        stat_set(&p->last_rx_data_ns, now);
+        pkt_len = inner_packet(pt, plen, &family, &src, &dst);
+        if (!pkt_len) {
+            count_drop(d, DP_DROP_INNER_MALFORMED, 1);
+            continue;
+        }
+        if (dp_allowedips_lookup(d->allowedips, family, src) != kp->peer_id) {
+            count_drop(d, DP_DROP_NOT_ALLOWED, 1);
+            continue;
+        }
+        if (write(d->cfg.tun_fd, pt, pkt_len) != (ssize_t)pkt_len)
+            count_drop(d, DP_DROP_SEND_FAILED, 1);
+    }
+    (void)reader;
+    return n;
+}
+
+/* ---------------------------------------------------------------- send */
+
+/* Header, zero padding (whitepaper 5.4.6) and AEAD job for one packet of
+ * plen bytes at buf + header; returns the padded plaintext length. */
+static uint32_t prepare_data(struct dp_device *d, uint8_t *buf, uint32_t plen,
+                             struct keypair *kp, uint64_t counter, struct dp_aead_msg *job)
+{
+    uint32_t padded = (plen + DP_WG_PADDING - 1) & ~(uint32_t)(DP_WG_PADDING - 1);
+    uint32_t type = htole32(DP_WG_MSG_DATA), index = htole32(kp->remote_index);
+    uint64_t ctr = htole64(counter);
+
+    if (padded > d->cfg.mtu)
+        padded = plen > d->cfg.mtu ? plen : d->cfg.mtu;
+    memset(buf + DP_WG_DATA_HEADER_LEN + plen, 0, padded - plen);
+    memcpy(buf, &type, 4);
+    memcpy(buf + 4, &index, 4);
+    memcpy(buf + 8, &ctr, 8);
+    *job = (struct dp_aead_msg){.key = kp->send_key, .counter = counter, .len = padded,
+                                .src = buf + DP_WG_DATA_HEADER_LEN,
+                                .dst = buf + DP_WG_DATA_HEADER_LEN};
+    return padded;
+}
+
+/* Take a counter from kp for sending, or fail when it cannot send. */
+static bool take_counter(struct keypair *kp, uint64_t now, uint64_t *counter)
+{
+    if (!dp_keypair_can_send(kp, now))
+        return false;
+    *counter = atomic_fetch_add_explicit(&kp->send_counter, 1, memory_order_relaxed);
+    return *counter < DP_WG_REJECT_AFTER_MESSAGES;
+}
+
+static void maybe_rekey(struct dp_device *d, struct peer *p, uint32_t peer_id,
+                        struct keypair *kp, uint64_t now, uint64_t counter)
+{
+    if (kp->is_initiator &&
+        (now - kp->created_ns >= (uint64_t)DP_WG_REKEY_AFTER_TIME * NSEC_PER_SEC ||
+         counter >= DP_WG_REKEY_AFTER_MESSAGES))
+        dp_want_handshake(d, p, peer_id);
+}
+
+static void stage(struct dp_device *d, struct peer *p, uint32_t peer_id, const uint8_t *pkt,
+                  uint32_t len)
+{
+    struct staged *s = malloc(sizeof(*s) + len);
+    bool full;
+
+    if (!s) {
+        count_drop(d, DP_DROP_STAGED_FULL, 1);
+        return;
+    }
+    s->next = NULL;
+    s->len = len;
+    memcpy(s->data, pkt, len);
+    spin_lock(&p->lock);
+    full = p->staged_count >= DP_DEVICE_STAGED_MAX;
+    if (!full) {
+        if (p->staged_tail)
+            p->staged_tail->next = s;
+        else
+            p->staged_head = s;
+        p->staged_tail = s;
+        p->staged_count++;
+    }
+    spin_unlock(&p->lock);
+    if (full) {
+        free(s);
+        count_drop(d, DP_DROP_STAGED_FULL, 1);
+    }
+    dp_want_handshake(d, p, peer_id);
+}
+
+/* Send the prepared messages of one family with sendmmsg. */
+static void send_out(struct dp_device *d, struct burst *b, int fam, int count)
+{
+    int fd = fam ? d->cfg.udp6_fd : d->cfg.udp4_fd, sent = 0;
+
+    while (sent < count) {
+        int r = sendmmsg(fd, b->out[fam] + sent, (unsigned)(count - sent), MSG_DONTWAIT);
+
+        if (r <= 0) {
+            if (r < 0 && errno == EINTR)
+                continue;
+            count_drop(d, DP_DROP_SEND_FAILED, (uint64_t)(count - sent));
+            return;
+        }
+        sent += r;
+    }
+}
+
+static void queue_out(struct burst *b, int *nout, const struct dp_endpoint *ep, uint8_t *data,
+                      size_t len)
+{
+    int fam = ep->family == DP_ENDPOINT_IPV6, k = nout[fam]++;
+    socklen_t salen = endpoint_to_sockaddr(ep, &b->out_addr[fam][k]);
+
+    b->out_iov[fam][k] = (struct iovec){data, len};
+    b->out[fam][k].msg_hdr = (struct msghdr){.msg_name = &b->out_addr[fam][k],
+                                             .msg_namelen = salen,
+                                             .msg_iov = &b->out_iov[fam][k], .msg_iovlen = 1};
+}
+
+int dp_tx_pass(struct dp_device *d, struct burst *b, int reader)
+{
+    uint64_t now = dp_now_ns();
+    struct dp_endpoint ep[DP_DEVICE_BURST];
+    int n = 0, nout[2] = {0, 0};
+
+    (void)reader;
+    for (; n < DP_DEVICE_BURST; n++) {
+        ssize_t r = read(d->cfg.tun_fd, b->buf[n] + DP_WG_DATA_HEADER_LEN, d->cfg.mtu);
+
+        if (r <= 0)
+            break;
+        b->len[n] = (uint32_t)r;
+    }
+    if (!n)
+        return 0;
+
+    int njobs = 0;
+
+    for (int i = 0; i < n; i++) {
+        uint8_t *pkt = b->buf[i] + DP_WG_DATA_HEADER_LEN;
+        const uint8_t *src, *dst;
+        int family;
+        uint32_t plen = inner_packet(pkt, b->len[i], &family, &src, &dst), peer_id;
+        struct keypair *kp;
+        struct peer *p;
+        uint64_t counter;
+
+        if (!plen) {
+            count_drop(d, DP_DROP_INNER_MALFORMED, 1);
+            continue;
+        }
+        peer_id = dp_allowedips_lookup(d->allowedips, family, dst);
+        if (peer_id == DP_PEER_NONE || peer_id >= d->cfg.max_peers ||
+            !d->peers[peer_id].in_use) {
+            count_drop(d, DP_DROP_NO_ROUTE, 1);
+            continue;
+        }
+        p = &d->peers[peer_id];
+        spin_lock(&p->lock);
+        ep[njobs] = p->endpoint;
+        spin_unlock(&p->lock);
+        if (ep[njobs].family == DP_ENDPOINT_NONE || fd_for(d, ep[njobs].family) < 0) {
+            count_drop(d, DP_DROP_NO_ENDPOINT, 1);
+            continue;
+        }
+        kp = atomic_load_explicit(&p->current, memory_order_acquire);
+        if (!take_counter(kp, now, &counter)) {
+            stage(d, p, peer_id, pkt, plen);
+            continue;
+        }
+        maybe_rekey(d, p, peer_id, kp, now, counter);
+        b->idx[njobs] = i;
+        b->peer[njobs] = peer_id;
+        b->len[i] = prepare_data(d, b->buf[i], plen, kp, counter, &b->aead[njobs]);
+        njobs++;
+    }
+    if (!njobs)
+        return n;
+    dp_aead_seal_batch(b->aead, (size_t)njobs);
+    for (int j = 0; j < njobs; j++) {
+        int i = b->idx[j];
+        uint32_t wire = DP_WG_DATA_MIN_LEN + b->len[i];
+        struct peer *p = &d->peers[b->peer[j]];
+
+        queue_out(b, nout, &ep[j], b->buf[i], wire);
+        stat_add(&p->tx_bytes, wire);
+        stat_add(&p->tx_packets, 1);
+        stat_set(&p->last_tx_ns, now);
+        stat_set(&p->last_tx_data_ns, now);
+    }
+    for (int fam = 0; fam < 2; fam++)
+        if (nout[fam])
+            send_out(d, b, fam, nout[fam]);
+    return n;
+}
+
+/* Staged packets and keepalives are rare: one message at a time, from
+ * whichever thread installed the keypair. */
+static int send_one(struct dp_device *d, uint32_t peer_id, const uint8_t *pkt, uint32_t plen)
+{
+    struct peer *p = &d->peers[peer_id];
+    uint8_t *buf = malloc(d->buf_size);
+    struct dp_aead_msg job;
+    struct dp_endpoint ep;
+    struct keypair *kp;
+    uint64_t now = dp_now_ns(), counter;
+    uint32_t padded;
+    int err = 0;
+
+    if (!buf)
+        return -ENOMEM;
+    spin_lock(&p->lock);
+    ep = p->endpoint;
+    spin_unlock(&p->lock);
+    kp = atomic_load(&p->current);
+    if (ep.family == DP_ENDPOINT_NONE) {
+        err = -EDESTADDRREQ;
+    } else if (!take_counter(kp, now, &counter)) {
+        err = -ENOKEY;
+    } else {
+        memcpy(buf + DP_WG_DATA_HEADER_LEN, pkt, plen);
+        padded = prepare_data(d, buf, plen, kp, counter, &job);
+        dp_aead_seal_batch(&job, 1);
+        err = dp_sendto(d, &ep, buf, DP_WG_DATA_MIN_LEN + padded);
+        if (!err) {
+            stat_add(&p->tx_bytes, DP_WG_DATA_MIN_LEN + padded);
+            stat_add(&p->tx_packets, 1);
+            stat_set(&p->last_tx_ns, now);
+            if (plen)
+                stat_set(&p->last_tx_data_ns, now);
+        }
+    }
+    dp_wipe(buf, d->buf_size);
+    free(buf);
+    return err;
+}
+
+void dp_flush_staged(struct dp_device *d, uint32_t peer_id)
+{
+    struct peer *p = &d->peers[peer_id];
+    struct staged *list;
+
+    spin_lock(&p->lock);
+    list = p->staged_head;
+    p->staged_head = p->staged_tail = NULL;
+    p->staged_count = 0;
+    spin_unlock(&p->lock);
+    while (list) {
+        struct staged *s = list;
+
+        list = s->next;
+        if (send_one(d, peer_id, s->data, s->len))
+            count_drop(d, DP_DROP_SEND_FAILED, 1);
+        dp_wipe(s->data, s->len);
+        free(s);
+    }
+}
+
+int dp_device_peer_keepalive(struct dp_device *d, uint32_t peer_id)
+{
+    if (peer_id >= d->cfg.max_peers || !d->peers[peer_id].in_use)
+        return -ENOENT;
+    return send_one(d, peer_id, NULL, 0);
+}
+
+/* ---------------------------------------------------------------- threads */
+
+static void reader_quiescent(struct dp_device *d, int reader)
+{
+    atomic_store(&d->qs_reader[reader], atomic_load(&d->qs_epoch));
+}
+
+static void reader_offline(struct dp_device *d, int reader)
+{
+    atomic_store(&d->qs_reader[reader], 0);
+}
+
+static int one_pass(struct dp_device *d, struct burst *b, int reader)
+{
+    int n;
+
+    reader_quiescent(d, reader);
+    n = dp_rx_pass(d, b, d->cfg.udp4_fd, reader);
+    n += dp_rx_pass(d, b, d->cfg.udp6_fd, reader);
+    reader_quiescent(d, reader);
+    n += dp_tx_pass(d, b, reader);
+    reader_quiescent(d, reader);
+    return n;
+}
+
+int dp_device_poll_once(struct dp_device *d)
+{
+    int n;
+
+    n = one_pass(d, d->bursts[POLL_READER], POLL_READER);
+    reader_offline(d, POLL_READER);
+    return n;
+}
+
+void *dp_worker_main(void *arg)
+{
+    struct dp_device *d = arg;
+    struct burst *b = d->bursts[0];
+    struct pollfd fds[4] = {
+        {.fd = d->stop_fd, .events = POLLIN},
+        {.fd = d->cfg.tun_fd, .events = POLLIN},
+        {.fd = d->cfg.udp4_fd, .events = POLLIN},
+        {.fd = d->cfg.udp6_fd, .events = POLLIN},
+    };
+
+    for (;;) {
+        /* Busy bursts go on without sleeping; an idle worker goes offline
+         * so that retired keypairs need not wait for it. */
+        if (one_pass(d, b, 0) > 0)
+            continue;
+        reader_offline(d, 0);
+        if (poll(fds, 4, -1) < 0 && errno != EINTR)
+            break;
+        if (fds[0].revents)
+            break;
+    }
+    reader_offline(d, 0);
+    return NULL;
+}

@@ -1,0 +1,694 @@
+/* The device's control-plane side: lifecycle, peers, keypairs, events and
+ * statistics. Packet processing is in datapath.c. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "device_internal.h"
+
+uint64_t dp_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+bool dp_keypair_can_send(const struct keypair *kp, uint64_t now)
+{
+    return kp && now - kp->created_ns < (uint64_t)DP_WG_REJECT_AFTER_TIME * NSEC_PER_SEC &&
+           atomic_load_explicit(&kp->send_counter, memory_order_relaxed) <
+               DP_WG_REJECT_AFTER_MESSAGES;
+}
+
+/* ---------------------------------------------------------------- events */
+
+void dp_event_push(struct dp_device *d, const struct dp_event *ev)
+{
+    uint64_t one = 1;
+    bool pushed = false;
+
+    pthread_mutex_lock(&d->ev_lock);
+    if (d->ev_head - d->ev_tail <= d->ev_mask) {
+        d->ev_ring[d->ev_head++ & d->ev_mask] = *ev;
+        pushed = true;
+    }
+    pthread_mutex_unlock(&d->ev_lock);
+    if (!pushed) {
+        count_drop(d, DP_DROP_EVENTS_FULL, 1);
+        return;
+    }
+    if (write(d->ev_fd, &one, sizeof(one)) < 0) {
+        /* the counter saturates only after 2^64-2 unread writes */
+    }
+}
+
+int dp_device_event_fd(struct dp_device *d)
+{
+    return d->ev_fd;
+}
+
+int dp_device_events(struct dp_device *d, struct dp_event *out, uint32_t max)
+{
+    uint32_t n = 0;
+    uint64_t v;
+
+    if (!out)
+        return -EINVAL;
+    if (read(d->ev_fd, &v, sizeof(v)) < 0) {
+        /* nothing signalled (EAGAIN): the ring is drained below anyway */
+    }
+    pthread_mutex_lock(&d->ev_lock);
+    while (n < max && d->ev_tail != d->ev_head)
+        out[n++] = d->ev_ring[d->ev_tail++ & d->ev_mask];
+    pthread_mutex_unlock(&d->ev_lock);
+    return (int)n;
+}
+
+uint32_t dp_device_event_backlog(struct dp_device *d)
+{
+    uint32_t n;
+
+    pthread_mutex_lock(&d->ev_lock);
+    n = d->ev_head - d->ev_tail;
+    pthread_mutex_unlock(&d->ev_lock);
+    return n;
+}
+
+uint32_t dp_device_event_capacity(struct dp_device *d)
+{
+    return d->ev_mask + 1;
+}
+
+void dp_want_handshake(struct dp_device *d, struct peer *p, uint32_t peer_id)
+{
+    if (atomic_exchange(&p->handshake_wanted, true))
+        return;
+    dp_event_push(d, &(struct dp_event){.type = DP_EVENT_NEED_HANDSHAKE, .peer_id = peer_id});
+}
+
+/* ---------------------------------------------------------------- reclamation */
+
+static uint64_t qs_advance(struct dp_device *d)
+{
+    return atomic_fetch_add(&d->qs_epoch, 1) + 1;
+}
+
+static bool qs_passed(struct dp_device *d, uint64_t epoch)
+{
+    for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++) {
+        uint64_t r = atomic_load(&d->qs_reader[i]);
+
+        if (r && r < epoch)
+            return false;
+    }
+    return true;
+}
+
+static void keypair_wipe_free(struct keypair *kp)
+{
+    dp_wipe(kp, sizeof(*kp));
+    atomic_store(&kp->state, KP_FREE);
+}
+
+/* Control side: kp is already unlinked from by_slot and its peer. */
+static void retire(struct dp_device *d, struct keypair *kp)
+{
+    if (!kp)
+        return;
+    atomic_store(&kp->state, KP_RETIRED);
+    kp->retired_epoch = qs_advance(d);
+    kp->next_retired = d->retired;
+    d->retired = kp;
+}
+
+static void unlink_retire(struct dp_device *d, struct keypair *kp)
+{
+    if (!kp)
+        return;
+    /* A worker may have orphaned it already (a confirmation displaced it):
+     * then it is on the orphan list and must not be retired twice. */
+    if (atomic_exchange(&d->by_slot[kp->local_index & d->slot_mask], NULL) == kp)
+        retire(d, kp);
+}
+
+void dp_orphan_keypair(struct dp_device *d, struct keypair *kp)
+{
+    struct keypair *head;
+
+    atomic_store(&d->by_slot[kp->local_index & d->slot_mask], NULL);
+    head = atomic_load(&d->orphans);
+    do {
+        kp->next_retired = head;
+    } while (!atomic_compare_exchange_weak(&d->orphans, &head, kp));
+}
+
+static int reclaim(struct dp_device *d)
+{
+    struct keypair *orphan = atomic_exchange(&d->orphans, NULL), **pp = &d->retired;
+    int waiting = 0;
+
+    while (orphan) {
+        struct keypair *next = orphan->next_retired;
+
+        retire(d, orphan);
+        orphan = next;
+    }
+    while (*pp) {
+        struct keypair *kp = *pp;
+
+        if (qs_passed(d, kp->retired_epoch)) {
+            *pp = kp->next_retired;
+            keypair_wipe_free(kp);
+        } else {
+            pp = &kp->next_retired;
+            waiting++;
+        }
+    }
+    return waiting;
+}
+
+int dp_device_maintain(struct dp_device *d)
+{
+    int n;
+
+    pthread_mutex_lock(&d->control);
+    n = reclaim(d);
+    pthread_mutex_unlock(&d->control);
+    return n;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+struct dp_device *dp_device_new(const struct dp_device_config *cfg)
+{
+    struct dp_device *d;
+    size_t slots;
+
+    if (!cfg || cfg->tun_fd < 0 || (cfg->udp4_fd < 0 && cfg->udp6_fd < 0) ||
+        cfg->mtu < 576 || cfg->mtu > 65535 - 80 || cfg->max_peers == 0 ||
+        cfg->max_peers > (1u << 24) || cfg->keypair_slots_log2 < 4 ||
+        cfg->keypair_slots_log2 > 20 || cfg->event_ring_log2 < 2 || cfg->event_ring_log2 > 16) {
+        errno = EINVAL;
+        return NULL;
+    }
+    d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->cfg = *cfg;
+    d->ev_fd = d->stop_fd = -1;
+    slots = (size_t)1 << cfg->keypair_slots_log2;
+    d->slot_mask = (uint32_t)(slots - 1);
+    d->buf_size = DP_WG_DATA_HEADER_LEN + cfg->mtu + DP_WG_PADDING + DP_WG_TAG_LEN;
+    pthread_mutex_init(&d->control, NULL);
+    pthread_mutex_init(&d->ev_lock, NULL);
+    atomic_store(&d->qs_epoch, 1);
+    d->peers = calloc(cfg->max_peers, sizeof(*d->peers));
+    d->by_slot = calloc(slots, sizeof(*d->by_slot));
+    d->ev_ring = calloc((size_t)1 << cfg->event_ring_log2, sizeof(*d->ev_ring));
+    d->ev_mask = (1u << cfg->event_ring_log2) - 1;
+    /* Keys live in locked memory, kept out of core dumps. */
+    d->pool_bytes = slots * sizeof(struct keypair);
+    d->pool = mmap(NULL, d->pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (d->pool == MAP_FAILED) {
+        d->pool = NULL;
+        goto fail;
+    }
+    if (mlock(d->pool, d->pool_bytes) < 0)
+        goto fail;
+    madvise(d->pool, d->pool_bytes, MADV_DONTDUMP);
+    d->allowedips = dp_allowedips_new();
+    d->ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    d->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!d->peers || !d->by_slot || !d->ev_ring || !d->allowedips || d->ev_fd < 0 ||
+        d->stop_fd < 0)
+        goto fail;
+    for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++)
+        d->aip_reader[i] = -1;
+    d->bursts[POLL_READER] = dp_burst_new(d->buf_size);
+    if (!d->bursts[POLL_READER])
+        goto fail;
+    return d;
+fail: {
+    int err = errno ? errno : ENOMEM;
+
+    d->cfg.tun_fd = d->cfg.udp4_fd = d->cfg.udp6_fd = -1; /* the caller keeps its fds */
+    dp_device_free(d);
+    errno = err;
+    return NULL;
+}
+}
+
+int dp_device_start(struct dp_device *d)
+{
+    int err;
+
+    pthread_mutex_lock(&d->control);
+    if (d->running) {
+        pthread_mutex_unlock(&d->control);
+        return 0;
+    }
+    d->bursts[0] = d->bursts[0] ? d->bursts[0] : dp_burst_new(d->buf_size);
+    if (!d->bursts[0]) {
+        pthread_mutex_unlock(&d->control);
+        return -ENOMEM;
+    }
+    err = pthread_create(&d->worker, NULL, dp_worker_main, d);
+    if (!err)
+        d->running = true;
+    pthread_mutex_unlock(&d->control);
+    return -err;
+}
+
+void dp_device_stop(struct dp_device *d)
+{
+    uint64_t one = 1, v;
+
+    pthread_mutex_lock(&d->control);
+    if (!d->running) {
+        pthread_mutex_unlock(&d->control);
+        return;
+    }
+    if (write(d->stop_fd, &one, sizeof(one)) < 0) {
+        /* cannot fail on a fresh eventfd */
+    }
+    pthread_join(d->worker, NULL);
+    if (read(d->stop_fd, &v, sizeof(v)) < 0) {
+        /* consumed by the worker already */
+    }
+    d->running = false;
+    pthread_mutex_unlock(&d->control);
+}
+
+int dp_device_set_udp(struct dp_device *d, int udp4_fd, int udp6_fd)
+{
+    bool was_running = d->running;
+
+    if (udp4_fd < 0 && udp6_fd < 0)
+        return -EINVAL;
+    dp_device_stop(d);
+    pthread_mutex_lock(&d->control);
+    if (d->cfg.udp4_fd >= 0)
+        close(d->cfg.udp4_fd);
+    if (d->cfg.udp6_fd >= 0)
+        close(d->cfg.udp6_fd);
+    d->cfg.udp4_fd = udp4_fd;
+    d->cfg.udp6_fd = udp6_fd;
+    pthread_mutex_unlock(&d->control);
+    return was_running ? dp_device_start(d) : 0;
+}
+
+static void staged_drop_all(struct peer *p)
+{
+    while (p->staged_head) {
+        struct staged *s = p->staged_head;
+
+        p->staged_head = s->next;
+        dp_wipe(s->data, s->len);
+        free(s);
+    }
+    p->staged_tail = NULL;
+    p->staged_count = 0;
+}
+
+void dp_device_free(struct dp_device *d)
+{
+    if (!d)
+        return;
+    if (d->running)
+        dp_device_stop(d);
+    if (d->peers) {
+        for (uint32_t i = 0; i < d->cfg.max_peers; i++)
+            staged_drop_all(&d->peers[i]);
+    }
+    for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++)
+        dp_burst_free(d->bursts[i]);
+    if (d->pool) {
+        dp_wipe(d->pool, d->pool_bytes);
+        munlock(d->pool, d->pool_bytes);
+        munmap(d->pool, d->pool_bytes);
+    }
+    if (d->allowedips)
+        dp_allowedips_free(d->allowedips);
+    for (int *fd = (int[]){d->ev_fd, d->stop_fd, d->cfg.tun_fd, d->cfg.udp4_fd, d->cfg.udp6_fd,
+                           -2};
+         *fd != -2; fd++)
+        if (*fd >= 0)
+            close(*fd);
+    free(d->peers);
+    free(d->by_slot);
+    free(d->ev_ring);
+    pthread_mutex_destroy(&d->control);
+    pthread_mutex_destroy(&d->ev_lock);
+    free(d);
+}
+
+struct dp_allowedips *dp_device_allowedips(struct dp_device *d)
+{
+    return d->allowedips;
+}
+
+/* ---------------------------------------------------------------- peers */
+
+static struct peer *peer_get(struct dp_device *d, uint32_t peer_id)
+{
+    if (peer_id >= d->cfg.max_peers || !d->peers[peer_id].in_use)
+        return NULL;
+    return &d->peers[peer_id];
+}
+
+int dp_device_peer_add(struct dp_device *d, uint32_t peer_id)
+{
+    int err = 0;
+
+    pthread_mutex_lock(&d->control);
+    if (peer_id >= d->cfg.max_peers)
+        err = -EINVAL;
+    else if (d->peers[peer_id].in_use)
+        err = -EEXIST;
+    else {
+        struct peer *p = &d->peers[peer_id];
+
+        memset(p, 0, sizeof(*p));
+        atomic_flag_clear(&p->lock);
+        p->in_use = true;
+    }
+    pthread_mutex_unlock(&d->control);
+    return err;
+}
+
+/* Unlink every keypair of p and retire it; drop staged packets. */
+static void peer_clear(struct dp_device *d, struct peer *p)
+{
+    struct keypair *kps[3];
+
+    spin_lock(&p->lock);
+    kps[0] = atomic_exchange(&p->current, NULL);
+    kps[1] = p->previous;
+    kps[2] = p->next;
+    p->previous = p->next = NULL;
+    staged_drop_all(p);
+    spin_unlock(&p->lock);
+    for (int i = 0; i < 3; i++)
+        unlink_retire(d, kps[i]);
+    atomic_store(&p->handshake_wanted, false);
+}
+
+int dp_device_peer_remove(struct dp_device *d, uint32_t peer_id)
+{
+    struct peer *p;
+    int err = 0;
+
+    pthread_mutex_lock(&d->control);
+    p = peer_get(d, peer_id);
+    if (!p) {
+        err = -ENOENT;
+    } else {
+        dp_allowedips_remove_peer(d->allowedips, peer_id);
+        peer_clear(d, p);
+        p->in_use = false;
+        reclaim(d);
+    }
+    pthread_mutex_unlock(&d->control);
+    return err;
+}
+
+int dp_device_peer_clear_keypairs(struct dp_device *d, uint32_t peer_id)
+{
+    struct peer *p;
+    int err = 0;
+
+    pthread_mutex_lock(&d->control);
+    p = peer_get(d, peer_id);
+    if (p) {
+        peer_clear(d, p);
+        reclaim(d);
+    } else {
+        err = -ENOENT;
+    }
+    pthread_mutex_unlock(&d->control);
+    return err;
+}
+
+int dp_device_peer_rearm(struct dp_device *d, uint32_t peer_id)
+{
+    struct peer *p;
+
+    pthread_mutex_lock(&d->control);
+    p = peer_get(d, peer_id);
+    if (p)
+        atomic_store(&p->handshake_wanted, false);
+    pthread_mutex_unlock(&d->control);
+    return p ? 0 : -ENOENT;
+}
+
+static bool endpoint_valid(const struct dp_endpoint *ep)
+{
+    return ep && (ep->family == DP_ENDPOINT_NONE || ep->family == DP_ENDPOINT_IPV4 ||
+                  ep->family == DP_ENDPOINT_IPV6);
+}
+
+int dp_device_peer_set_endpoint(struct dp_device *d, uint32_t peer_id,
+                                const struct dp_endpoint *ep)
+{
+    struct peer *p;
+    int err = 0;
+
+    if (!endpoint_valid(ep))
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    p = peer_get(d, peer_id);
+    if (p) {
+        spin_lock(&p->lock);
+        p->endpoint = *ep;
+        spin_unlock(&p->lock);
+    } else {
+        err = -ENOENT;
+    }
+    pthread_mutex_unlock(&d->control);
+    return err;
+}
+
+int dp_device_peer_get_endpoint(struct dp_device *d, uint32_t peer_id, struct dp_endpoint *ep)
+{
+    struct peer *p;
+
+    if (!ep)
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    p = peer_get(d, peer_id);
+    if (p) {
+        spin_lock(&p->lock);
+        *ep = p->endpoint;
+        spin_unlock(&p->lock);
+    }
+    pthread_mutex_unlock(&d->control);
+    return p ? 0 : -ENOENT;
+}
+
+int dp_device_peer_stats(struct dp_device *d, uint32_t peer_id, struct dp_peer_stats *out)
+{
+    struct peer *p;
+
+    if (!out)
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    p = peer_get(d, peer_id);
+    if (p) {
+        struct keypair *cur;
+
+        memset(out, 0, sizeof(*out));
+        out->rx_bytes = atomic_load(&p->rx_bytes);
+        out->tx_bytes = atomic_load(&p->tx_bytes);
+        out->rx_packets = atomic_load(&p->rx_packets);
+        out->tx_packets = atomic_load(&p->tx_packets);
+        out->last_rx_ns = atomic_load(&p->last_rx_ns);
+        out->last_rx_data_ns = atomic_load(&p->last_rx_data_ns);
+        out->last_tx_ns = atomic_load(&p->last_tx_ns);
+        out->last_tx_data_ns = atomic_load(&p->last_tx_data_ns);
+        spin_lock(&p->lock);
+        cur = atomic_load(&p->current);
+        if (cur) {
+            out->current_created_ns = cur->created_ns;
+            out->current_send_counter = atomic_load(&cur->send_counter);
+            out->current_local_index = cur->local_index;
+            out->current_is_initiator = cur->is_initiator;
+        }
+        out->keypairs = !!cur + !!p->previous + !!p->next;
+        out->staged = p->staged_count;
+        spin_unlock(&p->lock);
+    }
+    pthread_mutex_unlock(&d->control);
+    return p ? 0 : -ENOENT;
+}
+
+/* ---------------------------------------------------------------- keypairs */
+
+int64_t dp_device_index_reserve(struct dp_device *d)
+{
+    int64_t result = -ENOSPC;
+
+    pthread_mutex_lock(&d->control);
+    for (int tries = 0; tries < 64 && result < 0; tries++) {
+        uint32_t r;
+
+        if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+            break;
+        struct keypair *kp = &d->pool[r & d->slot_mask];
+        uint8_t e = KP_FREE;
+
+        if (atomic_compare_exchange_strong(&kp->state, &e, KP_RESERVED)) {
+            kp->local_index = r;
+            result = r;
+        }
+    }
+    if (result < 0) {
+        /* nearly full: scan for a free slot */
+        for (uint32_t s = 0; s <= d->slot_mask && result < 0; s++) {
+            uint8_t e = KP_FREE;
+
+            if (atomic_compare_exchange_strong(&d->pool[s].state, &e, KP_RESERVED)) {
+                uint32_t r = 0;
+
+                if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+                    r = 0;
+                r = (r & ~d->slot_mask) | s;
+                d->pool[s].local_index = r;
+                result = r;
+            }
+        }
+    }
+    pthread_mutex_unlock(&d->control);
+    return result;
+}
+
+int dp_device_index_release(struct dp_device *d, uint32_t local_index)
+{
+    struct keypair *kp = &d->pool[local_index & d->slot_mask];
+    int err = 0;
+
+    pthread_mutex_lock(&d->control);
+    if (atomic_load(&kp->state) == KP_RESERVED && kp->local_index == local_index)
+        atomic_store(&kp->state, KP_FREE);
+    else
+        err = -ENOENT;
+    pthread_mutex_unlock(&d->control);
+    return err;
+}
+
+int dp_device_keypair_install(struct dp_device *d, const struct dp_keypair_params *prm)
+{
+    struct keypair *kp, *dropped[2] = {NULL, NULL};
+    struct peer *p;
+    bool flush = false;
+
+    if (!prm)
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    p = peer_get(d, prm->peer_id);
+    kp = &d->pool[prm->local_index & d->slot_mask];
+    if (!p) {
+        pthread_mutex_unlock(&d->control);
+        return -ENOENT;
+    }
+    if (atomic_load(&kp->state) != KP_RESERVED || kp->local_index != prm->local_index) {
+        pthread_mutex_unlock(&d->control);
+        return -EEXIST; /* not a reserved index, or someone else's */
+    }
+    kp->remote_index = prm->remote_index;
+    kp->peer_id = prm->peer_id;
+    kp->is_initiator = prm->is_initiator ? 1 : 0;
+    kp->created_ns = prm->created_ns;
+    atomic_store(&kp->send_counter, 0);
+    atomic_flag_clear(&kp->replay_lock);
+    dp_replay_init(&kp->replay);
+    memcpy(kp->send_key, prm->send_key, sizeof(kp->send_key));
+    memcpy(kp->recv_key, prm->recv_key, sizeof(kp->recv_key));
+    atomic_store(&kp->state, KP_LIVE);
+
+    /* Rotation as the kernel does it (noise.c, add_new_keypair). */
+    spin_lock(&p->lock);
+    if (kp->is_initiator) {
+        /* used at once; an unconfirmed next becomes previous instead of
+         * the current one */
+        if (p->next) {
+            dropped[0] = atomic_load(&p->current);
+            dropped[1] = p->previous;
+            p->previous = p->next;
+            p->next = NULL;
+        } else {
+            dropped[0] = p->previous;
+            p->previous = atomic_load(&p->current);
+        }
+        atomic_store(&p->current, kp);
+        flush = p->staged_count > 0;
+    } else {
+        /* waits as next for the initiator's first data */
+        dropped[0] = p->next;
+        dropped[1] = p->previous;
+        p->next = kp;
+        p->previous = NULL;
+    }
+    spin_unlock(&p->lock);
+    atomic_store(&d->by_slot[kp->local_index & d->slot_mask], kp);
+    for (int i = 0; i < 2; i++)
+        unlink_retire(d, dropped[i]);
+    atomic_store(&p->handshake_wanted, false);
+    reclaim(d);
+    pthread_mutex_unlock(&d->control);
+    if (flush)
+        dp_flush_staged(d, prm->peer_id);
+    return 0;
+}
+
+int dp_device_keypair_retire(struct dp_device *d, uint32_t local_index)
+{
+    struct keypair *kp = &d->pool[local_index & d->slot_mask];
+    struct peer *p;
+
+    pthread_mutex_lock(&d->control);
+    if (atomic_load(&kp->state) != KP_LIVE || kp->local_index != local_index) {
+        pthread_mutex_unlock(&d->control);
+        return -ENOENT;
+    }
+    p = peer_get(d, kp->peer_id);
+    if (p) {
+        spin_lock(&p->lock);
+        if (atomic_load(&p->current) == kp)
+            atomic_store(&p->current, NULL);
+        if (p->previous == kp)
+            p->previous = NULL;
+        if (p->next == kp)
+            p->next = NULL;
+        spin_unlock(&p->lock);
+    }
+    unlink_retire(d, kp);
+    reclaim(d);
+    pthread_mutex_unlock(&d->control);
+    return 0;
+}
+
+int dp_device_drops(struct dp_device *d, uint64_t *out, size_t n)
+{
+    if (!out)
+        return -EINVAL;
+    for (size_t i = 0; i < n && i < DP_DROP_COUNT; i++)
+        out[i] = atomic_load(&d->drops[i]);
+    return DP_DROP_COUNT;
+}
+
+int dp_device_send_to(struct dp_device *d, const struct dp_endpoint *ep, const uint8_t *data,
+                      size_t len)
+{
+    if (!endpoint_valid(ep) || ep->family == DP_ENDPOINT_NONE || !data || !len)
+        return -EINVAL;
+    return dp_sendto(d, ep, data, len);
+}

@@ -1,0 +1,140 @@
+/* The device's internals, shared by device.c (control plane side) and
+ * datapath.c (workers). */
+#ifndef DP_DEVICE_INTERNAL_H
+#define DP_DEVICE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dp_crypto.h"
+#include "dp_device.h"
+#include "dp_tables.h"
+#include "dp_wg_messages.h"
+
+#define NSEC_PER_SEC 1000000000ULL
+/* A receiving initiator rekeys when its keypair nears REJECT_AFTER_TIME
+ * (whitepaper 6.2): 180 - 10 - 5 seconds. */
+#define REKEY_ON_RECEIVE_AGE \
+    ((uint64_t)(DP_WG_REJECT_AFTER_TIME - DP_WG_KEEPALIVE_TIMEOUT - DP_WG_REKEY_TIMEOUT) * NSEC_PER_SEC)
+/* Reader slot used by dp_device_poll_once. */
+#define POLL_READER DP_DEVICE_MAX_WORKERS
+
+enum kp_state { KP_FREE = 0, KP_RESERVED, KP_LIVE, KP_RETIRED };
+
+struct keypair {
+    uint32_t local_index;
+    uint32_t remote_index;
+    uint32_t peer_id;
+    uint8_t is_initiator;
+    _Atomic uint8_t state;
+    uint64_t created_ns;
+    uint64_t retired_epoch;
+    struct keypair *next_retired;
+    _Atomic uint64_t send_counter;
+    atomic_flag replay_lock;
+    struct dp_replay replay;
+    uint8_t send_key[DP_WG_KEY_LEN];
+    uint8_t recv_key[DP_WG_KEY_LEN];
+};
+
+struct staged {
+    struct staged *next;
+    uint32_t len;
+    uint8_t data[];
+};
+
+struct peer {
+    bool in_use;
+    atomic_flag lock; /* keypair triple, endpoint, staged queue */
+    struct dp_endpoint endpoint;
+    _Atomic(struct keypair *) current;
+    struct keypair *previous;
+    struct keypair *next;
+    atomic_bool handshake_wanted;
+    struct staged *staged_head, *staged_tail;
+    uint32_t staged_count;
+    _Atomic uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets;
+    _Atomic uint64_t last_rx_ns, last_rx_data_ns, last_tx_ns, last_tx_data_ns;
+};
+
+struct dp_device {
+    struct dp_device_config cfg;
+    uint32_t slot_mask;
+    size_t buf_size;           /* one packet buffer: header + MTU + padding + tag */
+    pthread_mutex_t control;   /* serialises control-plane calls */
+
+    struct peer *peers;
+    _Atomic(struct keypair *) *by_slot;
+    struct keypair *pool;      /* locked memory, one keypair per slot */
+    size_t pool_bytes;
+    struct dp_allowedips *allowedips;
+    int aip_reader[DP_DEVICE_MAX_WORKERS + 1];
+
+    /* quiescent-state tracking of the workers (0 = offline) */
+    _Atomic uint64_t qs_epoch;
+    _Atomic uint64_t qs_reader[DP_DEVICE_MAX_WORKERS + 1];
+    struct keypair *retired;           /* waiting for the readers, control side */
+    _Atomic(struct keypair *) orphans; /* unlinked by workers, handed to control */
+
+    /* events to the control plane */
+    pthread_mutex_t ev_lock;
+    struct dp_event *ev_ring;
+    uint32_t ev_mask, ev_head, ev_tail;
+    int ev_fd;
+
+    _Atomic uint64_t drops[DP_DROP_COUNT];
+
+    /* the worker */
+    pthread_t worker;
+    bool running;
+    int stop_fd;
+    struct burst *bursts[DP_DEVICE_MAX_WORKERS + 1];
+};
+
+static inline void spin_lock(atomic_flag *f)
+{
+    while (atomic_flag_test_and_set_explicit(f, memory_order_acquire))
+        __builtin_ia32_pause();
+}
+
+static inline void spin_unlock(atomic_flag *f)
+{
+    atomic_flag_clear_explicit(f, memory_order_release);
+}
+
+static inline void count_drop(struct dp_device *d, int reason, uint64_t n)
+{
+    atomic_fetch_add_explicit(&d->drops[reason], n, memory_order_relaxed);
+}
+
+static inline void stat_add(_Atomic uint64_t *s, uint64_t v)
+{
+    atomic_fetch_add_explicit(s, v, memory_order_relaxed);
+}
+
+static inline void stat_set(_Atomic uint64_t *s, uint64_t v)
+{
+    atomic_store_explicit(s, v, memory_order_relaxed);
+}
+
+uint64_t dp_now_ns(void);
+void dp_event_push(struct dp_device *d, const struct dp_event *ev);
+void dp_want_handshake(struct dp_device *d, struct peer *p, uint32_t peer_id);
+/* Worker side: unlink kp from its slot and hand it to the control plane. */
+void dp_orphan_keypair(struct dp_device *d, struct keypair *kp);
+/* Encrypt and send the peer's staged packets with its current keypair. */
+void dp_flush_staged(struct dp_device *d, uint32_t peer_id);
+/* Usable for sending: exists, young enough, counter not exhausted. */
+bool dp_keypair_can_send(const struct keypair *kp, uint64_t now);
+
+/* Per-thread buffers and the worker passes (datapath.c). */
+struct burst *dp_burst_new(size_t buf_size);
+void dp_burst_free(struct burst *b);
+int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader);
+int dp_tx_pass(struct dp_device *d, struct burst *b, int reader);
+void *dp_worker_main(void *arg);
+int dp_sendto(struct dp_device *d, const struct dp_endpoint *ep, const uint8_t *data, size_t len);
+
+#endif

@@ -1,0 +1,182 @@
+/* A WireGuard device's data path: worker threads that own the UDP sockets
+ * and the TUN device, encrypt and decrypt in bursts with the batch crypto
+ * API, and execute the tables the control plane installs (peers, allowed
+ * IPs, keypairs). Policy stays in Python: handshakes, timers, which
+ * keypair exists. The data path reports what Python must act on through an
+ * event ring signalled by an eventfd.
+ *
+ * Threads: one control thread (Python) calls everything here except the
+ * workers' own loop; calls are serialised by a device mutex, so several
+ * Python threads may call them. Workers take no lock on the packet path.
+ *
+ * cdef-clean: plain declarations and integer #defines only.
+ */
+#ifndef DP_DEVICE_H
+#define DP_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct dp_allowedips;
+struct dp_device;
+
+#define DP_DEVICE_BURST 64
+/* Packets kept per peer while it has no keypair to send with. */
+#define DP_DEVICE_STAGED_MAX 64
+#define DP_DEVICE_MAX_WORKERS 16
+
+/* Drop reasons, counted per device. */
+#define DP_DROP_MALFORMED 0       /* too short, bad type or size for its type */
+#define DP_DROP_UNKNOWN_INDEX 1   /* data for a receiver index we do not hold */
+#define DP_DROP_BAD_MAC 2         /* data that does not authenticate */
+#define DP_DROP_REPLAY 3          /* counter seen before or out of the window */
+#define DP_DROP_EXPIRED_KEY 4     /* keypair past REJECT_AFTER_TIME/MESSAGES */
+#define DP_DROP_NOT_ALLOWED 5     /* inner source not in the sending peer's allowed IPs */
+#define DP_DROP_INNER_MALFORMED 6 /* decrypted payload is not a sane IPv4/IPv6 packet */
+#define DP_DROP_NO_ROUTE 7        /* no peer's allowed IPs hold the destination */
+#define DP_DROP_NO_ENDPOINT 8     /* the peer has no endpoint to send to */
+#define DP_DROP_STAGED_FULL 9     /* waiting for a handshake, and the queue is full */
+#define DP_DROP_EVENTS_FULL 10    /* handshake message arrived, control plane busy */
+#define DP_DROP_TOO_BIG 11        /* packet larger than the MTU allows */
+#define DP_DROP_SEND_FAILED 12    /* the kernel refused a UDP or TUN write */
+#define DP_DROP_COUNT 13
+
+/* Events for the control plane. */
+#define DP_EVENT_HANDSHAKE 1         /* a type 1/2/3 message; data/len/endpoint set */
+#define DP_EVENT_NEED_HANDSHAKE 2    /* peer_id has traffic but no usable keypair, or must rekey */
+#define DP_EVENT_KEYPAIR_CONFIRMED 3 /* first data on a responder's keypair: now current */
+#define DP_EVENT_MAX_DATA 148        /* DP_WG_INITIATION_LEN */
+
+#define DP_ENDPOINT_NONE 0
+#define DP_ENDPOINT_IPV4 4
+#define DP_ENDPOINT_IPV6 6
+
+/* A UDP endpoint; address in network byte order, port in host order. */
+struct dp_endpoint {
+    uint8_t family;
+    uint8_t reserved;
+    uint16_t port;
+    uint32_t scope_id;
+    uint8_t addr[16];
+};
+
+struct dp_event {
+    uint32_t type;
+    uint32_t peer_id;
+    uint32_t local_index; /* KEYPAIR_CONFIRMED */
+    uint32_t len;
+    struct dp_endpoint endpoint;
+    uint8_t data[148];
+};
+
+struct dp_device_config {
+    int udp4_fd;              /* bound UDP sockets, or -1; the device owns them */
+    int udp6_fd;
+    int tun_fd;               /* IFF_TUN | IFF_NO_PI; the device owns it */
+    uint32_t mtu;             /* of the TUN device */
+    uint32_t max_peers;       /* peer ids are 0 .. max_peers-1 */
+    uint32_t keypair_slots_log2; /* receiver index table size; up to 20 */
+    uint32_t event_ring_log2;    /* event ring size; up to 16 */
+};
+
+/* The control plane installs keypairs that Noise derived. */
+struct dp_keypair_params {
+    uint32_t peer_id;
+    uint32_t local_index;  /* its low keypair_slots_log2 bits pick the slot */
+    uint32_t remote_index;
+    uint8_t is_initiator;  /* initiator: current at once; responder: next until confirmed */
+    uint8_t reserved[3];
+    uint64_t created_ns;   /* CLOCK_MONOTONIC */
+    uint8_t send_key[32];
+    uint8_t recv_key[32];
+};
+
+struct dp_peer_stats {
+    uint64_t rx_bytes;
+    uint64_t tx_bytes;
+    uint64_t rx_packets;
+    uint64_t tx_packets;
+    uint64_t last_rx_ns;      /* any authenticated packet, CLOCK_MONOTONIC; 0 = never */
+    uint64_t last_rx_data_ns; /* authenticated non-keepalive */
+    uint64_t last_tx_ns;      /* any packet sent */
+    uint64_t last_tx_data_ns; /* non-keepalive sent */
+    uint64_t current_created_ns; /* 0 when no current keypair */
+    uint64_t current_send_counter;
+    uint32_t current_local_index;
+    uint32_t current_is_initiator;
+    uint32_t staged;          /* packets waiting for a handshake */
+    uint32_t keypairs;        /* installed: previous + current + next */
+};
+
+/* A device, stopped; NULL with errno set on failure (bad config: EINVAL). */
+struct dp_device *dp_device_new(const struct dp_device_config *cfg);
+/* Start the worker; 0 or -errno. */
+int dp_device_start(struct dp_device *d);
+/* Stop the worker (joins it); safe to call twice. */
+void dp_device_stop(struct dp_device *d);
+/* Stop, wipe every key, close the fds, free. */
+void dp_device_free(struct dp_device *d);
+
+/* Replace the UDP sockets (a new listen port): the worker is stopped while
+ * they change and restarted if it ran. The device owns the new fds and
+ * closes the old ones. 0 or -errno. */
+int dp_device_set_udp(struct dp_device *d, int udp4_fd, int udp6_fd);
+
+/* The allowed-IPs table the workers use (owned by the device; write to it
+ * with the dp_allowedips_* calls from the control thread only). */
+struct dp_allowedips *dp_device_allowedips(struct dp_device *d);
+
+/* Readable when events are waiting; read it to clear, then drain. */
+int dp_device_event_fd(struct dp_device *d);
+/* Copy up to max events out; returns how many. */
+int dp_device_events(struct dp_device *d, struct dp_event *out, uint32_t max);
+/* Events waiting now, and the ring's size: how loaded the control plane is. */
+uint32_t dp_device_event_backlog(struct dp_device *d);
+uint32_t dp_device_event_capacity(struct dp_device *d);
+
+int dp_device_peer_add(struct dp_device *d, uint32_t peer_id);
+/* Removes the peer with its allowed IPs and keypairs (keys wiped). */
+int dp_device_peer_remove(struct dp_device *d, uint32_t peer_id);
+int dp_device_peer_set_endpoint(struct dp_device *d, uint32_t peer_id,
+                                const struct dp_endpoint *ep);
+int dp_device_peer_get_endpoint(struct dp_device *d, uint32_t peer_id, struct dp_endpoint *ep);
+int dp_device_peer_stats(struct dp_device *d, uint32_t peer_id, struct dp_peer_stats *out);
+/* Drop every keypair and staged packet of the peer (keys wiped). */
+int dp_device_peer_clear_keypairs(struct dp_device *d, uint32_t peer_id);
+/* Send an empty data message (keepalive) with the current keypair; 0,
+ * -ENOKEY without a usable keypair, -errno. */
+int dp_device_peer_keepalive(struct dp_device *d, uint32_t peer_id);
+
+/* Install a keypair: an initiator's becomes current (the old current
+ * becomes previous) and staged packets go out with it; a responder's
+ * becomes next until the first data arrives on it. 0 or -errno
+ * (-EEXIST: local_index's slot is taken). The caller wipes its copy. */
+int dp_device_keypair_install(struct dp_device *d, const struct dp_keypair_params *p);
+
+/* Reserve a free receiver index for a handshake (its slot stays ours until
+ * a keypair is installed with it or it is released); -ENOSPC when full. */
+int64_t dp_device_index_reserve(struct dp_device *d);
+int dp_device_index_release(struct dp_device *d, uint32_t local_index);
+/* Retire one keypair now (unlinked at once, keys wiped after the workers
+ * let go of it). */
+int dp_device_keypair_retire(struct dp_device *d, uint32_t local_index);
+/* Let the peer raise DP_EVENT_NEED_HANDSHAKE again (after the control
+ * plane gave up on a handshake). */
+int dp_device_peer_rearm(struct dp_device *d, uint32_t peer_id);
+/* Housekeeping for the control plane's timer: frees and wipes retired
+ * keypairs the workers are done with; returns how many still wait. */
+int dp_device_maintain(struct dp_device *d);
+
+/* Send a handshake message through the device's sockets. */
+int dp_device_send_to(struct dp_device *d, const struct dp_endpoint *ep, const uint8_t *data,
+                      size_t len);
+
+/* Per-reason drop counters (DP_DROP_COUNT entries). */
+int dp_device_drops(struct dp_device *d, uint64_t *out, size_t n);
+
+/* Run one receive pass and one send pass in the calling thread, without a
+ * worker (tests drive the data path step by step with this). Returns the
+ * number of packets handled. */
+int dp_device_poll_once(struct dp_device *d);
+
+#endif
