@@ -57,6 +57,15 @@ def _pid_of(name: str) -> int:
         raise SystemExit(f"dataplane: {name} is not up (no {RUN_DIR}/{name}.pid)") from None
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _down(args) -> int:
     pid = _pid_of(args.name)
     try:
@@ -66,7 +75,7 @@ def _down(args) -> int:
         return 1
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
+        if not _running(pid):
             print(f"{args.name} is down")
             return 0
         time.sleep(0.05)
@@ -79,7 +88,8 @@ def _request(path: Path, text: str) -> str:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(str(path))
-        s.sendall(text.encode())
+        if text:
+            s.sendall(text.encode())
         chunks = []
         while True:
             data = s.recv(65536)

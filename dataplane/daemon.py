@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import stat
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -154,6 +155,21 @@ class Daemon:
         wg-quick adds them (default routes are left to the operator)."""
         if self.iface is None:
             return
+        # pyroute2's IPRoute runs an event loop of its own, which cannot
+        # nest in ours: inside the daemon's loop, do netlink in a thread.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._sync_routes()
+            return
+        errors = []
+        t = threading.Thread(target=lambda: _capture(self._sync_routes, errors))
+        t.start()
+        t.join()
+        if errors:
+            raise errors[0]
+
+    def _sync_routes(self) -> None:
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=self.name)
             if not found:
@@ -297,6 +313,9 @@ class Daemon:
         except (ValueError, OSError) as e:
             log.info("%s: UAPI request failed: %s", self.name, e)
             return uapi.format_status(getattr(e, "errno", None) or uapi.EINVAL)
+        except Exception:  # noqa: BLE001 - a bug must not kill the connection silently
+            log.exception("%s: UAPI request failed", self.name)
+            return uapi.format_status(uapi.EIO)
 
     def device_state(self) -> uapi.DeviceState:
         iface = self.iface
@@ -386,6 +405,13 @@ class Daemon:
         """Our own figures beyond what `wg` shows (for `dataplane show`)."""
         return {"backend": self.backend, "drops": self.iface.device.drops(),
                 "handshake": dict(self.iface.counters)}
+
+
+def _capture(fn, errors: list) -> None:
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - re-raised by the caller
+        errors.append(e)
 
 
 def run_up(path: str) -> int:

@@ -160,6 +160,13 @@ class Interface:
     # ---------------------------------------------------------------- model
 
     def set_private_key(self, key: Optional[PrivateKey]) -> None:
+        """A new identity voids every session; the same key again changes
+        nothing (as in the kernel, so `wg syncconf` keeps sessions)."""
+        if key is not None and key.is_zero():
+            key = None
+        current = getattr(self, "private_key", None)
+        if current is not None and key is not None and current == key:
+            return
         self.private_key = key if key is not None and not key.is_zero() else None
         self.handshake = (noise.Handshake(self.private_key.reveal(), self._psk_for, self.clock)
                           if self.private_key else None)

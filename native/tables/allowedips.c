@@ -541,15 +541,14 @@ int dp_allowedips_insert(struct dp_allowedips *t, int family, const uint8_t *add
         n = writer_load(link);
     }
 
-    /* n (if any) is not a prefix of ours: ours is a prefix of n, or they
-     * diverge at bit `split`, where a branch node goes. */
+    /* n (if any) is not a prefix of ours: either ours is a prefix of n
+     * (split == len < n->cidr), or they diverge at bit split, below both
+     * lengths, where a branch node goes. */
     unsigned split = len;
     if (n) {
         split = common_bits(n->key, key);
         if (split > len)
             split = len;
-        if (split > n->cidr)
-            split = n->cidr;
     }
     struct node *fresh = node_new(key, len, family, peer_id);
     struct node *branch = NULL;

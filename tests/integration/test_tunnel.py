@@ -1,0 +1,127 @@
+"""`dataplane up` as an exit node with Debian's wireguard-go as the client,
+in network namespaces: handshakes both ways, IPv4 and IPv6 inside and
+outside, iperf3, `wg`, roaming, bad keys, clean shutdown."""
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.tunnel import OUTER, TunnelWorld, UAPI_DIR
+
+
+def iperf3(world, args, seconds=2):
+    server = world.topo.popen(world.exit_ns, ["iperf3", "-s", "-1", "-B", "10.202.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    try:
+        out = world.topo.run(world.client_ns, ["iperf3", "-c", "10.202.0.1", "-t", str(seconds),
+                                               "-J", *args], timeout=seconds + 30).stdout
+    finally:
+        server.wait(timeout=10)
+    import json
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("outer", [4, 6])
+def test_client_initiates_ping_v4_and_v6_inside(topo, tmp_path, outer):
+    w = TunnelWorld(topo, tmp_path, outer=outer)
+    for dst in ("10.202.0.1", "fd00:202::1"):
+        r = w.ping(w.client_ns, dst)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert " 0% packet loss" in r.stdout
+    peer = w.exit_peer_dump()
+    # public key, psk, endpoint, allowed ips, latest handshake, rx, tx, keepalive
+    assert peer[0] == str(w.client_key.public_key())
+    assert peer[1] == w.psk.reveal_base64()
+    client_outer = OUTER["client"][0 if outer == 4 else 1].split("/")[0]
+    assert client_outer in peer[2]
+    assert set(peer[3].split(",")) == {"10.202.0.2/32", "fd00:202::2/128"}
+    assert time.time() - int(peer[4]) < 30
+    assert int(peer[5]) > 0 and int(peer[6]) > 0
+    assert w.down() == 0
+    assert not (UAPI_DIR / f"{w.name}.sock").exists()
+    r = w.topo.run(w.exit_ns, ["ip", "link", "show", w.name], check=False)
+    assert r.returncode != 0, "the interface outlived the daemon"
+
+
+def test_exit_node_initiates_when_it_has_traffic(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path, exit_knows_client_endpoint=True)
+    r = w.ping(w.exit_ns, "10.202.0.2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = w.ping(w.exit_ns, "fd00:202::2")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_iperf3_tcp_both_directions_and_udp(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    up = iperf3(w, [])
+    assert up["end"]["sum_received"]["bytes"] > 1_000_000
+    down = iperf3(w, ["-R"])
+    assert down["end"]["sum_received"]["bytes"] > 1_000_000
+    udp = iperf3(w, ["-u", "-b", "20M", "-l", "1200"])
+    s = udp["end"]["sum"]
+    assert s["packets"] > 1000
+    assert s["lost_percent"] < 5, s
+
+
+def test_wg_set_and_showconf_on_our_interface(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    conf = w.exit_wg("showconf", w.name)
+    assert f"PublicKey = {w.client_key.public_key()}" in conf
+    assert "ListenPort = 51820" in conf
+    # allowed IPs moved away: traffic from the client is no longer accepted
+    w.exit_wg("set", w.name, "peer", str(w.client_key.public_key()), "allowed-ips", "10.99.0.0/24")
+    assert w.ping(w.client_ns, "10.202.0.1", count=2, timeout=1).returncode != 0
+    assert w.status()["drops"]["not_allowed"] > 0
+    # and back
+    w.exit_wg("set", w.name, "peer", str(w.client_key.public_key()), "allowed-ips",
+              "10.202.0.2/32,fd00:202::2/128")
+    assert w.ping(w.client_ns, "10.202.0.1", count=2).returncode == 0
+    # syncconf with the original file (minus our own settings) keeps it working
+    stripped = tmp_path / "strip.conf"
+    stripped.write_text("\n".join(l for l in w.conf_path.read_text().splitlines()
+                                  if not l.startswith("Address")) + "\n")
+    w.exit_wg("syncconf", w.name, str(stripped))
+    assert w.ping(w.client_ns, "10.202.0.1", count=2).returncode == 0
+
+
+def test_roaming_client_changes_address(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    assert "10.201.0.1:" in w.exit_peer_dump()[2]
+    # the client moves to a new outer address
+    link = topo.run(w.client_ns, ["ip", "-o", "link", "show", "type", "veth"]).stdout
+    ifname = re.search(r"\d+: (v\d+a)", link).group(1)
+    topo.run(w.client_ns, ["ip", "addr", "del", "10.201.0.1/24", "dev", ifname])
+    topo.run(w.client_ns, ["ip", "addr", "add", "10.201.0.77/24", "dev", ifname])
+    # wireguard-go keeps sending from the address it last used until it
+    # rebinds; a new listen port makes it rebind (new address and port)
+    w.wg.wg("set", w.wg.ifname, "listen-port", "51977")
+    r = w.ping(w.client_ns, "10.202.0.1", count=5)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert w.exit_peer_dump()[2] == "10.201.0.77:51977", "the endpoint did not follow the client"
+    # and traffic from the exit node reaches it at the new address
+    assert w.ping(w.exit_ns, "10.202.0.2", count=2).returncode == 0
+
+
+def test_wrong_preshared_key_gives_no_traffic(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path, client_psk=os.urandom(32))
+    r = w.ping(w.client_ns, "10.202.0.1", count=2, timeout=2)
+    assert r.returncode != 0
+    # we answered the initiation, but the client could not use the response
+    peer = w.exit_peer_dump()
+    assert int(peer[4]) == 0, "a handshake completed with the wrong PSK"
+    assert int(peer[5]) == 0
+
+
+def test_unknown_client_key_is_refused_and_counted(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path)
+    w.wg.configure(os.urandom(32))  # the client now has a key the exit node does not know
+    r = w.ping(w.client_ns, "10.202.0.1", count=2, timeout=2)
+    assert r.returncode != 0
+    assert w.status()["handshake"]["handshake_invalid"] > 0

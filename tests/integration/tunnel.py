@@ -1,0 +1,97 @@
+"""A two-namespace world for tunnel tests: a client running wireguard-go
+and an exit node running `dataplane up`, linked by veth with IPv4 and IPv6."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from dataplane.keys import PresharedKey, PrivateKey
+from dataplane.topology import Topology, TopologyError
+from dataplane.wireguard_go import UAPI_DIR, WireGuardGo
+
+DATAPLANE = str(Path(sys.executable).parent / "dataplane")
+OUTER = {"client": ["10.201.0.1/24", "fd00:201::1/64"], "exit": ["10.201.0.2/24", "fd00:201::2/64"]}
+INNER = {"client": ["10.202.0.2/24", "fd00:202::2/64"], "exit": ["10.202.0.1/24", "fd00:202::1/64"]}
+CLIENT_PORT = 51900
+EXIT_PORT = 51820
+
+
+class TunnelWorld:
+    def __init__(self, topo: Topology, tmp: Path, outer: int = 4, psk: bool = True,
+                 exit_knows_client_endpoint: bool = False, client_psk: Optional[bytes] = None,
+                 extra_exit_conf: str = ""):
+        self.topo, self.tmp = topo, tmp
+        self.client_ns, self.exit_ns = topo.namespace("c"), topo.namespace("x")
+        topo.link(self.client_ns, self.exit_ns, OUTER["client"], OUTER["exit"])
+        self.exit_key, self.client_key = PrivateKey.generate(), PrivateKey.generate()
+        self.psk = PresharedKey.generate() if psk else None
+        tag = f"{os.getpid() % 10000}{outer}"
+        self.name = f"dpx{tag}"
+        exit_ip = OUTER["exit"][0 if outer == 4 else 1].split("/")[0]
+        client_ip = OUTER["client"][0 if outer == 4 else 1].split("/")[0]
+        fmt = (lambda ip, port: f"[{ip}]:{port}") if outer == 6 else (lambda ip, port: f"{ip}:{port}")
+        conf = [
+            "[Interface]",
+            f"PrivateKey = {self.exit_key.reveal_base64()}",
+            f"ListenPort = {EXIT_PORT}",
+            f"Address = {', '.join(INNER['exit'])}",
+            "",
+            "[Peer]",
+            f"PublicKey = {self.client_key.public_key()}",
+            "AllowedIPs = 10.202.0.2/32, fd00:202::2/128",
+        ]
+        if self.psk:
+            conf.append(f"PresharedKey = {self.psk.reveal_base64()}")
+        if exit_knows_client_endpoint:
+            conf.append(f"Endpoint = {fmt(client_ip, CLIENT_PORT)}")
+        self.conf_path = tmp / f"{self.name}.conf"
+        self.conf_path.write_text("\n".join(conf) + "\n" + extra_exit_conf)
+        self.conf_path.chmod(0o600)
+        self.log_path = tmp / "daemon.log"
+        self.daemon = topo.popen(self.exit_ns, [DATAPLANE, "up", str(self.conf_path)],
+                                 stdout=subprocess.DEVNULL, stderr=self.log_path.open("w"))
+        self._wait_for(UAPI_DIR / f"{self.name}.sock")
+
+        self.wg = WireGuardGo(topo, self.client_ns, f"wgc{tag}")
+        self.wg.start()
+        self.wg.configure(self.client_key.reveal(), listen_port=CLIENT_PORT)
+        psk_bytes = client_psk if client_psk is not None else (self.psk.reveal() if self.psk else None)
+        self.wg.set_peer(self.exit_key.public_key(), allowed_ips=["10.202.0.0/24", "fd00:202::/64"],
+                         endpoint=fmt(exit_ip, EXIT_PORT), psk=psk_bytes)
+        self.wg.up(INNER["client"])
+
+    def _wait_for(self, path: Path, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.daemon.poll() is not None:
+                raise TopologyError(f"dataplane up exited {self.daemon.returncode}: "
+                                    f"{self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TopologyError(f"dataplane up: no {path} after {timeout}s: "
+                                    f"{self.log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def ping(self, ns: str, dst: str, count: int = 3, timeout: int = 5) -> subprocess.CompletedProcess:
+        return self.topo.run(ns, ["ping", "-c", str(count), "-i", "0.2", "-W", str(timeout), dst],
+                             check=False, timeout=count * timeout + 10)
+
+    def exit_wg(self, *args) -> str:
+        return self.topo.run(self.exit_ns, ["wg", *args]).stdout
+
+    def exit_peer_dump(self) -> list[str]:
+        lines = [l.split("\t") for l in self.exit_wg("show", self.name, "dump").splitlines()]
+        assert len(lines) == 2, lines
+        return lines[1]
+
+    def status(self) -> dict:
+        out = self.topo.run(self.exit_ns, [DATAPLANE, "show", self.name, "--json"]).stdout
+        return json.loads(out)[self.name]
+
+    def down(self) -> int:
+        self.topo.run(self.exit_ns, [DATAPLANE, "down", self.name])
+        return self.daemon.wait(timeout=15)
