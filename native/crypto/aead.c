@@ -19,7 +19,7 @@ struct aead_req {
 
 /* Scratch for one chunk; holds key material and is wiped after use. */
 struct aead_scratch {
-    struct dp_chacha20_job cj[2 * CHUNK];
+    struct dp_chacha20_job cj[CHUNK];
     struct dp_poly1305_job pj[CHUNK];
     uint8_t poly_key[CHUNK][CHACHA20_BLOCK_BYTES];
     uint8_t ad_tail[CHUNK][POLY1305_BLOCK_BYTES];
@@ -52,6 +52,8 @@ static void chacha_job(struct dp_chacha20_job *j, const struct aead_req *r, uint
     j->src = src;
     j->dst = dst;
     j->len = len;
+    j->head = NULL;
+    j->head_len = 0;
 }
 
 /* Poly1305 job for pad16(ad) || pad16(ct) || le64(ad_len) || le64(ct_len). */
@@ -88,10 +90,11 @@ static void seal_chunk(const struct dp_crypto_impl_ops *ops, struct aead_scratch
 {
     size_t nc = 0;
 
+    /* block 0 is the Poly1305 key, blocks 1.. the message: one run */
     for (size_t i = 0; i < n; i++) {
-        chacha_job(&s->cj[nc++], &r[i], 0, NULL, s->poly_key[i], POLY1305_KEY_BYTES);
-        if (r[i].len)
-            chacha_job(&s->cj[nc++], &r[i], 1, r[i].src, r[i].dst, r[i].len);
+        chacha_job(&s->cj[nc], &r[i], 0, r[i].src, r[i].dst, r[i].len);
+        s->cj[nc].head = s->poly_key[i];
+        s->cj[nc++].head_len = POLY1305_KEY_BYTES;
     }
     ops->chacha20_jobs(s->cj, nc);
     for (size_t i = 0; i < n; i++)

@@ -67,6 +67,10 @@ void dp_chacha20_jobs_portable(const struct dp_chacha20_job *jobs, size_t n)
         const struct dp_chacha20_job *j = &jobs[i];
         uint32_t counter = j->counter;
 
+        if (j->head) {
+            dp_chacha20_block(j->key, counter++, j->nonce, ks);
+            memcpy(j->head, ks, j->head_len);
+        }
         for (size_t off = 0; off < j->len; off += CHACHA20_BLOCK_BYTES) {
             size_t take = j->len - off < CHACHA20_BLOCK_BYTES ? j->len - off : CHACHA20_BLOCK_BYTES;
 

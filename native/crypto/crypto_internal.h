@@ -43,15 +43,25 @@ static inline uint32_t rotl32(uint32_t v, int c)
 }
 
 /* A run of ChaCha20 keystream: dst = src XOR keystream(key, nonce, counter..)
- * for len bytes; with src == NULL, dst receives the raw keystream. */
+ * for len bytes; with src == NULL, dst receives the raw keystream.
+ * With head set, the block at `counter` first gives head_len (<= 64) bytes
+ * of raw keystream to head, and the data starts one block later: the AEAD's
+ * Poly1305 key and its message in one run of consecutive blocks. */
 struct dp_chacha20_job {
     const uint8_t *src;
     uint8_t *dst;
     size_t len;
+    uint8_t *head;
+    uint32_t head_len;
     uint32_t key[8];
     uint32_t counter;
     uint32_t nonce[3];
 };
+
+static inline size_t dp_chacha20_job_blocks(const struct dp_chacha20_job *j)
+{
+    return (j->head ? 1 : 0) + (j->len + CHACHA20_BLOCK_BYTES - 1) / CHACHA20_BLOCK_BYTES;
+}
 
 /* One Poly1305 MAC over up to POLY1305_MAX_SEGS runs of whole 16-byte
  * blocks (every block gets the 2^128 bit, as in the AEAD construction where

@@ -67,6 +67,7 @@ struct dp_allowedips {
     _Alignas(CACHE_LINE) _Atomic uint64_t epoch; /* starts at 1, only grows */
     struct node *_Atomic root[2]; /* [0] IPv4, [1] IPv6 */
     int64_t count[2];
+    int64_t nodes;
     struct owner_map owners;
     struct node *limbo_head, *limbo_tail;
     int64_t limbo_len;
@@ -316,6 +317,7 @@ static void retire(struct dp_allowedips *t, struct node *n)
         t->limbo_head = n;
     t->limbo_tail = n;
     t->limbo_len++;
+    t->nodes--;
     t->retired_this_call = 1;
 }
 
@@ -541,20 +543,16 @@ int dp_allowedips_insert(struct dp_allowedips *t, int family, const uint8_t *add
         n = writer_load(link);
     }
 
-    /* n (if any) is not a prefix of ours: either ours is a prefix of n
-     * (split == len < n->cidr), or they diverge at bit split, below both
-     * lengths, where a branch node goes. */
-    unsigned split = len;
-    if (n) {
-        split = common_bits(n->key, key);
-        if (split > len)
-            split = len;
-    }
+    /* n (if any) is not a prefix of ours. Either ours is a prefix of n
+     * (they share len bits and n->cidr > len), or they diverge at bit
+     * split, below both lengths, where a branch node goes. */
+    unsigned split = n ? common_bits(n->key, key) : len;
+    int diverge = split < len;
     struct node *fresh = node_new(key, len, family, peer_id);
     struct node *branch = NULL;
-    if (fresh && n && split < len)
+    if (fresh && diverge)
         branch = node_new(key, split, family, DP_PEER_NONE);
-    if (!fresh || (n && split < len && !branch) ||
+    if (!fresh || (diverge && !branch) ||
         set_owner(t, f, fresh, peer_id, 1) < 0) {
         free(fresh);
         free(branch);
@@ -563,18 +561,19 @@ int dp_allowedips_insert(struct dp_allowedips *t, int family, const uint8_t *add
 
     /* Build the new piece completely, then publish it with one store. */
     struct node *top = fresh;
-    if (n && !branch) {
-        atomic_store_explicit(&fresh->child[bit_at(n->key, len)], n, memory_order_relaxed);
-        n->parent = fresh;
-    } else if (branch) {
+    if (branch) {
         atomic_store_explicit(&branch->child[bit_at(key, split)], fresh, memory_order_relaxed);
         atomic_store_explicit(&branch->child[bit_at(n->key, split)], n, memory_order_relaxed);
         fresh->parent = branch;
         n->parent = branch;
         top = branch;
+    } else if (n) {
+        atomic_store_explicit(&fresh->child[bit_at(n->key, len)], n, memory_order_relaxed);
+        n->parent = fresh;
     }
     top->parent = parent;
     publish(link, top);
+    t->nodes += branch ? 2 : 1;
     writer_done(t);
     return 0;
 }
@@ -704,6 +703,11 @@ int64_t dp_allowedips_count(const struct dp_allowedips *t, int family)
     if (family_bits(family, &f) < 0)
         return -DP_TABLES_EINVAL;
     return t->count[f];
+}
+
+int64_t dp_allowedips_nodes(const struct dp_allowedips *t)
+{
+    return t ? t->nodes : -DP_TABLES_EINVAL;
 }
 
 int64_t dp_allowedips_list_peer(const struct dp_allowedips *t, uint32_t peer_id,

@@ -63,16 +63,17 @@ int dp_replay_check(struct dp_replay *r, uint64_t counter);
  * host bits cleared, so 10.1.2.3/8 and 10.0.0.0/8 are the same prefix.
  *
  * Concurrency: one writer and any number of readers.
- * - Writer calls (new, free, insert, remove, remove_peer, count,
- *   list_peer, reclaim) must be serialised by the caller (the Python control
- *   plane holds one lock per table). Lookups from the writer thread are
- *   always safe.
+ * - Writer calls (new, free, insert, remove, remove_peer, count, nodes,
+ *   list_peer, reclaim) must be serialised by the caller, e.g. with one
+ *   lock per table in the control plane. Lookups from the writer's thread
+ *   are always safe.
  * - Readers (worker threads) call only dp_allowedips_lookup(_batch) and the
- *   reader_* calls below, and take no lock. A lookup concurrent with a change sees the table either before or
- *   after each single-prefix change, never a broken trie: the writer builds
- *   new nodes fully and then publishes them with one release store. A
- *   remove_peer is a sequence of single-prefix removals; a concurrent lookup
- *   may see some of them done and others not.
+ *   dp_allowedips_reader_* calls, and take no lock. A lookup concurrent
+ *   with a change sees the table either before or after each single-prefix
+ *   change, never a broken trie: the writer builds new nodes fully and then
+ *   publishes them with one release store. A remove_peer is a sequence of
+ *   single-prefix removals; a concurrent lookup may see some of them done
+ *   and others not.
  * - Memory of unlinked nodes is reclaimed by quiescent states (QSBR, the
  *   scheme of liburcu-qsbr, implemented here in a few lines): each reader
  *   thread registers a slot, and between bursts, when it holds no pointer
@@ -133,6 +134,9 @@ int dp_allowedips_lookup_batch(const struct dp_allowedips *t, int family,
 
 /* Number of prefixes of one family, or of both with family 0; -error. */
 int64_t dp_allowedips_count(const struct dp_allowedips *t, int family);
+/* Trie nodes in use (prefixes plus the branch nodes where prefixes
+ * diverge; never more than twice the prefixes), for memory metrics. */
+int64_t dp_allowedips_nodes(const struct dp_allowedips *t);
 /* Write up to max of peer_id's prefixes to out, in the order they were
  * (last) inserted; returns how many the peer has (which may be more than
  * max: call again with a bigger buffer), or -error. out may be NULL when

@@ -54,6 +54,13 @@ class Table:
     def count(self, family=0):
         return lib.dp_allowedips_count(self.t, family)
 
+    def check_shape(self):
+        """Branch nodes exist only where two prefixes diverge: per family,
+        fewer branch nodes than prefixes, and no node in an empty table."""
+        nodes = lib.dp_allowedips_nodes(self.t)
+        assert self.count(V4) + self.count(V6) <= nodes <= max(
+            2 * self.count(V4) - 1, 0) + max(2 * self.count(V6) - 1, 0)
+
     def prefixes(self, peer):
         n = lib.dp_allowedips_list_peer(self.t, peer, ffi.NULL, 0)
         out = ffi.new("struct dp_allowedips_entry[]", max(n, 1))
@@ -201,6 +208,7 @@ def test_kernel_selftest_remove_peer_of_nested_prefixes():
     assert t.remove_peer(A) == 2
     assert t.lookup("192.168.0.1") == NONE
     assert t.count() == 0
+    assert lib.dp_allowedips_nodes(t.t) == 0
 
 
 def test_kernel_selftest_128_deep_v6_host_routes():
@@ -239,6 +247,27 @@ def test_kernel_selftest_list_is_canonical():
 
 
 # ---- edge cases ----
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_every_prefix_length_clears_host_bits_and_matches_exactly_its_range(version):
+    bits = 32 if version == 4 else 128
+    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    ones = (1 << bits) - 1
+    t = Table()
+    for cidr in range(bits + 1):
+        # all-ones with its host bits set; peer = cidr
+        assert t.insert_raw(cls(ones), cidr, cidr) == 0
+    t.check_shape()
+    for cidr in range(bits + 1):
+        assert t.prefixes(cidr) == [ipaddress.ip_network((ones, cidr), strict=False)]
+        # the first address of the /cidr range but outside the /cidr+1 one
+        host = bits - cidr
+        addr = cls(ones ^ (1 << (host - 1))) if host else cls(ones)
+        assert t.lookup(addr) == cidr
+    for cidr in range(bits + 1):
+        assert lib.dp_allowedips_remove(t.t, family_of(cls(0)), cls(ones).packed, cidr) == 1
+        t.check_shape()
+    assert lib.dp_allowedips_nodes(t.t) == 0
 
 def test_empty_table_matches_nothing():
     t = Table()
@@ -404,7 +433,8 @@ def prefixes(draw):
     bits = 32 if version == 4 else 128
     base = draw(st.sampled_from(V4_BASES if version == 4 else V6_BASES))
     flip = draw(st.integers(0, 255)) << draw(st.integers(0, bits - 8))
-    cidr = draw(st.integers(0, bits))
+    cidr = draw(st.integers(0, bits) | st.sampled_from([0, 1, 31, 32, 63, 64, 65, 127, 128][
+        :5 if version == 4 else None]).filter(lambda c: c <= bits))
     cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
     address = cls(base ^ flip)
     return address, cidr
@@ -460,6 +490,7 @@ def test_random_operations_match_the_slow_reference(ops, extra):
         else:
             assert t.remove_peer(op[1]) == ref.remove_peer(op[1])
         assert t.count() == ref.count()
+        t.check_shape()
     assert t.count(V4) == ref.count(4) and t.count(V6) == ref.count(6)
     for peer in range(6):
         assert t.prefixes(peer) == ref.prefixes(peer)
