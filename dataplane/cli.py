@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from dataplane import __version__
 from dataplane import commands as operator_commands
+from dataplane import demo
 from dataplane.bench import crypto as bench_crypto
 
 # `dataplane bench <scenario>`: one module per scenario.
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     operator_commands.add_parsers(commands)
+    demo.add_parser(commands)
     bench = commands.add_parser("bench", help="measure performance on this machine",
                                 description="Measure performance on this machine.")
     scenarios = bench.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
