@@ -26,7 +26,8 @@ from pyroute2 import IPRoute
 
 from dataplane import config as cfg
 from dataplane import uapi
-from dataplane.device import Device, DROP_REASONS, Endpoint
+from dataplane._native import lib
+from dataplane.device import Device
 from dataplane.interface import DEFAULT_MTU, MAX_PEERS, Interface, Peer, resolve
 from dataplane.keys import PresharedKey
 from dataplane.tun import open_tun
@@ -108,6 +109,7 @@ class Daemon:
         self.backend = "socket"
         self._server: Optional[asyncio.AbstractServer] = None
         self._status_server: Optional[asyncio.AbstractServer] = None
+        self.test_clock = bool(os.environ.get("DATAPLANE_TEST_CLOCK"))
         self._stop: Optional[asyncio.Event] = None
 
     # -- bring up / down
@@ -288,6 +290,17 @@ class Daemon:
                 log.exception("%s: error in the timer tick", self.name)
 
     async def _status_client(self, reader, writer) -> None:
+        # Tests only: with DATAPLANE_TEST_CLOCK set at start, a client may
+        # first send "advance SECONDS" to move the clock forward.
+        if self.test_clock:
+            try:
+                line = await asyncio.wait_for(reader.readline(), 0.2)
+            except asyncio.TimeoutError:
+                line = b""
+            words = line.split()
+            if len(words) == 2 and words[0] == b"advance" and words[1].isdigit():
+                lib.dp_device_test_advance_clock(int(words[1]) * 1_000_000_000)
+                self.iface.tick()
         writer.write(json.dumps(self.status()).encode())
         await writer.drain()
         writer.close()
@@ -418,8 +431,15 @@ class Daemon:
 
     def status(self) -> dict:
         """Our own figures beyond what `wg` shows (for `dataplane show`)."""
+        peers = {}
+        for peer in self.iface.peers.values():
+            st = self.iface.stats(peer)
+            peers[str(peer.public_key)] = {"keypairs": st.keypairs, "staged": st.staged,
+                                           "current_index": st.current_local_index,
+                                           "rx_packets": st.rx_packets,
+                                           "tx_packets": st.tx_packets}
         return {"backend": self.backend, "drops": self.iface.device.drops(),
-                "handshake": dict(self.iface.counters)}
+                "handshake": dict(self.iface.counters), "peer_state": peers}
 
 
 def _capture(fn, errors: list) -> None:

@@ -132,11 +132,11 @@ def resolve(endpoint: cfg.Endpoint) -> Endpoint:
 class Interface:
     """The protocol state of one interface and its native device.
 
-    `clock` is CLOCK_MONOTONIC in ns (the data path's clock); tests move it
-    forward together with the native one (see advance_clock)."""
+    `clock` is the data path's clock (CLOCK_MONOTONIC in ns, which tests can
+    move forward), so that both sides age keypairs alike."""
 
     def __init__(self, name: str, private_key: PrivateKey, device: Device, listen_port: int,
-                 clock: Callable[[], int] = time.monotonic_ns,
+                 clock: Callable[[], int] = lib.dp_device_now_ns,
                  wallclock: Callable[[], int] = time.time_ns):
         self.name = name
         self.device = device

@@ -13,12 +13,25 @@
 
 #include "device_internal.h"
 
+static _Atomic uint64_t clock_offset_ns;
+
 uint64_t dp_now_ns(void)
 {
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
+    return (uint64_t)ts.tv_sec * NSEC_PER_SEC + (uint64_t)ts.tv_nsec +
+           atomic_load_explicit(&clock_offset_ns, memory_order_relaxed);
+}
+
+uint64_t dp_device_now_ns(void)
+{
+    return dp_now_ns();
+}
+
+void dp_device_test_advance_clock(uint64_t ns)
+{
+    atomic_fetch_add(&clock_offset_ns, ns);
 }
 
 bool dp_keypair_can_send(const struct keypair *kp, uint64_t now)

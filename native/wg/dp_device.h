@@ -174,6 +174,13 @@ int dp_device_send_to(struct dp_device *d, const struct dp_endpoint *ep, const u
 /* Per-reason drop counters (DP_DROP_COUNT entries). */
 int dp_device_drops(struct dp_device *d, uint64_t *out, size_t n);
 
+/* The data path's clock: CLOCK_MONOTONIC in ns, plus the test offset.
+ * The control plane uses it too, so both sides age keys alike. */
+uint64_t dp_device_now_ns(void);
+/* Tests only: move that clock forward (the daemon exposes this only when
+ * started with DATAPLANE_TEST_CLOCK set). */
+void dp_device_test_advance_clock(uint64_t ns);
+
 /* Run one receive pass and one send pass in the calling thread, without a
  * worker (tests drive the data path step by step with this). Returns the
  * number of packets handled. */

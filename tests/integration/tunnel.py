@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ EXIT_PORT = 51820
 class TunnelWorld:
     def __init__(self, topo: Topology, tmp: Path, outer: int = 4, psk: bool = True,
                  exit_knows_client_endpoint: bool = False, client_psk: Optional[bytes] = None,
-                 extra_exit_conf: str = ""):
+                 extra_exit_conf: str = "", test_clock: bool = False):
         self.topo, self.tmp = topo, tmp
         self.client_ns, self.exit_ns = topo.namespace("c"), topo.namespace("x")
         topo.link(self.client_ns, self.exit_ns, OUTER["client"], OUTER["exit"])
@@ -53,8 +54,10 @@ class TunnelWorld:
         self.conf_path.write_text("\n".join(conf) + "\n" + extra_exit_conf)
         self.conf_path.chmod(0o600)
         self.log_path = tmp / "daemon.log"
+        env = dict(os.environ, DATAPLANE_TEST_CLOCK="1") if test_clock else None
         self.daemon = topo.popen(self.exit_ns, [DATAPLANE, "up", str(self.conf_path)],
-                                 stdout=subprocess.DEVNULL, stderr=self.log_path.open("w"))
+                                 stdout=subprocess.DEVNULL, stderr=self.log_path.open("w"),
+                                 env=env)
         self._wait_for(UAPI_DIR / f"{self.name}.sock")
 
         self.wg = WireGuardGo(topo, self.client_ns, f"wgc{tag}")
@@ -91,6 +94,17 @@ class TunnelWorld:
     def status(self) -> dict:
         out = self.topo.run(self.exit_ns, [DATAPLANE, "show", self.name, "--json"]).stdout
         return json.loads(out)[self.name]
+
+    def advance_clock(self, seconds: int) -> dict:
+        """Moves the exit node's clock (test_clock=True) and returns its status."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(f"/run/dataplane/{self.name}.status.sock")
+            s.sendall(f"advance {seconds}\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return json.loads(data)
 
     def down(self) -> int:
         self.topo.run(self.exit_ns, [DATAPLANE, "down", self.name])
