@@ -123,6 +123,9 @@ class Daemon:
         self.backend = "socket"
         if conf.dataplane.backend == "auto":
             log.info("backend: socket (the XDP backend is not in this version yet)")
+        if (conf.dataplane.workers or 1) > 1 or (conf.dataplane.queues or 1) > 1:
+            log.warning("Workers/Queues > 1: the socket backend runs one worker in this "
+                        "version; the setting is kept for later")
         if uapi_socket_in_use(self.uapi_path):
             raise UpError(f"{self.name} is already up (its UAPI socket answers)")
         mtu = conf.interface.mtu or DEFAULT_MTU
