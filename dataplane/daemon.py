@@ -11,6 +11,7 @@ Layout on the machine:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import json
 import logging
@@ -18,6 +19,7 @@ import os
 import signal
 import socket
 import stat
+import struct
 import threading
 from pathlib import Path
 from typing import Optional
@@ -37,6 +39,7 @@ log = logging.getLogger("dataplane")
 UAPI_DIR = Path("/var/run/wireguard")
 RUN_DIR = Path("/run/dataplane")
 TICK_SECONDS = 0.25
+SIOCGIFMTU = 0x8921
 
 
 class UpError(Exception):
@@ -107,6 +110,7 @@ class Daemon:
         self.pid_path = RUN_DIR / f"{self.name}.pid"
         self.status_path = RUN_DIR / f"{self.name}.status.sock"
         self.backend = "socket"
+        self.mtu = DEFAULT_MTU
         self._server: Optional[asyncio.AbstractServer] = None
         self._status_server: Optional[asyncio.AbstractServer] = None
         self.test_clock = bool(os.environ.get("DATAPLANE_TEST_CLOCK"))
@@ -128,16 +132,16 @@ class Daemon:
                         "version; the setting is kept for later")
         if uapi_socket_in_use(self.uapi_path):
             raise UpError(f"{self.name} is already up (its UAPI socket answers)")
-        mtu = conf.interface.mtu or DEFAULT_MTU
+        mtu = self.mtu = conf.interface.mtu or DEFAULT_MTU
         try:
             with IPRoute() as ipr:
                 if ipr.link_lookup(ifname=self.name):
                     raise UpError(f"an interface named {self.name} already exists")
             s4, s6 = open_udp(conf.interface.listen_port or 0)
             self.sockets = (s4, s6)
-            tun_fd = open_tun(self.name)
+            tun_fd, vnet = open_tun(self.name)
             device = Device(tun_fd, os.dup(s4.fileno()), os.dup(s6.fileno()) if s6 else -1, mtu,
-                            max_peers=MAX_PEERS)
+                            max_peers=MAX_PEERS, tun_vnet_hdr=vnet)
             self.iface = Interface(self.name, conf.interface.private_key, device,
                                    s4.getsockname()[1])
             self._apply_fwmark(conf.interface.fwmark)
@@ -289,8 +293,21 @@ class Daemon:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 self.iface.tick()
+                self._follow_mtu()
             except Exception:  # noqa: BLE001
                 log.exception("%s: error in the timer tick", self.name)
+
+    def _follow_mtu(self) -> None:
+        """Padding follows the link's MTU when the operator changes it."""
+        try:
+            ifr = fcntl.ioctl(self.sockets[0], SIOCGIFMTU,
+                              struct.pack("16si12x", self.name.encode(), 0))
+        except OSError:
+            return
+        mtu = struct.unpack_from("16si", ifr)[1]
+        if mtu != self.mtu:
+            self.iface.device.set_mtu(mtu)
+            self.mtu = mtu
 
     async def _status_client(self, reader, writer) -> None:
         # Tests only: with DATAPLANE_TEST_CLOCK set at start, a client may

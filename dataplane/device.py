@@ -115,9 +115,11 @@ class Device:
     (also when construction fails)."""
 
     def __init__(self, tun_fd: int, udp4_fd: int, udp6_fd: int, mtu: int, max_peers: int = 1024,
-                 keypair_slots_log2: int = 12, event_ring_log2: int = 10):
+                 keypair_slots_log2: int = 12, event_ring_log2: int = 10,
+                 tun_vnet_hdr: bool = False):
         cfg = ffi.new("struct dp_device_config *")
         cfg.tun_fd, cfg.udp4_fd, cfg.udp6_fd = tun_fd, udp4_fd, udp6_fd
+        cfg.tun_vnet_hdr = int(tun_vnet_hdr)
         cfg.mtu, cfg.max_peers = mtu, max_peers
         cfg.keypair_slots_log2, cfg.event_ring_log2 = keypair_slots_log2, event_ring_log2
         ptr = lib.dp_device_new(cfg)
@@ -276,6 +278,9 @@ class Device:
         return lib.dp_device_maintain(self._dev)
 
     # -- I/O and counters
+
+    def set_mtu(self, mtu: int) -> None:
+        _check(lib.dp_device_set_mtu(self._dev, mtu), f"set the MTU to {mtu}")
 
     def set_udp(self, udp4_fd: int, udp6_fd: int) -> None:
         """New UDP sockets (a new listen port); the device owns the fds."""

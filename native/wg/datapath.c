@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "device_internal.h"
+#include "offload.h"
 
 /* Buffers of one thread: packets are decrypted and encrypted in place, the
  * data header in front of the payload. */
@@ -28,6 +29,12 @@ struct burst {
     struct mmsghdr out[2][DP_DEVICE_BURST];
     struct iovec out_iov[2][DP_DEVICE_BURST];
     struct sockaddr_in6 out_addr[2][DP_DEVICE_BURST];
+    /* a TSO super-packet read from the TUN, and how far it is segmented */
+    uint8_t *super;
+    struct vnet_hdr tso_hdr;
+    size_t tso_len;
+    uint32_t tso_next;
+    bool tso_pending;
 };
 
 struct burst *dp_burst_new(size_t buf_size)
@@ -37,6 +44,11 @@ struct burst *dp_burst_new(size_t buf_size)
     if (!b)
         return NULL;
     b->buf_size = buf_size;
+    b->super = malloc(VNET_HDR_LEN + TUN_SUPER_MAX);
+    if (!b->super) {
+        free(b);
+        return NULL;
+    }
     for (int i = 0; i < DP_DEVICE_BURST; i++) {
         b->buf[i] = aligned_alloc(64, (buf_size + 63) & ~(size_t)63);
         if (!b->buf[i]) {
@@ -56,6 +68,10 @@ void dp_burst_free(struct burst *b)
             dp_wipe(b->buf[i], b->buf_size);
             free(b->buf[i]);
         }
+    }
+    if (b->super) {
+        dp_wipe(b->super, VNET_HDR_LEN + TUN_SUPER_MAX);
+        free(b->super);
     }
     free(b);
 }
@@ -320,8 +336,17 @@ int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
             count_drop(d, DP_DROP_NOT_ALLOWED, 1);
             continue;
         }
-        if (write(d->cfg.tun_fd, pt, pkt_len) != (ssize_t)pkt_len)
+        if (d->cfg.tun_vnet_hdr) {
+            /* authenticated, so the kernel need not verify checksums */
+            struct vnet_hdr vh = {.flags = VNET_F_DATA_VALID};
+
+            memcpy(pt - VNET_HDR_LEN, &vh, VNET_HDR_LEN);
+            if (write(d->cfg.tun_fd, pt - VNET_HDR_LEN, pkt_len + VNET_HDR_LEN) !=
+                (ssize_t)(pkt_len + VNET_HDR_LEN))
+                count_drop(d, DP_DROP_SEND_FAILED, 1);
+        } else if (write(d->cfg.tun_fd, pt, pkt_len) != (ssize_t)pkt_len) {
             count_drop(d, DP_DROP_SEND_FAILED, 1);
+        }
     }
     (void)reader;
     return n;
@@ -338,8 +363,10 @@ static uint32_t prepare_data(struct dp_device *d, uint8_t *buf, uint32_t plen,
     uint32_t type = htole32(DP_WG_MSG_DATA), index = htole32(kp->remote_index);
     uint64_t ctr = htole64(counter);
 
-    if (padded > d->cfg.mtu)
-        padded = plen > d->cfg.mtu ? plen : d->cfg.mtu;
+    uint32_t mtu = atomic_load_explicit(&d->mtu, memory_order_relaxed);
+
+    if (padded > mtu)
+        padded = plen > mtu ? plen : mtu;
     memset(buf + DP_WG_DATA_HEADER_LEN + plen, 0, padded - plen);
     memcpy(buf, &type, 4);
     memcpy(buf + 4, &index, 4);
@@ -429,23 +456,97 @@ static void queue_out(struct burst *b, int *nout, const struct dp_endpoint *ep, 
                                              .msg_iov = &b->out_iov[fam][k], .msg_iovlen = 1};
 }
 
+/* Read one packet from the TUN into the burst: with the virtio-net header,
+ * a TSO super-packet becomes several burst slots (b->tso_* keeps the part
+ * that did not fit for the next flush). Returns slots filled, 0 at EAGAIN. */
+static int tun_read(struct dp_device *d, struct burst *b, int n)
+{
+    uint32_t room = DP_DEVICE_BURST - (uint32_t)n, total = 0;
+    uint8_t *out[DP_DEVICE_BURST];
+    int got;
+
+    if (!d->cfg.tun_vnet_hdr) {
+        ssize_t r = read(d->cfg.tun_fd, b->buf[n] + DP_WG_DATA_HEADER_LEN, INNER_MAX_BYTES);
+
+        if (r <= 0)
+            return 0;
+        b->len[n] = (uint32_t)r;
+        return 1;
+    }
+    if (!b->tso_pending) {
+        ssize_t r = read(d->cfg.tun_fd, b->super, VNET_HDR_LEN + TUN_SUPER_MAX);
+
+        if (r < VNET_HDR_LEN) {
+            if (r >= 0)
+                count_drop(d, DP_DROP_INNER_MALFORMED, 1);
+            return r < 0 ? 0 : -1;
+        }
+        memcpy(&b->tso_hdr, b->super, sizeof(b->tso_hdr));
+        b->tso_len = (size_t)r - VNET_HDR_LEN;
+        b->tso_next = 0;
+        if ((b->tso_hdr.gso_type & ~VNET_GSO_ECN) == VNET_GSO_NONE) {
+            uint8_t *pkt = b->super + VNET_HDR_LEN;
+
+            if (b->tso_len > INNER_MAX_BYTES ||
+                ((b->tso_hdr.flags & VNET_F_NEEDS_CSUM) &&
+                 dp_offload_finish_csum(&b->tso_hdr, pkt, b->tso_len))) {
+                count_drop(d, b->tso_len > INNER_MAX_BYTES ? DP_DROP_TOO_BIG
+                                                           : DP_DROP_INNER_MALFORMED, 1);
+                return -1;
+            }
+            memcpy(b->buf[n] + DP_WG_DATA_HEADER_LEN, pkt, b->tso_len);
+            b->len[n] = (uint32_t)b->tso_len;
+            return 1;
+        }
+        b->tso_pending = true;
+    }
+    for (uint32_t i = 0; i < room; i++)
+        out[i] = b->buf[n + (int)i] + DP_WG_DATA_HEADER_LEN;
+    got = dp_tso_segment(&b->tso_hdr, b->super + VNET_HDR_LEN, b->tso_len, INNER_MAX_BYTES,
+                         b->tso_next, out, &b->len[n], room, &total);
+    if (got < 0) {
+        b->tso_pending = false;
+        count_drop(d, DP_DROP_INNER_MALFORMED, 1);
+        return -1;
+    }
+    b->tso_next += (uint32_t)got;
+    if (b->tso_next >= total)
+        b->tso_pending = false;
+    return got;
+}
+
+static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now);
+
 int dp_tx_pass(struct dp_device *d, struct burst *b, int reader)
 {
     uint64_t now = dp_now_ns();
-    struct dp_endpoint ep[DP_DEVICE_BURST];
-    int n = 0, nout[2] = {0, 0};
+    int n = 0, handled = 0;
 
     (void)reader;
-    for (; n < DP_DEVICE_BURST; n++) {
-        ssize_t r = read(d->cfg.tun_fd, b->buf[n] + DP_WG_DATA_HEADER_LEN, d->cfg.mtu);
+    for (;;) {
+        int got = tun_read(d, b, n);
 
-        if (r <= 0)
+        if (got == 0 && !b->tso_pending)
             break;
-        b->len[n] = (uint32_t)r;
+        if (got > 0)
+            n += got;
+        if (n == DP_DEVICE_BURST) {
+            handled += tx_flush(d, b, n, now);
+            n = 0;
+            if (handled >= 4 * DP_DEVICE_BURST)
+                break; /* let the receive side have a turn */
+        }
     }
-    if (!n)
-        return 0;
+    if (n)
+        handled += tx_flush(d, b, n, now);
+    return handled;
+}
 
+/* Classify, encrypt and send the n packets of the burst. */
+static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now)
+{
+    struct dp_endpoint ep[DP_DEVICE_BURST];
+    int nout[2] = {0, 0};
     int njobs = 0;
 
     for (int i = 0; i < n; i++) {

@@ -206,7 +206,7 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
     size_t slots;
 
     if (!cfg || cfg->tun_fd < 0 || (cfg->udp4_fd < 0 && cfg->udp6_fd < 0) ||
-        cfg->mtu < 576 || cfg->mtu > 65535 - 80 || cfg->max_peers == 0 ||
+        cfg->mtu < 68 || cfg->mtu > INNER_MAX_BYTES || cfg->max_peers == 0 ||
         cfg->max_peers > (1u << 24) || cfg->keypair_slots_log2 < 4 ||
         cfg->keypair_slots_log2 > 20 || cfg->event_ring_log2 < 2 || cfg->event_ring_log2 > 16) {
         errno = EINVAL;
@@ -219,7 +219,8 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
     d->ev_fd = d->stop_fd = -1;
     slots = (size_t)1 << cfg->keypair_slots_log2;
     d->slot_mask = (uint32_t)(slots - 1);
-    d->buf_size = DP_WG_DATA_HEADER_LEN + cfg->mtu + DP_WG_PADDING + DP_WG_TAG_LEN;
+    d->buf_size = PACKET_BUF_BYTES;
+    atomic_store(&d->mtu, cfg->mtu);
     pthread_mutex_init(&d->control, NULL);
     pthread_mutex_init(&d->ev_lock, NULL);
     atomic_store(&d->qs_epoch, 1);
@@ -299,6 +300,14 @@ void dp_device_stop(struct dp_device *d)
     }
     d->running = false;
     pthread_mutex_unlock(&d->control);
+}
+
+int dp_device_set_mtu(struct dp_device *d, uint32_t mtu)
+{
+    if (mtu < 68 || mtu > INNER_MAX_BYTES)
+        return -EINVAL;
+    atomic_store(&d->mtu, mtu);
+    return 0;
 }
 
 int dp_device_set_udp(struct dp_device *d, int udp4_fd, int udp6_fd)

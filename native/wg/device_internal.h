@@ -59,10 +59,17 @@ struct peer {
     _Atomic uint64_t last_rx_ns, last_rx_data_ns, last_tx_ns, last_tx_data_ns;
 };
 
+/* Packet buffers hold a data message of any size a peer may send (the
+ * kernel and wireguard-go limit only what they send by their own MTU),
+ * and any packet our TUN may hand over after its MTU was raised. */
+#define PACKET_BUF_BYTES (DP_WG_DATA_HEADER_LEN + 65536 + DP_WG_PADDING + DP_WG_TAG_LEN)
+#define INNER_MAX_BYTES (PACKET_BUF_BYTES - DP_WG_DATA_MIN_LEN - DP_WG_PADDING)
+
 struct dp_device {
     struct dp_device_config cfg;
     uint32_t slot_mask;
-    size_t buf_size;           /* one packet buffer: header + MTU + padding + tag */
+    size_t buf_size;           /* PACKET_BUF_BYTES */
+    _Atomic uint32_t mtu;      /* the TUN's, for padding; follows dp_device_set_mtu */
     pthread_mutex_t control;   /* serialises control-plane calls */
 
     struct peer *peers;

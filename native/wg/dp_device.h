@@ -73,7 +73,8 @@ struct dp_device_config {
     int udp4_fd;              /* bound UDP sockets, or -1; the device owns them */
     int udp6_fd;
     int tun_fd;               /* IFF_TUN | IFF_NO_PI; the device owns it */
-    uint32_t mtu;             /* of the TUN device */
+    int tun_vnet_hdr;         /* 1: tun_fd has IFF_VNET_HDR (and TSO/CSUM offloads) */
+    uint32_t mtu;             /* of the TUN device, 68 .. 65500 */
     uint32_t max_peers;       /* peer ids are 0 .. max_peers-1 */
     uint32_t keypair_slots_log2; /* receiver index table size; up to 20 */
     uint32_t event_ring_log2;    /* event ring size; up to 16 */
@@ -116,6 +117,9 @@ int dp_device_start(struct dp_device *d);
 void dp_device_stop(struct dp_device *d);
 /* Stop, wipe every key, close the fds, free. */
 void dp_device_free(struct dp_device *d);
+
+/* The TUN's MTU changed (padding follows it); 68 .. 65500. */
+int dp_device_set_mtu(struct dp_device *d, uint32_t mtu);
 
 /* Replace the UDP sockets (a new listen port): the worker is stopped while
  * they change and restarted if it ran. The device owns the new fds and
