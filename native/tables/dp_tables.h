@@ -84,7 +84,9 @@ int dp_replay_check(struct dp_replay *r, uint64_t counter);
  *   worker going to sleep in poll) goes offline so that it does not hold
  *   back reclamation. A registered reader that never reports a quiescent
  *   state keeps every later unlinked node alive (memory grows; nothing
- *   breaks). With no readers registered, nodes are freed at once.
+ *   breaks). With no reader online, nodes are freed at once: a thread that
+ *   looks up without an online slot is safe only while no writer call
+ *   runs.
  * This scheme is home-made and is tested single-threaded plus a stress test
  * with Python threads (which run lookups in parallel, as cffi releases the
  * GIL); liburcu would be the drop-in if we ever need more.
@@ -149,7 +151,8 @@ int64_t dp_allowedips_list_peer(const struct dp_allowedips *t, uint32_t peer_id,
  * bad one. Each slot belongs to one thread. */
 int dp_allowedips_reader_register(struct dp_allowedips *t);
 void dp_allowedips_reader_unregister(struct dp_allowedips *t, int slot);
-/* "I hold no pointer into the table now." Cheap: one load, one store. */
+/* "I hold no pointer into the table now." Cheap: two loads, one store
+ * (plus a fence if the slot was offline). */
 void dp_allowedips_reader_quiescent(struct dp_allowedips *t, int slot);
 void dp_allowedips_reader_offline(struct dp_allowedips *t, int slot);
 void dp_allowedips_reader_online(struct dp_allowedips *t, int slot);

@@ -678,21 +678,32 @@ int dp_device_peer_keepalive(struct dp_device *d, uint32_t peer_id)
 
 /* ---------------------------------------------------------------- threads */
 
+/* A thread of the data path holds pointers into two structures the
+ * control plane changes: keypairs (our own quiescent-state counters) and
+ * the allowed-IPs trie (its reclamation scheme). It reports to both. */
 static void reader_quiescent(struct dp_device *d, int reader)
 {
     atomic_store(&d->qs_reader[reader], atomic_load(&d->qs_epoch));
+    dp_allowedips_reader_quiescent(d->allowedips, d->aip_reader[reader]);
+}
+
+static void reader_online(struct dp_device *d, int reader)
+{
+    dp_allowedips_reader_online(d->allowedips, d->aip_reader[reader]);
+    reader_quiescent(d, reader);
 }
 
 static void reader_offline(struct dp_device *d, int reader)
 {
     atomic_store(&d->qs_reader[reader], 0);
+    dp_allowedips_reader_offline(d->allowedips, d->aip_reader[reader]);
 }
 
 static int one_pass(struct dp_device *d, struct burst *b, int reader)
 {
     int n;
 
-    reader_quiescent(d, reader);
+    reader_online(d, reader);
     n = dp_rx_pass(d, b, d->cfg.udp4_fd, reader);
     n += dp_rx_pass(d, b, d->cfg.udp6_fd, reader);
     reader_quiescent(d, reader);
@@ -734,4 +745,22 @@ void *dp_worker_main(void *arg)
     }
     reader_offline(d, 0);
     return NULL;
+}
+
+int dp_readers_register(struct dp_device *d, int reader)
+{
+    d->aip_reader[reader] = dp_allowedips_reader_register(d->allowedips);
+    if (d->aip_reader[reader] < 0)
+        return d->aip_reader[reader];
+    reader_offline(d, reader);
+    return 0;
+}
+
+void dp_readers_unregister(struct dp_device *d, int reader)
+{
+    if (d->aip_reader[reader] >= 0) {
+        reader_offline(d, reader);
+        dp_allowedips_reader_unregister(d->allowedips, d->aip_reader[reader]);
+        d->aip_reader[reader] = -1;
+    }
 }

@@ -217,6 +217,8 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
         return NULL;
     d->cfg = *cfg;
     d->ev_fd = d->stop_fd = -1;
+    for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++)
+        d->aip_reader[i] = -1;
     slots = (size_t)1 << cfg->keypair_slots_log2;
     d->slot_mask = (uint32_t)(slots - 1);
     d->buf_size = PACKET_BUF_BYTES;
@@ -245,10 +247,8 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
     if (!d->peers || !d->by_slot || !d->ev_ring || !d->allowedips || d->ev_fd < 0 ||
         d->stop_fd < 0)
         goto fail;
-    for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++)
-        d->aip_reader[i] = -1;
     d->bursts[POLL_READER] = dp_burst_new(d->buf_size);
-    if (!d->bursts[POLL_READER])
+    if (!d->bursts[POLL_READER] || dp_readers_register(d, POLL_READER))
         goto fail;
     return d;
 fail: {
@@ -275,9 +275,13 @@ int dp_device_start(struct dp_device *d)
         pthread_mutex_unlock(&d->control);
         return -ENOMEM;
     }
-    err = pthread_create(&d->worker, NULL, dp_worker_main, d);
+    err = -dp_readers_register(d, 0);
+    if (!err)
+        err = pthread_create(&d->worker, NULL, dp_worker_main, d);
     if (!err)
         d->running = true;
+    else
+        dp_readers_unregister(d, 0);
     pthread_mutex_unlock(&d->control);
     return -err;
 }
@@ -295,6 +299,7 @@ void dp_device_stop(struct dp_device *d)
         /* cannot fail on a fresh eventfd */
     }
     pthread_join(d->worker, NULL);
+    dp_readers_unregister(d, 0);
     if (read(d->stop_fd, &v, sizeof(v)) < 0) {
         /* consumed by the worker already */
     }
@@ -351,6 +356,9 @@ void dp_device_free(struct dp_device *d)
         for (uint32_t i = 0; i < d->cfg.max_peers; i++)
             staged_drop_all(&d->peers[i]);
     }
+    if (d->allowedips)
+        for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++)
+            dp_readers_unregister(d, i);
     for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++)
         dp_burst_free(d->bursts[i]);
     if (d->pool) {

@@ -142,6 +142,10 @@ void dp_burst_free(struct burst *b);
 int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader);
 int dp_tx_pass(struct dp_device *d, struct burst *b, int reader);
 void *dp_worker_main(void *arg);
+/* Register reader slot `reader` (a worker, or POLL_READER) with the tables
+ * it reads; it starts offline. 0 or -error. */
+int dp_readers_register(struct dp_device *d, int reader);
+void dp_readers_unregister(struct dp_device *d, int reader);
 int dp_sendto(struct dp_device *d, const struct dp_endpoint *ep, const uint8_t *data, size_t len);
 
 #endif
