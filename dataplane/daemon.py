@@ -114,6 +114,7 @@ class Daemon:
         self._server: Optional[asyncio.AbstractServer] = None
         self._status_server: Optional[asyncio.AbstractServer] = None
         self.test_clock = bool(os.environ.get("DATAPLANE_TEST_CLOCK"))
+        self._events_again = False
         self._stop: Optional[asyncio.Event] = None
 
     # -- bring up / down
@@ -285,10 +286,20 @@ class Daemon:
             log.info("%s: going down", self.name)
 
     def _on_events(self) -> None:
+        more = False
         try:
-            self.iface.handle_events()
+            more = self.iface.handle_events()
         except Exception:  # noqa: BLE001 - one bad event must not stop the daemon
             log.exception("%s: error while handling events", self.name)
+        if more and not self._events_again:
+            # the eventfd was cleared: come back soon, after the UAPI and
+            # timers had their turn
+            self._events_again = True
+            asyncio.get_running_loop().call_soon(self._on_events_again)
+
+    def _on_events_again(self) -> None:
+        self._events_again = False
+        self._on_events()
 
     async def _ticker(self) -> None:
         while True:

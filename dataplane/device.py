@@ -166,15 +166,19 @@ class Device:
         return lib.dp_device_event_fd(self._dev)
 
     def events(self) -> list[Event]:
+        """At most one batch (64) of waiting events. The caller checks
+        event_backlog() and comes back for more, so that a flood cannot
+        keep it here."""
+        n = lib.dp_device_events(self._dev, self._events, len(self._events))
         out = []
-        while True:
-            n = lib.dp_device_events(self._dev, self._events, len(self._events))
-            for i in range(n):
-                e = self._events[i]
-                out.append(Event(e.type, e.peer_id, e.local_index, bytes(e.data[0:e.len]),
-                                 endpoint_from_c(e.endpoint)))
-            if n < len(self._events):
-                return out
+        for i in range(n):
+            e = self._events[i]
+            out.append(Event(e.type, e.peer_id, e.local_index, bytes(e.data[0:e.len]),
+                             endpoint_from_c(e.endpoint)))
+        return out
+
+    def event_backlog(self) -> int:
+        return lib.dp_device_event_backlog(self._dev)
 
     def event_load(self) -> float:
         """How full the event ring is, 0..1: the control plane's load."""

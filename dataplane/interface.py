@@ -230,28 +230,43 @@ class Interface:
     # ---------------------------------------------------------------- events
 
     def under_load(self) -> bool:
-        now = self.clock()
-        if self.device.event_load() >= UNDER_LOAD_FRACTION:
-            self.under_load_until = now + UNDER_LOAD_HOLD_NS
-        return now < self.under_load_until
+        return self.clock() < self.under_load_until
 
-    def handle_events(self) -> int:
-        events = self.device.events()
-        for ev in events:
-            if ev.type == lib.DP_EVENT_HANDSHAKE:
-                self._handshake_message(ev.data, ev.endpoint)
-            elif ev.type == lib.DP_EVENT_NEED_HANDSHAKE:
-                peer = self.by_id.get(ev.peer_id)
-                if peer is not None:
-                    self.initiate(peer)
-            elif ev.type == lib.DP_EVENT_KEYPAIR_CONFIRMED:
-                peer = self.by_id.get(ev.peer_id)
-                if peer is not None:
-                    self._handshake_complete(peer)
-        return len(events)
+    def _note_load(self) -> None:
+        """Load is judged from the ring before a batch is taken out of it
+        (the kernel judges from its queue): taking events out must not make
+        a flood look like quiet."""
+        if self.device.event_load() >= UNDER_LOAD_FRACTION:
+            self.under_load_until = self.clock() + UNDER_LOAD_HOLD_NS
+
+    def handle_events(self) -> bool:
+        """Handles one batch of events; True when more are waiting (the
+        caller comes back after letting other work run)."""
+        self._note_load()
+        for ev in self.device.events():
+            try:
+                self._event(ev)
+            except (OSError, ValueError, KeyError) as e:
+                # one bad message must not cost the rest of the batch
+                self.counters["handshake_invalid"] += 1
+                log.debug("%s: event dropped: %s", self.name, e)
+        return self.device.event_backlog() > 0
+
+    def _event(self, ev) -> None:
+        if ev.type == lib.DP_EVENT_HANDSHAKE:
+            self._handshake_message(ev.data, ev.endpoint)
+        elif ev.type == lib.DP_EVENT_NEED_HANDSHAKE:
+            peer = self.by_id.get(ev.peer_id)
+            if peer is not None:
+                self.initiate(peer)
+        elif ev.type == lib.DP_EVENT_KEYPAIR_CONFIRMED:
+            peer = self.by_id.get(ev.peer_id)
+            if peer is not None:
+                self._handshake_complete(peer)
 
     def _handshake_message(self, msg: bytes, src: Endpoint) -> None:
-        if self.handshake is None:
+        if self.handshake is None or src is None or src.port == 0:
+            self.counters["handshake_invalid"] += 1  # nothing we could answer
             return
         mtype = msg[0]
         if mtype == noise.MSG_COOKIE_REPLY:

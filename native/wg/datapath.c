@@ -25,8 +25,9 @@ struct burst {
     uint32_t len[DP_DEVICE_BURST];
     uint32_t peer[DP_DEVICE_BURST];
     int idx[DP_DEVICE_BURST];
-    /* outgoing, by family */
+    /* outgoing, by family; a GSO group is one entry with several iovecs */
     struct mmsghdr out[2][DP_DEVICE_BURST];
+    char ctrl[2][DP_DEVICE_BURST][CMSG_SPACE(sizeof(uint16_t))];
     struct iovec out_iov[2][DP_DEVICE_BURST];
     struct sockaddr_in6 out_addr[2][DP_DEVICE_BURST];
     /* a TSO super-packet read from the TUN, and how far it is segmented */
@@ -35,6 +36,23 @@ struct burst {
     size_t tso_len;
     uint32_t tso_next;
     bool tso_pending;
+};
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+/* The kernel's UDP_MAX_SEGMENTS (64 before 6.x raised it) and a GSO
+ * packet's size limit. */
+#define UDP_GSO_MAX_SEGMENTS 64
+#define UDP_GSO_MAX_BYTES 65000
+
+struct out_state {
+    int nmsg[2], niov[2];
+    struct dp_endpoint ep[2]; /* of the last entry */
+    size_t seg[2], last_len[2], bytes[2];
 };
 
 struct burst *dp_burst_new(size_t buf_size)
@@ -435,25 +453,71 @@ static void send_out(struct dp_device *d, struct burst *b, int fam, int count)
         int r = sendmmsg(fd, b->out[fam] + sent, (unsigned)(count - sent), MSG_DONTWAIT);
 
         if (r <= 0) {
+            struct msghdr *m = &b->out[fam][sent].msg_hdr;
+
             if (r < 0 && errno == EINTR)
                 continue;
-            count_drop(d, DP_DROP_SEND_FAILED, (uint64_t)(count - sent));
+            if (r < 0 && m->msg_iovlen > 1 && (errno == EIO || errno == EINVAL) &&
+                !d->no_udp_gso) {
+                /* no UDP GSO on this path (an old kernel, or a device
+                 * without checksum offload): send one by one from now on */
+                d->no_udp_gso = true;
+                for (size_t i = 0; i < m->msg_iovlen; i++)
+                    if (sendmsg(fd, &(struct msghdr){.msg_name = m->msg_name,
+                                                     .msg_namelen = m->msg_namelen,
+                                                     .msg_iov = &m->msg_iov[i], .msg_iovlen = 1},
+                                MSG_DONTWAIT) < 0)
+                        count_drop(d, DP_DROP_SEND_FAILED, 1);
+                sent++;
+                continue;
+            }
+            for (int i = sent; i < count; i++)
+                count_drop(d, DP_DROP_SEND_FAILED, b->out[fam][i].msg_hdr.msg_iovlen);
             return;
         }
         sent += r;
     }
 }
 
-static void queue_out(struct burst *b, int *nout, const struct dp_endpoint *ep, uint8_t *data,
-                      size_t len)
+/* Queue a message for sending. Consecutive messages to the same endpoint
+ * with the same size (the segments of one TSO packet, typically) share one
+ * sendmmsg entry with UDP_SEGMENT: the kernel builds the datagrams (UDP
+ * GSO), one trip through the stack instead of one per packet. The last
+ * datagram of a group may be shorter. */
+static void queue_out(struct dp_device *d, struct burst *b, struct out_state *o,
+                      const struct dp_endpoint *ep, uint8_t *data, size_t len)
 {
-    int fam = ep->family == DP_ENDPOINT_IPV6, k = nout[fam]++;
+    int fam = ep->family == DP_ENDPOINT_IPV6, k = o->nmsg[fam] - 1, v = o->niov[fam]++;
+    struct msghdr *m = k >= 0 ? &b->out[fam][k].msg_hdr : NULL;
+
+    b->out_iov[fam][v] = (struct iovec){data, len};
+    if (m && !d->no_udp_gso && o->seg[fam] && len <= o->seg[fam] &&
+        o->last_len[fam] == o->seg[fam] && m->msg_iovlen < UDP_GSO_MAX_SEGMENTS &&
+        o->bytes[fam] + len <= UDP_GSO_MAX_BYTES && !memcmp(&o->ep[fam], ep, sizeof(*ep))) {
+        m->msg_iovlen++;
+        o->bytes[fam] += len;
+        o->last_len[fam] = len;
+        if (m->msg_iovlen == 2) {
+            struct cmsghdr *c = (struct cmsghdr *)b->ctrl[fam][k];
+            uint16_t seg = (uint16_t)o->seg[fam];
+
+            m->msg_control = b->ctrl[fam][k];
+            m->msg_controllen = CMSG_SPACE(sizeof(seg));
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(seg));
+            memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+        }
+        return;
+    }
+    k = o->nmsg[fam]++;
     socklen_t salen = endpoint_to_sockaddr(ep, &b->out_addr[fam][k]);
 
-    b->out_iov[fam][k] = (struct iovec){data, len};
     b->out[fam][k].msg_hdr = (struct msghdr){.msg_name = &b->out_addr[fam][k],
                                              .msg_namelen = salen,
-                                             .msg_iov = &b->out_iov[fam][k], .msg_iovlen = 1};
+                                             .msg_iov = &b->out_iov[fam][v], .msg_iovlen = 1};
+    o->ep[fam] = *ep;
+    o->seg[fam] = o->last_len[fam] = o->bytes[fam] = len;
 }
 
 /* Read one packet from the TUN into the burst: with the virtio-net header,
@@ -546,7 +610,7 @@ int dp_tx_pass(struct dp_device *d, struct burst *b, int reader)
 static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now)
 {
     struct dp_endpoint ep[DP_DEVICE_BURST];
-    int nout[2] = {0, 0};
+    struct out_state out = {0};
     int njobs = 0;
 
     for (int i = 0; i < n; i++) {
@@ -595,15 +659,15 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now)
         uint32_t wire = DP_WG_DATA_MIN_LEN + b->len[i];
         struct peer *p = &d->peers[b->peer[j]];
 
-        queue_out(b, nout, &ep[j], b->buf[i], wire);
+        queue_out(d, b, &out, &ep[j], b->buf[i], wire);
         stat_add(&p->tx_bytes, wire);
         stat_add(&p->tx_packets, 1);
         stat_set(&p->last_tx_ns, now);
         stat_set(&p->last_tx_data_ns, now);
     }
     for (int fam = 0; fam < 2; fam++)
-        if (nout[fam])
-            send_out(d, b, fam, nout[fam]);
+        if (out.nmsg[fam])
+            send_out(d, b, fam, out.nmsg[fam]);
     return n;
 }
 

@@ -70,6 +70,7 @@ struct dp_device {
     uint32_t slot_mask;
     size_t buf_size;           /* PACKET_BUF_BYTES */
     _Atomic uint32_t mtu;      /* the TUN's, for padding; follows dp_device_set_mtu */
+    bool no_udp_gso;           /* set once the kernel refused UDP_SEGMENT */
     pthread_mutex_t control;   /* serialises control-plane calls */
 
     struct peer *peers;
