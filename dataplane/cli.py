@@ -15,9 +15,10 @@ from dataplane import __version__
 from dataplane import commands as operator_commands
 from dataplane import demo
 from dataplane.bench import crypto as bench_crypto
+from dataplane.bench import tunnel as bench_tunnel
 
 # `dataplane bench <scenario>`: one module per scenario.
-BENCH_SCENARIOS = (bench_crypto,)
+BENCH_SCENARIOS = (bench_crypto, bench_tunnel)
 
 
 def build_parser() -> argparse.ArgumentParser:
