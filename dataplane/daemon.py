@@ -11,6 +11,7 @@ Layout on the machine:
 from __future__ import annotations
 
 import asyncio
+import errno as errno_mod
 import fcntl
 import ipaddress
 import json
@@ -368,12 +369,16 @@ class Daemon:
                 return uapi.format_get(self.device_state())
             self.apply_set(uapi.parse_set(req.lines))
             return uapi.format_status(0)
+        # The reasons go back to the client; the log gets only the errno,
+        # since a request's values may be endpoints.
         except uapi.UapiError as e:
-            log.info("%s: UAPI request refused: %s", self.name, e)
+            log.info("%s: UAPI request refused (%s)", self.name,
+                     errno_mod.errorcode.get(e.errno, e.errno))
             return e.response()
         except (ValueError, OSError) as e:
-            log.info("%s: UAPI request failed: %s", self.name, e)
-            return uapi.format_status(getattr(e, "errno", None) or uapi.EINVAL)
+            code = getattr(e, "errno", None) or uapi.EINVAL
+            log.info("%s: UAPI request failed (%s)", self.name, errno_mod.errorcode.get(code, code))
+            return uapi.format_status(code)
         except Exception:  # noqa: BLE001 - a bug must not kill the connection silently
             log.exception("%s: UAPI request failed", self.name)
             return uapi.format_status(uapi.EIO)

@@ -125,7 +125,7 @@ def resolve(endpoint: cfg.Endpoint) -> Endpoint:
         return Endpoint(endpoint.address, endpoint.port)
     infos = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM)
     if not infos:
-        raise OSError(f"cannot resolve {endpoint.host}")
+        raise OSError("a peer's endpoint host name does not resolve")
     return Endpoint(ipaddress.ip_address(infos[0][4][0]), endpoint.port)
 
 
