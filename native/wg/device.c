@@ -43,24 +43,30 @@ bool dp_keypair_can_send(const struct keypair *kp, uint64_t now)
 
 /* ---------------------------------------------------------------- events */
 
-void dp_event_push(struct dp_device *d, const struct dp_event *ev)
+bool dp_event_push(struct dp_device *d, const struct dp_event *ev)
 {
     uint64_t one = 1;
     bool pushed = false;
+    /* Handshake messages come from anyone and may fill only part of the
+     * ring; the rest stays for the data path's own requests, so that a
+     * flood cannot silence them. */
+    uint32_t limit = ev->type == DP_EVENT_HANDSHAKE ? d->ev_mask + 1 - (d->ev_mask + 1) / 4
+                                                    : d->ev_mask + 1;
 
     pthread_mutex_lock(&d->ev_lock);
-    if (d->ev_head - d->ev_tail <= d->ev_mask) {
+    if (d->ev_head - d->ev_tail < limit) {
         d->ev_ring[d->ev_head++ & d->ev_mask] = *ev;
         pushed = true;
     }
     pthread_mutex_unlock(&d->ev_lock);
     if (!pushed) {
         count_drop(d, DP_DROP_EVENTS_FULL, 1);
-        return;
+        return false;
     }
     if (write(d->ev_fd, &one, sizeof(one)) < 0) {
         /* the counter saturates only after 2^64-2 unread writes */
     }
+    return true;
 }
 
 int dp_device_event_fd(struct dp_device *d)
@@ -104,7 +110,8 @@ void dp_want_handshake(struct dp_device *d, struct peer *p, uint32_t peer_id)
 {
     if (atomic_exchange(&p->handshake_wanted, true))
         return;
-    dp_event_push(d, &(struct dp_event){.type = DP_EVENT_NEED_HANDSHAKE, .peer_id = peer_id});
+    if (!dp_event_push(d, &(struct dp_event){.type = DP_EVENT_NEED_HANDSHAKE, .peer_id = peer_id}))
+        atomic_store(&p->handshake_wanted, false); /* ask again with the next packet */
 }
 
 /* ---------------------------------------------------------------- reclamation */

@@ -128,7 +128,8 @@ static inline void stat_set(_Atomic uint64_t *s, uint64_t v)
 }
 
 uint64_t dp_now_ns(void);
-void dp_event_push(struct dp_device *d, const struct dp_event *ev);
+/* false when the ring had no room (counted as DP_DROP_EVENTS_FULL) */
+bool dp_event_push(struct dp_device *d, const struct dp_event *ev);
 void dp_want_handshake(struct dp_device *d, struct peer *p, uint32_t peer_id);
 /* Worker side: unlink kp from its slot and hand it to the control plane. */
 void dp_orphan_keypair(struct dp_device *d, struct keypair *kp);
