@@ -160,3 +160,151 @@ int dp_tso_segment(const struct vnet_hdr *vh, const uint8_t *pkt, size_t len, ui
     }
     return (int)written;
 }
+
+/* ---------------------------------------------------------------- GRO */
+
+#include <unistd.h>
+
+#define GRO_MAX_SEGMENTS 64
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_URG 0x20
+#define TCP_ECE 0x40
+
+struct tcp_view {
+    int v6;
+    uint32_t iphl, tcphl, payload;
+    uint32_t seq;
+    uint8_t flags;
+};
+
+/* A TCP segment we know how to merge: IPv4 without options or fragments,
+ * or IPv6 without extension headers. */
+static int tcp_view(const uint8_t *p, uint32_t len, struct tcp_view *v)
+{
+    if (p[0] >> 4 == 4) {
+        if ((p[0] & 0xf) != 5 || p[9] != IPPROTO_TCP_ || len < 40 || (p[6] & 0x3f) || p[7])
+            return 0; /* options, not TCP, MF set or a fragment offset */
+        v->v6 = 0;
+        v->iphl = 20;
+    } else {
+        if (len < 60 || p[6] != IPPROTO_TCP_)
+            return 0;
+        v->v6 = 1;
+        v->iphl = 40;
+    }
+    v->tcphl = (uint32_t)(p[v->iphl + 12] >> 4) * 4;
+    if (v->tcphl < 20 || v->iphl + v->tcphl > len)
+        return 0;
+    v->payload = len - v->iphl - v->tcphl;
+    memcpy(&v->seq, p + v->iphl + 4, 4);
+    v->seq = ntohl(v->seq);
+    v->flags = p[v->iphl + 13];
+    return 1;
+}
+
+/* Can q follow the group that starts with p (seen so far: `bytes` of
+ * payload in segments of `mss`, the last `last` long)? */
+static int mergeable(const uint8_t *p, const struct tcp_view *pv, const uint8_t *q,
+                     const struct tcp_view *qv, uint32_t bytes, uint32_t mss, uint32_t last)
+{
+    if (qv->v6 != pv->v6 || qv->tcphl != pv->tcphl || qv->payload == 0 || qv->payload > mss ||
+        last != mss || pv->iphl + pv->tcphl + bytes + qv->payload > 65535 - 40 ||
+        qv->seq != pv->seq + bytes)
+        return 0;
+    if ((pv->flags | qv->flags) & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG | TCP_CWR | TCP_ECE))
+        return 0;
+    if (pv->flags & TCP_PSH)
+        return 0; /* a pushed segment ends its group */
+    if (pv->v6) {
+        /* version/class/flow label, next header, hop limit, addresses */
+        if (memcmp(p, q, 4) || memcmp(p + 6, q + 6, 34))
+            return 0;
+    } else {
+        /* tos, DF, ttl, protocol, addresses */
+        if (p[1] != q[1] || p[6] != q[6] || p[8] != q[8] || memcmp(p + 12, q + 12, 8))
+            return 0;
+    }
+    /* ports, ack, flags but PSH, window, urgent pointer, options: equal */
+    const uint8_t *pt = p + pv->iphl, *qt = q + qv->iphl;
+
+    return !memcmp(pt, qt, 4) && !memcmp(pt + 8, qt + 8, 5) &&
+           (pt[13] & ~TCP_PSH) == (qt[13] & ~TCP_PSH) && !memcmp(pt + 14, qt + 14, 2) &&
+           !memcmp(pt + 18, qt + 18, qv->tcphl - 18);
+}
+
+static int write_one(int fd, uint8_t *pkt, uint32_t len, const struct vnet_hdr *vh)
+{
+    memcpy(pkt - VNET_HDR_LEN, vh, VNET_HDR_LEN);
+    return write(fd, pkt - VNET_HDR_LEN, len + VNET_HDR_LEN) == (ssize_t)(len + VNET_HDR_LEN)
+               ? 0
+               : -1;
+}
+
+/* Finish the group built in p's buffer: lengths, IPv4 checksum, and the
+ * TCP checksum left partial for the kernel (CHECKSUM_PARTIAL). */
+static int write_group(int fd, uint8_t *p, const struct tcp_view *v, uint32_t bytes,
+                       uint32_t mss)
+{
+    uint32_t hdr = v->iphl + v->tcphl, total = hdr + bytes;
+    struct vnet_hdr vh = {.flags = VNET_F_NEEDS_CSUM,
+                          .gso_type = v->v6 ? VNET_GSO_TCPV6 : VNET_GSO_TCPV4,
+                          .hdr_len = (uint16_t)hdr, .gso_size = (uint16_t)mss,
+                          .csum_start = (uint16_t)v->iphl, .csum_offset = 16};
+    uint16_t c;
+
+    if (v->v6) {
+        uint16_t plen = htons((uint16_t)(total - 40));
+
+        memcpy(p + 4, &plen, 2);
+    } else {
+        uint16_t tot = htons((uint16_t)total), zero = 0;
+
+        memcpy(p + 2, &tot, 2);
+        memcpy(p + 10, &zero, 2);
+        c = dp_csum_fold(dp_csum_add(0, p, 20));
+        memcpy(p + 10, &c, 2);
+    }
+    c = (uint16_t)~dp_csum_fold(pseudo_header(p, v->v6, v->tcphl + bytes));
+    memcpy(p + v->iphl + 16, &c, 2);
+    return write_one(fd, p, total, &vh);
+}
+
+uint32_t dp_gro_write(int tun_fd, struct gro_pkt *pkts, uint32_t n)
+{
+    const struct vnet_hdr plain = {.flags = VNET_F_DATA_VALID};
+    uint32_t failed = 0, i = 0;
+
+    while (i < n) {
+        struct gro_pkt *g = &pkts[i];
+        struct tcp_view gv, qv;
+        uint32_t count = 1, bytes, mss, last;
+
+        if (!tcp_view(g->data, g->len, &gv) || gv.payload == 0) {
+            failed += write_one(tun_fd, g->data, g->len, &plain) != 0;
+            i++;
+            continue;
+        }
+        bytes = mss = last = gv.payload;
+        while (i + count < n && count < GRO_MAX_SEGMENTS) {
+            struct gro_pkt *q = &pkts[i + count];
+
+            if (!tcp_view(q->data, q->len, &qv) ||
+                !mergeable(g->data, &gv, q->data, &qv, bytes, mss, last))
+                break;
+            memcpy(g->data + gv.iphl + gv.tcphl + bytes, q->data + qv.iphl + qv.tcphl,
+                   qv.payload);
+            g->data[gv.iphl + 13] |= qv.flags & TCP_PSH;
+            gv.flags |= qv.flags & TCP_PSH;
+            bytes += qv.payload;
+            last = qv.payload;
+            count++;
+        }
+        if (count == 1)
+            failed += write_one(tun_fd, g->data, g->len, &plain) != 0;
+        else
+            failed += write_group(tun_fd, g->data, &gv, bytes, mss) ? count : 0;
+        i += count;
+    }
+    return failed;
+}
