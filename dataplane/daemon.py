@@ -369,11 +369,12 @@ class Daemon:
                 return uapi.format_get(self.device_state())
             self.apply_set(uapi.parse_set(req.lines))
             return uapi.format_status(0)
-        # The reasons go back to the client; the log gets only the errno,
-        # since a request's values may be endpoints.
+        # Reasons never carry keys; those about an endpoint quote it, so the
+        # log gets only their errno.
         except uapi.UapiError as e:
-            log.info("%s: UAPI request refused (%s)", self.name,
-                     errno_mod.errorcode.get(e.errno, e.errno))
+            reason = str(e) if not str(e).lower().startswith("endpoint") else \
+                f"endpoint refused ({errno_mod.errorcode.get(e.errno, e.errno)})"
+            log.info("%s: UAPI request refused: %s", self.name, reason)
             return e.response()
         except (ValueError, OSError) as e:
             code = getattr(e, "errno", None) or uapi.EINVAL

@@ -147,6 +147,7 @@ class Interface:
         self.peers: dict[bytes, Peer] = {}
         self.by_id: dict[int, Peer] = {}
         self.pending_by_index: dict[int, Peer] = {}
+        self._next_id = 0
         self.ratelimiter = RateLimiter(clock)
         self.cookie_secret = os.urandom(32)
         self.cookie_secret_ns = clock()
@@ -188,9 +189,17 @@ class Interface:
             raise ValueError("a low-order public key cannot complete a handshake")
         if public_key in self.peers:
             return self.peers[public_key]
-        free = next((i for i in range(self.device.max_peers) if i not in self.by_id), None)
+        # Round-robin over the ids, so that a removed peer's id is not given
+        # to the next new peer while its last packets may be in flight.
+        free = None
+        for k in range(self.device.max_peers):
+            candidate = (self._next_id + k) % self.device.max_peers
+            if candidate not in self.by_id:
+                free = candidate
+                break
         if free is None:
             raise OSError(f"no room for another peer (at most {self.device.max_peers})")
+        self._next_id = free + 1
         self.device.peer_add(free)
         peer = Peer(free, PublicKey(public_key))
         self.peers[peer.public_key] = peer

@@ -414,8 +414,17 @@ int dp_device_peer_add(struct dp_device *d, uint32_t peer_id)
     else {
         struct peer *p = &d->peers[peer_id];
 
-        memset(p, 0, sizeof(*p));
-        atomic_flag_clear(&p->lock);
+        /* A worker may still touch this slot for a packet of its previous
+         * owner (peer slots are never freed): reset it under its lock,
+         * which stays valid throughout, rather than wiping the lock too. */
+        spin_lock(&p->lock);
+        memset(&p->endpoint, 0, sizeof(p->endpoint));
+        atomic_store(&p->current, NULL);
+        p->previous = p->next = NULL;
+        atomic_store(&p->handshake_wanted, false);
+        for (_Atomic uint64_t *c = &p->rx_bytes; c <= &p->last_tx_data_ns; c++)
+            atomic_store(c, 0);
+        spin_unlock(&p->lock);
         p->in_use = true;
     }
     pthread_mutex_unlock(&d->control);

@@ -55,6 +55,8 @@ struct peer {
     atomic_bool handshake_wanted;
     struct staged *staged_head, *staged_tail;
     uint32_t staged_count;
+    /* counters, in this order (dp_device_peer_add resets rx_bytes ..
+     * last_tx_data_ns as one run) */
     _Atomic uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets;
     _Atomic uint64_t last_rx_ns, last_rx_data_ns, last_tx_ns, last_tx_data_ns;
 };
