@@ -144,7 +144,7 @@ def _show(args) -> int:
         if st.private_key is not None:
             print(f"  public key: {st.private_key.public_key()}")
         print(f"  listening port: {st.listen_port}")
-        print(f"  backend: {ours.get('backend', '?')}")
+        print(f"  backend: {ours.get('backend', '?')}, {ours.get('workers', '?')} worker(s)")
         drops = {k: n for k, n in ours.get("drops", {}).items() if n}
         print(f"  drops: {', '.join(f'{k} {n}' for k, n in drops.items()) or 'none'}")
         for p in st.peers:

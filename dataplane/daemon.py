@@ -49,27 +49,50 @@ class UpError(Exception):
 
 # ---------------------------------------------------------------- sockets
 
-def open_udp(port: int) -> tuple[socket.socket, Optional[socket.socket]]:
-    """UDP sockets on `port` (0: a random one) for IPv4 and, where the
-    machine has IPv6, IPv6 (v6-only, same port)."""
-    s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def open_udp(port: int, workers: int = 1) -> tuple[list, list]:
+    """UDP sockets on `port` (0: a random one), one per worker, for IPv4
+    and, where the machine has IPv6, IPv6 (v6-only, same port); several
+    per family share the port with SO_REUSEPORT, and the kernel spreads
+    peers over them. The IPv6 list holds None where there is no IPv6."""
+    def make(family: int, addr: str, port: int) -> socket.socket:
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if workers > 1:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((addr, port))
+        except OSError:
+            s.close()
+            raise
+        s.setblocking(False)
+        _grow_buffers(s)
+        return s
+
+    v4: list = []
+    v6: list = []
     try:
-        s4.bind(("0.0.0.0", port))
+        for _ in range(workers):
+            v4.append(make(socket.AF_INET, "0.0.0.0", port))
+            port = v4[0].getsockname()[1]
+        for _ in range(workers):
+            try:
+                v6.append(make(socket.AF_INET6, "::", port))
+            except OSError:
+                if v6:
+                    raise
+                v6 = [None] * workers  # no IPv6 here: IPv4 alone
+                break
     except OSError as e:
-        s4.close()
+        for s in v4 + v6:
+            if s is not None:
+                s.close()
         raise UpError(f"cannot listen on UDP port {port}: {e.strerror}") from None
-    port = s4.getsockname()[1]
-    try:
-        s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        s6.bind(("::", port))
-    except OSError:
-        s6 = None  # no IPv6 here: IPv4 alone
-    for s in (s4, s6):
-        if s is not None:
-            s.setblocking(False)
-            _grow_buffers(s)
-    return s4, s6
+    return v4, v6
+
+
+def _dup(sockets: list) -> list[int]:
+    return [os.dup(s.fileno()) if s is not None else -1 for s in sockets]
 
 
 SOCKET_BUFFER_BYTES = 8 << 20
@@ -106,11 +129,12 @@ class Daemon:
         self.conf = conf
         self.name = conf.name
         self.iface: Optional[Interface] = None
-        self.sockets: tuple = ()
+        self.sockets: list = []
         self.uapi_path = UAPI_DIR / f"{self.name}.sock"
         self.pid_path = RUN_DIR / f"{self.name}.pid"
         self.status_path = RUN_DIR / f"{self.name}.status.sock"
         self.backend = "socket"
+        self.workers = 1
         self.mtu = DEFAULT_MTU
         self._server: Optional[asyncio.AbstractServer] = None
         self._status_server: Optional[asyncio.AbstractServer] = None
@@ -129,9 +153,14 @@ class Daemon:
         self.backend = "socket"
         if conf.dataplane.backend == "auto":
             log.info("backend: socket (the XDP backend is not in this version yet)")
-        if (conf.dataplane.workers or 1) > 1 or (conf.dataplane.queues or 1) > 1:
-            log.warning("Workers/Queues > 1: the socket backend runs one worker in this "
-                        "version; the setting is kept for later")
+        # One worker per TUN queue; by default one per CPU core.
+        self.workers = min(conf.dataplane.workers or conf.dataplane.queues or os.cpu_count() or 1,
+                           lib.DP_DEVICE_MAX_WORKERS)
+        if conf.dataplane.queues and conf.dataplane.workers and \
+                conf.dataplane.queues != conf.dataplane.workers:
+            log.warning("Queues = %d, Workers = %d: the socket backend runs one worker per "
+                        "queue; using %d", conf.dataplane.queues, conf.dataplane.workers,
+                        self.workers)
         if uapi_socket_in_use(self.uapi_path):
             raise UpError(f"{self.name} is already up (its UAPI socket answers)")
         mtu = self.mtu = conf.interface.mtu or DEFAULT_MTU
@@ -139,15 +168,16 @@ class Daemon:
             with IPRoute() as ipr:
                 if ipr.link_lookup(ifname=self.name):
                     raise UpError(f"an interface named {self.name} already exists")
-            s4, s6 = open_udp(conf.interface.listen_port or 0)
-            self.sockets = (s4, s6)
+            workers = self.workers
+            v4, v6 = open_udp(conf.interface.listen_port or 0, workers)
+            self.sockets = [s for s in v4 + v6 if s is not None]
             # DATAPLANE_TUN_OFFLOADS=0 turns TSO off, to measure what it brings
-            tun_fd, vnet = open_tun(self.name,
-                                    offloads=os.environ.get("DATAPLANE_TUN_OFFLOADS") != "0")
-            device = Device(tun_fd, os.dup(s4.fileno()), os.dup(s6.fileno()) if s6 else -1, mtu,
-                            max_peers=MAX_PEERS, tun_vnet_hdr=vnet)
+            tun_fds, vnet = open_tun(self.name, queues=workers,
+                                     offloads=os.environ.get("DATAPLANE_TUN_OFFLOADS") != "0")
+            device = Device(tun_fds, _dup(v4), _dup(v6), mtu, max_peers=MAX_PEERS,
+                            tun_vnet_hdr=vnet)
             self.iface = Interface(self.name, conf.interface.private_key, device,
-                                   s4.getsockname()[1])
+                                   v4[0].getsockname()[1])
             self._apply_fwmark(conf.interface.fwmark)
             for pc in conf.peers:
                 self._configure_peer(pc)
@@ -156,8 +186,8 @@ class Daemon:
         except BaseException:
             self.down()
             raise
-        log.info("%s is up: listening on UDP port %d, %d peer(s), backend %s",
-                 self.name, self.iface.listen_port, len(conf.peers), self.backend)
+        log.info("%s is up: listening on UDP port %d, %d peer(s), backend %s, %d worker(s)",
+                 self.name, self.iface.listen_port, len(conf.peers), self.backend, self.workers)
 
     def _configure_peer(self, pc: cfg.PeerConfig) -> Peer:
         iface = self.iface
@@ -231,8 +261,7 @@ class Daemon:
 
     def _apply_fwmark(self, mark: int) -> None:
         for s in self.sockets:
-            if s is not None:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         if self.iface:
             self.iface.fwmark = mark
 
@@ -244,9 +273,8 @@ class Daemon:
                 self.iface.private_key.wipe()
             self.iface = None
         for s in self.sockets:
-            if s is not None:
-                s.close()
-        self.sockets = ()
+            s.close()
+        self.sockets = []
         for path in (self.uapi_path, self.pid_path, self.status_path):
             try:
                 path.unlink()
@@ -459,13 +487,12 @@ class Daemon:
     def _set_listen_port(self, port: int) -> None:
         if port and port == self.iface.listen_port:
             return
-        s4, s6 = open_udp(port)
-        self.iface.device.set_udp(os.dup(s4.fileno()), os.dup(s6.fileno()) if s6 else -1)
+        v4, v6 = open_udp(port, self.workers)
+        self.iface.device.set_udp(_dup(v4), _dup(v6))
         for s in self.sockets:
-            if s is not None:
-                s.close()
-        self.sockets = (s4, s6)
-        self.iface.listen_port = s4.getsockname()[1]
+            s.close()
+        self.sockets = [s for s in v4 + v6 if s is not None]
+        self.iface.listen_port = v4[0].getsockname()[1]
         self._apply_fwmark(self.iface.fwmark)
 
     def status(self) -> dict:
@@ -477,7 +504,8 @@ class Daemon:
                                            "current_index": st.current_local_index,
                                            "rx_packets": st.rx_packets,
                                            "tx_packets": st.tx_packets}
-        return {"backend": self.backend, "drops": self.iface.device.drops(),
+        return {"backend": self.backend, "workers": self.workers,
+                "drops": self.iface.device.drops(),
                 "handshake": dict(self.iface.counters), "peer_state": peers}
 
 

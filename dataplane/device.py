@@ -114,23 +114,31 @@ class Device:
     """One native device. It owns the fds given to it from construction on
     (also when construction fails)."""
 
-    def __init__(self, tun_fd: int, udp4_fd: int, udp6_fd: int, mtu: int, max_peers: int = 1024,
-                 keypair_slots_log2: int = 12, event_ring_log2: int = 10,
+    def __init__(self, tun_fds: list[int], udp4_fds: list[int], udp6_fds: list[int], mtu: int,
+                 max_peers: int = 1024, keypair_slots_log2: int = 12, event_ring_log2: int = 10,
                  tun_vnet_hdr: bool = False):
+        """One worker per entry of the fd lists (TUN queues and UDP sockets
+        sharing a port; -1 for a family not served)."""
+        workers = len(tun_fds)
+        if not (len(udp4_fds) == len(udp6_fds) == workers):
+            raise ValueError("one TUN queue and one UDP socket of each family per worker")
         cfg = ffi.new("struct dp_device_config *")
-        cfg.tun_fd, cfg.udp4_fd, cfg.udp6_fd = tun_fd, udp4_fd, udp6_fd
+        cfg.workers = workers
+        for i in range(workers):
+            cfg.tun_fd[i], cfg.udp4_fd[i], cfg.udp6_fd[i] = tun_fds[i], udp4_fds[i], udp6_fds[i]
         cfg.tun_vnet_hdr = int(tun_vnet_hdr)
         cfg.mtu, cfg.max_peers = mtu, max_peers
         cfg.keypair_slots_log2, cfg.event_ring_log2 = keypair_slots_log2, event_ring_log2
         ptr = lib.dp_device_new(cfg)
         if ptr == ffi.NULL:
             err = ffi.errno or errno_mod.ENOMEM
-            for fd in (tun_fd, udp4_fd, udp6_fd):
+            for fd in (*tun_fds, *udp4_fds, *udp6_fds):
                 if fd >= 0:
                     os.close(fd)
             raise DeviceError(err, f"cannot create the device: {os.strerror(err)}")
         self._d = ptr
         self.max_peers = max_peers
+        self.workers = workers
         self._aip = lib.dp_device_allowedips(ptr)
         self._events = ffi.new("struct dp_event[]", 64)
 
@@ -286,9 +294,11 @@ class Device:
     def set_mtu(self, mtu: int) -> None:
         _check(lib.dp_device_set_mtu(self._dev, mtu), f"set the MTU to {mtu}")
 
-    def set_udp(self, udp4_fd: int, udp6_fd: int) -> None:
-        """New UDP sockets (a new listen port); the device owns the fds."""
-        _check(lib.dp_device_set_udp(self._dev, udp4_fd, udp6_fd), "replace the UDP sockets")
+    def set_udp(self, udp4_fds: list[int], udp6_fds: list[int]) -> None:
+        """New UDP sockets, one per worker and family (a new listen port);
+        the device owns the fds."""
+        _check(lib.dp_device_set_udp(self._dev, ffi.new("int[]", udp4_fds),
+                                     ffi.new("int[]", udp6_fds)), "replace the UDP sockets")
 
     def send_to(self, ep: Endpoint, data: bytes) -> None:
         _check(lib.dp_device_send_to(self._dev, endpoint_to_c(ep), data, len(data)),

@@ -30,6 +30,8 @@ struct burst {
     char ctrl[2][DP_DEVICE_BURST][CMSG_SPACE(sizeof(uint16_t))];
     struct iovec out_iov[2][DP_DEVICE_BURST];
     struct sockaddr_in6 out_addr[2][DP_DEVICE_BURST];
+    /* the fds of the worker that uses this burst */
+    int tun_fd, udp4_fd, udp6_fd;
     /* a TSO super-packet read from the TUN, and how far it is segmented */
     uint8_t *super;
     struct vnet_hdr tso_hdr;
@@ -75,6 +77,13 @@ struct burst *dp_burst_new(size_t buf_size)
         }
     }
     return b;
+}
+
+void dp_burst_bind(struct burst *b, const struct dp_device *d, int w)
+{
+    b->tun_fd = d->cfg.tun_fd[w];
+    b->udp4_fd = d->cfg.udp4_fd[w];
+    b->udp6_fd = d->cfg.udp6_fd[w];
 }
 
 void dp_burst_free(struct burst *b)
@@ -131,16 +140,16 @@ static void sockaddr_to_endpoint(const struct sockaddr_in6 *sa, struct dp_endpoi
     }
 }
 
-static int fd_for(struct dp_device *d, int family)
+int dp_udp_fd(const struct dp_device *d, int w, int family)
 {
-    return family == DP_ENDPOINT_IPV4 ? d->cfg.udp4_fd : d->cfg.udp6_fd;
+    return family == DP_ENDPOINT_IPV4 ? d->cfg.udp4_fd[w] : d->cfg.udp6_fd[w];
 }
 
 int dp_sendto(struct dp_device *d, const struct dp_endpoint *ep, const uint8_t *data, size_t len)
 {
     struct sockaddr_in6 sa;
     socklen_t salen = endpoint_to_sockaddr(ep, &sa);
-    int fd = fd_for(d, ep->family);
+    int fd = dp_udp_fd(d, 0, ep->family);
 
     if (fd < 0)
         return -EAFNOSUPPORT;
@@ -361,12 +370,12 @@ int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
             /* written below, coalesced where possible (GRO); authenticated,
              * so the kernel need not verify checksums */
             gro[ngro++] = (struct gro_pkt){pt, pkt_len};
-        } else if (write(d->cfg.tun_fd, pt, pkt_len) != (ssize_t)pkt_len) {
+        } else if (write(b->tun_fd, pt, pkt_len) != (ssize_t)pkt_len) {
             count_drop(d, DP_DROP_SEND_FAILED, 1);
         }
     }
     if (ngro)
-        count_drop(d, DP_DROP_SEND_FAILED, dp_gro_write(d->cfg.tun_fd, gro, ngro));
+        count_drop(d, DP_DROP_SEND_FAILED, dp_gro_write(b->tun_fd, gro, ngro));
     (void)reader;
     return n;
 }
@@ -448,7 +457,7 @@ static void stage(struct dp_device *d, struct peer *p, uint32_t peer_id, const u
 /* Send the prepared messages of one family with sendmmsg. */
 static void send_out(struct dp_device *d, struct burst *b, int fam, int count)
 {
-    int fd = fam ? d->cfg.udp6_fd : d->cfg.udp4_fd, sent = 0;
+    int fd = fam ? b->udp6_fd : b->udp4_fd, sent = 0;
 
     while (sent < count) {
         int r = sendmmsg(fd, b->out[fam] + sent, (unsigned)(count - sent), MSG_DONTWAIT);
@@ -531,7 +540,7 @@ static int tun_read(struct dp_device *d, struct burst *b, int n)
     int got;
 
     if (!d->cfg.tun_vnet_hdr) {
-        ssize_t r = read(d->cfg.tun_fd, b->buf[n] + DP_WG_DATA_HEADER_LEN, INNER_MAX_BYTES);
+        ssize_t r = read(b->tun_fd, b->buf[n] + DP_WG_DATA_HEADER_LEN, INNER_MAX_BYTES);
 
         if (r <= 0)
             return 0;
@@ -539,7 +548,7 @@ static int tun_read(struct dp_device *d, struct burst *b, int n)
         return 1;
     }
     if (!b->tso_pending) {
-        ssize_t r = read(d->cfg.tun_fd, b->super, VNET_HDR_LEN + TUN_SUPER_MAX);
+        ssize_t r = read(b->tun_fd, b->super, VNET_HDR_LEN + TUN_SUPER_MAX);
 
         if (r < VNET_HDR_LEN) {
             if (r >= 0)
@@ -637,7 +646,8 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now)
         spin_lock(&p->lock);
         ep[njobs] = p->endpoint;
         spin_unlock(&p->lock);
-        if (ep[njobs].family == DP_ENDPOINT_NONE || fd_for(d, ep[njobs].family) < 0) {
+        if (ep[njobs].family == DP_ENDPOINT_NONE ||
+            (ep[njobs].family == DP_ENDPOINT_IPV4 ? b->udp4_fd : b->udp6_fd) < 0) {
             count_drop(d, DP_DROP_NO_ENDPOINT, 1);
             continue;
         }
@@ -769,8 +779,8 @@ static int one_pass(struct dp_device *d, struct burst *b, int reader)
     int n;
 
     reader_online(d, reader);
-    n = dp_rx_pass(d, b, d->cfg.udp4_fd, reader);
-    n += dp_rx_pass(d, b, d->cfg.udp6_fd, reader);
+    n = dp_rx_pass(d, b, b->udp4_fd, reader);
+    n += dp_rx_pass(d, b, b->udp6_fd, reader);
     reader_quiescent(d, reader);
     n += dp_tx_pass(d, b, reader);
     reader_quiescent(d, reader);
@@ -788,27 +798,30 @@ int dp_device_poll_once(struct dp_device *d)
 
 void *dp_worker_main(void *arg)
 {
-    struct dp_device *d = arg;
-    struct burst *b = d->bursts[0];
+    struct worker *wk = arg;
+    struct dp_device *d = wk->d;
+    int w = wk->index;
+    struct burst *b = d->bursts[w];
     struct pollfd fds[4] = {
         {.fd = d->stop_fd, .events = POLLIN},
-        {.fd = d->cfg.tun_fd, .events = POLLIN},
-        {.fd = d->cfg.udp4_fd, .events = POLLIN},
-        {.fd = d->cfg.udp6_fd, .events = POLLIN},
+        {.fd = b->tun_fd, .events = POLLIN},
+        {.fd = b->udp4_fd, .events = POLLIN},
+        {.fd = b->udp6_fd, .events = POLLIN},
     };
 
     for (;;) {
         /* Busy bursts go on without sleeping; an idle worker goes offline
-         * so that retired keypairs need not wait for it. */
-        if (one_pass(d, b, 0) > 0)
+         * so that retired keypairs need not wait for it. The stop eventfd
+         * is never read here, so it wakes every worker. */
+        if (one_pass(d, b, w) > 0)
             continue;
-        reader_offline(d, 0);
+        reader_offline(d, w);
         if (poll(fds, 4, -1) < 0 && errno != EINTR)
             break;
         if (fds[0].revents)
             break;
     }
-    reader_offline(d, 0);
+    reader_offline(d, w);
     return NULL;
 }
 

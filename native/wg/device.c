@@ -207,13 +207,40 @@ int dp_device_maintain(struct dp_device *d)
 
 /* ---------------------------------------------------------------- lifecycle */
 
+_Static_assert(sizeof(((struct dp_device_config *)0)->tun_fd) / sizeof(int) ==
+                   DP_DEVICE_MAX_WORKERS,
+               "the config's fd arrays hold DP_DEVICE_MAX_WORKERS entries");
+
+static bool fds_valid(const struct dp_device_config *cfg)
+{
+    if (cfg->workers < 1 || cfg->workers > DP_DEVICE_MAX_WORKERS)
+        return false;
+    for (uint32_t w = 0; w < cfg->workers; w++) {
+        if (cfg->tun_fd[w] < 0 || (cfg->udp4_fd[w] < 0 && cfg->udp6_fd[w] < 0))
+            return false;
+        /* every worker serves the same families */
+        if ((cfg->udp4_fd[w] < 0) != (cfg->udp4_fd[0] < 0) ||
+            (cfg->udp6_fd[w] < 0) != (cfg->udp6_fd[0] < 0))
+            return false;
+    }
+    return true;
+}
+
+static void close_fds(int *fds, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        if (fds[i] >= 0)
+            close(fds[i]);
+        fds[i] = -1;
+    }
+}
+
 struct dp_device *dp_device_new(const struct dp_device_config *cfg)
 {
     struct dp_device *d;
     size_t slots;
 
-    if (!cfg || cfg->tun_fd < 0 || (cfg->udp4_fd < 0 && cfg->udp6_fd < 0) ||
-        cfg->mtu < 68 || cfg->mtu > INNER_MAX_BYTES || cfg->max_peers == 0 ||
+    if (!cfg || !fds_valid(cfg) || cfg->mtu < 68 || cfg->mtu > INNER_MAX_BYTES || cfg->max_peers == 0 ||
         cfg->max_peers > (1u << 24) || cfg->keypair_slots_log2 < 4 ||
         cfg->keypair_slots_log2 > 20 || cfg->event_ring_log2 < 2 || cfg->event_ring_log2 > 16) {
         errno = EINVAL;
@@ -257,60 +284,77 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
     d->bursts[POLL_READER] = dp_burst_new(d->buf_size);
     if (!d->bursts[POLL_READER] || dp_readers_register(d, POLL_READER))
         goto fail;
+    dp_burst_bind(d->bursts[POLL_READER], d, 0);
+    for (uint32_t w = 0; w < cfg->workers; w++) {
+        d->workers[w] = (struct worker){.d = d, .index = (int)w};
+        d->bursts[w] = dp_burst_new(d->buf_size);
+        if (!d->bursts[w])
+            goto fail;
+        dp_burst_bind(d->bursts[w], d, (int)w);
+    }
     return d;
 fail: {
     int err = errno ? errno : ENOMEM;
 
-    d->cfg.tun_fd = d->cfg.udp4_fd = d->cfg.udp6_fd = -1; /* the caller keeps its fds */
+    /* the caller keeps its fds */
+    for (int w = 0; w < DP_DEVICE_MAX_WORKERS; w++)
+        d->cfg.tun_fd[w] = d->cfg.udp4_fd[w] = d->cfg.udp6_fd[w] = -1;
+    d->cfg.workers = 0;
     dp_device_free(d);
     errno = err;
     return NULL;
 }
 }
 
+static void join_workers(struct dp_device *d, uint32_t n)
+{
+    uint64_t one = 1, v;
+
+    if (write(d->stop_fd, &one, sizeof(one)) < 0) {
+        /* cannot fail on a fresh eventfd */
+    }
+    for (uint32_t w = 0; w < n; w++) {
+        pthread_join(d->workers[w].thread, NULL);
+        dp_readers_unregister(d, (int)w);
+    }
+    if (read(d->stop_fd, &v, sizeof(v)) < 0) {
+        /* nothing to clear */
+    }
+}
+
 int dp_device_start(struct dp_device *d)
 {
-    int err;
+    uint32_t w;
+    int err = 0;
 
     pthread_mutex_lock(&d->control);
     if (d->running) {
         pthread_mutex_unlock(&d->control);
         return 0;
     }
-    d->bursts[0] = d->bursts[0] ? d->bursts[0] : dp_burst_new(d->buf_size);
-    if (!d->bursts[0]) {
-        pthread_mutex_unlock(&d->control);
-        return -ENOMEM;
+    for (w = 0; w < d->cfg.workers && !err; w++) {
+        err = -dp_readers_register(d, (int)w);
+        if (!err) {
+            err = pthread_create(&d->workers[w].thread, NULL, dp_worker_main, &d->workers[w]);
+            if (err)
+                dp_readers_unregister(d, (int)w);
+        }
     }
-    err = -dp_readers_register(d, 0);
-    if (!err)
-        err = pthread_create(&d->worker, NULL, dp_worker_main, d);
-    if (!err)
-        d->running = true;
+    if (err)
+        join_workers(d, w - 1); /* never half started */
     else
-        dp_readers_unregister(d, 0);
+        d->running = true;
     pthread_mutex_unlock(&d->control);
     return -err;
 }
 
 void dp_device_stop(struct dp_device *d)
 {
-    uint64_t one = 1, v;
-
     pthread_mutex_lock(&d->control);
-    if (!d->running) {
-        pthread_mutex_unlock(&d->control);
-        return;
+    if (d->running) {
+        join_workers(d, d->cfg.workers);
+        d->running = false;
     }
-    if (write(d->stop_fd, &one, sizeof(one)) < 0) {
-        /* cannot fail on a fresh eventfd */
-    }
-    pthread_join(d->worker, NULL);
-    dp_readers_unregister(d, 0);
-    if (read(d->stop_fd, &v, sizeof(v)) < 0) {
-        /* consumed by the worker already */
-    }
-    d->running = false;
     pthread_mutex_unlock(&d->control);
 }
 
@@ -322,20 +366,26 @@ int dp_device_set_mtu(struct dp_device *d, uint32_t mtu)
     return 0;
 }
 
-int dp_device_set_udp(struct dp_device *d, int udp4_fd, int udp6_fd)
+int dp_device_set_udp(struct dp_device *d, const int *udp4_fd, const int *udp6_fd)
 {
+    struct dp_device_config next;
     bool was_running = d->running;
 
-    if (udp4_fd < 0 && udp6_fd < 0)
+    if (!udp4_fd || !udp6_fd)
+        return -EINVAL;
+    next = d->cfg;
+    memcpy(next.udp4_fd, udp4_fd, d->cfg.workers * sizeof(int));
+    memcpy(next.udp6_fd, udp6_fd, d->cfg.workers * sizeof(int));
+    if (!fds_valid(&next))
         return -EINVAL;
     dp_device_stop(d);
     pthread_mutex_lock(&d->control);
-    if (d->cfg.udp4_fd >= 0)
-        close(d->cfg.udp4_fd);
-    if (d->cfg.udp6_fd >= 0)
-        close(d->cfg.udp6_fd);
-    d->cfg.udp4_fd = udp4_fd;
-    d->cfg.udp6_fd = udp6_fd;
+    close_fds(d->cfg.udp4_fd, d->cfg.workers);
+    close_fds(d->cfg.udp6_fd, d->cfg.workers);
+    d->cfg = next;
+    for (uint32_t w = 0; w < d->cfg.workers; w++)
+        dp_burst_bind(d->bursts[w], d, (int)w);
+    dp_burst_bind(d->bursts[POLL_READER], d, 0);
     pthread_mutex_unlock(&d->control);
     return was_running ? dp_device_start(d) : 0;
 }
@@ -375,11 +425,12 @@ void dp_device_free(struct dp_device *d)
     }
     if (d->allowedips)
         dp_allowedips_free(d->allowedips);
-    for (int *fd = (int[]){d->ev_fd, d->stop_fd, d->cfg.tun_fd, d->cfg.udp4_fd, d->cfg.udp6_fd,
-                           -2};
-         *fd != -2; fd++)
+    for (int *fd = (int[]){d->ev_fd, d->stop_fd, -2}; *fd != -2; fd++)
         if (*fd >= 0)
             close(*fd);
+    close_fds(d->cfg.tun_fd, d->cfg.workers);
+    close_fds(d->cfg.udp4_fd, d->cfg.workers);
+    close_fds(d->cfg.udp6_fd, d->cfg.workers);
     free(d->peers);
     free(d->by_slot);
     free(d->ev_ring);

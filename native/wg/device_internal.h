@@ -96,8 +96,12 @@ struct dp_device {
 
     _Atomic uint64_t drops[DP_DROP_COUNT];
 
-    /* the worker */
-    pthread_t worker;
+    /* the workers */
+    struct worker {
+        struct dp_device *d;
+        int index;
+        pthread_t thread;
+    } workers[DP_DEVICE_MAX_WORKERS];
     bool running;
     int stop_fd;
     struct burst *bursts[DP_DEVICE_MAX_WORKERS + 1];
@@ -142,8 +146,11 @@ bool dp_keypair_can_send(const struct keypair *kp, uint64_t now);
 
 /* Per-thread buffers and the worker passes (datapath.c). */
 struct burst *dp_burst_new(size_t buf_size);
+/* The fds of worker w (POLL_READER and the control plane use worker 0's). */
+void dp_burst_bind(struct burst *b, const struct dp_device *d, int w);
 void dp_burst_free(struct burst *b);
 int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader);
+int dp_udp_fd(const struct dp_device *d, int w, int family);
 int dp_tx_pass(struct dp_device *d, struct burst *b, int reader);
 void *dp_worker_main(void *arg);
 /* Register reader slot `reader` (a worker, or POLL_READER) with the tables

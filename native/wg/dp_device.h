@@ -70,10 +70,15 @@ struct dp_event {
 };
 
 struct dp_device_config {
-    int udp4_fd;              /* bound UDP sockets, or -1; the device owns them */
-    int udp6_fd;
-    int tun_fd;               /* IFF_TUN | IFF_NO_PI; the device owns it */
-    int tun_vnet_hdr;         /* 1: tun_fd has IFF_VNET_HDR (and TSO/CSUM offloads) */
+    uint32_t workers;         /* worker threads, 1 .. DP_DEVICE_MAX_WORKERS (16) */
+    /* Per worker (the first `workers` entries; the device owns them): UDP
+     * sockets sharing the listen port (SO_REUSEPORT), -1 for a family not
+     * served, and the queues of one TUN device (IFF_MULTI_QUEUE when there
+     * are several). */
+    int udp4_fd[16];
+    int udp6_fd[16];
+    int tun_fd[16];
+    int tun_vnet_hdr;         /* 1: the TUN fds have IFF_VNET_HDR (and TSO/CSUM offloads) */
     uint32_t mtu;             /* of the TUN device, 68 .. 65500 */
     uint32_t max_peers;       /* peer ids are 0 .. max_peers-1 */
     uint32_t keypair_slots_log2; /* receiver index table size; up to 20 */
@@ -111,9 +116,9 @@ struct dp_peer_stats {
 
 /* A device, stopped; NULL with errno set on failure (bad config: EINVAL). */
 struct dp_device *dp_device_new(const struct dp_device_config *cfg);
-/* Start the worker; 0 or -errno. */
+/* Start the workers; 0 or -errno. */
 int dp_device_start(struct dp_device *d);
-/* Stop the worker (joins it); safe to call twice. */
+/* Stop the workers (joins them); safe to call twice. */
 void dp_device_stop(struct dp_device *d);
 /* Stop, wipe every key, close the fds, free. */
 void dp_device_free(struct dp_device *d);
@@ -121,10 +126,10 @@ void dp_device_free(struct dp_device *d);
 /* The TUN's MTU changed (padding follows it); 68 .. 65500. */
 int dp_device_set_mtu(struct dp_device *d, uint32_t mtu);
 
-/* Replace the UDP sockets (a new listen port): the worker is stopped while
- * they change and restarted if it ran. The device owns the new fds and
- * closes the old ones. 0 or -errno. */
-int dp_device_set_udp(struct dp_device *d, int udp4_fd, int udp6_fd);
+/* Replace the UDP sockets (a new listen port), one of each family per
+ * worker: the workers are stopped while they change and restarted if they
+ * ran. The device owns the new fds and closes the old ones. 0 or -errno. */
+int dp_device_set_udp(struct dp_device *d, const int *udp4_fd, const int *udp6_fd);
 
 /* The allowed-IPs table the workers use (owned by the device; write to it
  * with the dp_allowedips_* calls from the control thread only). */

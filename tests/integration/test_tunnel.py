@@ -47,8 +47,11 @@ def test_client_initiates_ping_v4_and_v6_inside(topo, tmp_path, outer):
     assert r.returncode != 0, "the interface outlived the daemon"
 
 
-def test_exit_node_initiates_when_it_has_traffic(topo, tmp_path):
-    w = TunnelWorld(topo, tmp_path, exit_knows_client_endpoint=True)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_exit_node_initiates_when_it_has_traffic(topo, tmp_path, workers):
+    w = TunnelWorld(topo, tmp_path, exit_knows_client_endpoint=True,
+                    extra_exit_conf=f"\n[DataPlane]\nWorkers = {workers}\n")
+    assert w.status()["workers"] == workers
     r = w.ping(w.exit_ns, "10.202.0.2")
     assert r.returncode == 0, r.stdout + r.stderr
     r = w.ping(w.exit_ns, "fd00:202::2")
