@@ -153,8 +153,10 @@ class Daemon:
         self.backend = "socket"
         if conf.dataplane.backend == "auto":
             log.info("backend: socket (the XDP backend is not in this version yet)")
-        # One worker per TUN queue; by default one per CPU core.
-        self.workers = min(conf.dataplane.workers or conf.dataplane.queues or os.cpu_count() or 1,
+        # One worker per TUN queue. One by default: on a small machine that
+        # shares its cores with other work it did best (measured with bench
+        # tunnel on 2 cores); a dedicated exit node sets one per core.
+        self.workers = min(conf.dataplane.workers or conf.dataplane.queues or 1,
                            lib.DP_DEVICE_MAX_WORKERS)
         if conf.dataplane.queues and conf.dataplane.workers and \
                 conf.dataplane.queues != conf.dataplane.workers:
