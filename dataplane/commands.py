@@ -1,7 +1,6 @@
 """`dataplane up`, `down` and `show`: the operator's commands."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os

@@ -32,7 +32,6 @@ from dataplane import uapi
 from dataplane._native import lib
 from dataplane.device import Device
 from dataplane.interface import DEFAULT_MTU, MAX_PEERS, Interface, Peer, resolve
-from dataplane.keys import PresharedKey
 from dataplane.tun import open_tun
 
 log = logging.getLogger("dataplane")

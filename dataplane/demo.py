@@ -10,7 +10,6 @@ Everything created is removed at the end, also after Ctrl-C or an error.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re

@@ -139,21 +139,27 @@ class Topology:
         return proc
 
     def socket(self, ns_name: str, family: int = socket.AF_INET,
-               type: int = socket.SOCK_DGRAM) -> socket.socket:
+               type: int = socket.SOCK_DGRAM, proto: int = 0) -> socket.socket:
         """A socket that lives in ns_name (created by a thread that entered
         it, so this process's own namespace is untouched)."""
-        result: dict = {}
+        return socket_in(ns_name, family, type, proto)
 
-        def make() -> None:
-            try:
-                netns.setns(ns_name)
-                result["sock"] = socket.socket(family, type)
-            except Exception as e:  # reported to the caller below
-                result["error"] = e
 
-        t = threading.Thread(target=make)
-        t.start()
-        t.join()
-        if "error" in result:
-            raise TopologyError(f"cannot create a socket in {ns_name}: {result['error']}")
-        return result["sock"]
+def socket_in(ns_name: str, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM,
+              proto: int = 0) -> socket.socket:
+    """A socket in namespace ns_name (see Topology.socket)."""
+    result: dict = {}
+
+    def make() -> None:
+        try:
+            netns.setns(ns_name)
+            result["sock"] = socket.socket(family, type, proto)
+        except Exception as e:  # reported to the caller below
+            result["error"] = e
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    if "error" in result:
+        raise TopologyError(f"cannot create a socket in {ns_name}: {result['error']}")
+    return result["sock"]

@@ -22,7 +22,7 @@ from pyroute2 import netns
 
 from dataplane import noise
 from dataplane.daemon import RUN_DIR
-from dataplane.topology import Topology, TopologyError
+from dataplane.topology import Topology, socket_in
 
 ETH_P_ALL = 0x0003
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
@@ -35,25 +35,6 @@ MSG_DATA = 4
 
 
 # ---------------------------------------------------------------- sockets
-
-def socket_in(ns: str, family: int, type: int, proto: int = 0) -> socket.socket:
-    """A socket that lives in ns (Topology.socket, with a protocol)."""
-    result: dict = {}
-
-    def make() -> None:
-        try:
-            netns.setns(ns)
-            result["sock"] = socket.socket(family, type, proto)
-        except Exception as e:  # reported to the caller below
-            result["error"] = e
-
-    t = threading.Thread(target=make)
-    t.start()
-    t.join()
-    if "error" in result:
-        raise TopologyError(f"cannot create a socket in {ns}: {result['error']}")
-    return result["sock"]
-
 
 def veth_name(topo: Topology, ns: str) -> str:
     out = topo.run(ns, ["ip", "-o", "link", "show", "type", "veth"]).stdout

@@ -53,7 +53,6 @@ def test_in_place_and_unaligned(impl, key, counter, length, offset, data):
     assert n == length + crypto.TAG_BYTES
     assert bytes(buf[offset:]) == oracle_seal(key, counter, pt, b"")
     assert bytes(buf[:offset]) == bytes(offset)  # nothing written before the output
-    sealed = bytes(buf[offset:])
     n = crypto.open_into(view[offset:], key, counter, view[offset:])
     assert n == length
     assert bytes(buf[offset:offset + length]) == pt
