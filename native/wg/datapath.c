@@ -30,6 +30,14 @@ struct burst {
     char ctrl[2][DP_DEVICE_BURST][CMSG_SPACE(sizeof(uint16_t))];
     struct iovec out_iov[2][DP_DEVICE_BURST];
     struct sockaddr_in6 out_addr[2][DP_DEVICE_BURST];
+    /* received datagrams, split where UDP GRO joined them */
+    struct rx_seg {
+        uint8_t *p;
+        uint32_t len;
+        uint16_t from; /* index into addr */
+    } seg[DP_DEVICE_BURST * 64];
+    char rx_ctrl[DP_DEVICE_BURST][CMSG_SPACE(sizeof(int))];
+    uint8_t *gro_buf; /* a coalesced TCP group is built here */
     /* the fds of the worker that uses this burst */
     int tun_fd, udp4_fd, udp6_fd;
     /* a TSO super-packet read from the TUN, and how far it is segmented */
@@ -45,6 +53,9 @@ struct burst {
 #endif
 #ifndef SOL_UDP
 #define SOL_UDP 17
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
 #endif
 /* The kernel's UDP_MAX_SEGMENTS (64 before 6.x raised it) and a GSO
  * packet's size limit. */
@@ -65,7 +76,10 @@ struct burst *dp_burst_new(size_t buf_size)
         return NULL;
     b->buf_size = buf_size;
     b->super = malloc(VNET_HDR_LEN + TUN_SUPER_MAX);
-    if (!b->super) {
+    b->gro_buf = malloc(VNET_HDR_LEN + TUN_SUPER_MAX);
+    if (!b->super || !b->gro_buf) {
+        free(b->super);
+        free(b->gro_buf);
         free(b);
         return NULL;
     }
@@ -96,9 +110,9 @@ void dp_burst_free(struct burst *b)
             free(b->buf[i]);
         }
     }
-    if (b->super) {
-        dp_wipe(b->super, VNET_HDR_LEN + TUN_SUPER_MAX);
-        free(b->super);
+    for (uint8_t **big = (uint8_t *[]){b->super, b->gro_buf, NULL}; *big; big++) {
+        dp_wipe(*big, VNET_HDR_LEN + TUN_SUPER_MAX);
+        free(*big);
     }
     free(b);
 }
@@ -253,36 +267,26 @@ static void update_endpoint(struct peer *p, const struct sockaddr_in6 *from)
     spin_unlock(&p->lock);
 }
 
-int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
+/* Decrypt and deliver segments first .. first+count-1 (at most
+ * DP_DEVICE_BURST) of the burst. */
+static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count, uint64_t now)
 {
-    uint64_t now = dp_now_ns();
-    int n, ndata = 0;
-
-    if (fd < 0)
-        return 0;
-    for (int i = 0; i < DP_DEVICE_BURST; i++) {
-        b->iov[i] = (struct iovec){b->buf[i], b->buf_size};
-        b->msg[i].msg_hdr = (struct msghdr){.msg_name = &b->addr[i],
-                                            .msg_namelen = sizeof(b->addr[i]),
-                                            .msg_iov = &b->iov[i], .msg_iovlen = 1};
-    }
-    n = recvmmsg(fd, b->msg, DP_DEVICE_BURST, MSG_DONTWAIT, NULL);
-    if (n <= 0)
-        return 0;
+    int ndata = 0;
 
     /* classify: handshake messages to the control plane, data to the batch */
-    for (int i = 0; i < n; i++) {
-        const uint8_t *m = b->buf[i];
-        uint32_t len = b->msg[i].msg_len, type;
+    for (int i = first; i < first + count; i++) {
+        uint8_t *m = b->seg[i].p;
+        uint32_t len = b->seg[i].len, type;
+        const struct sockaddr_in6 *from = &b->addr[b->seg[i].from];
 
-        if ((b->msg[i].msg_hdr.msg_flags & MSG_TRUNC) || len < 4) {
+        if (len < 4) {
             count_drop(d, DP_DROP_MALFORMED, 1);
             continue;
         }
         type = (uint32_t)m[0] | (uint32_t)m[1] << 8 | (uint32_t)m[2] << 16 | (uint32_t)m[3] << 24;
         if (type != DP_WG_MSG_DATA) {
             if (message_size_ok(type, len))
-                handshake_event(d, m, len, &b->addr[i]);
+                handshake_event(d, m, len, from);
             else
                 count_drop(d, DP_DROP_MALFORMED, 1);
             continue;
@@ -314,11 +318,11 @@ int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
         b->len[ndata] = len;
         b->aead[ndata] = (struct dp_aead_msg){
             .key = kp->recv_key, .counter = counter, .len = len - DP_WG_DATA_HEADER_LEN,
-            .src = m + DP_WG_DATA_HEADER_LEN, .dst = b->buf[i] + DP_WG_DATA_HEADER_LEN};
+            .src = m + DP_WG_DATA_HEADER_LEN, .dst = m + DP_WG_DATA_HEADER_LEN};
         ndata++;
     }
     if (!ndata)
-        return n;
+        return;
 
     dp_aead_open_batch(b->aead, (size_t)ndata);
 
@@ -329,7 +333,7 @@ int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
         struct keypair *kp = b->kp[j];
         int i = b->idx[j];
         uint32_t plen = b->len[j] - DP_WG_DATA_MIN_LEN, pkt_len;
-        uint8_t *pt = b->buf[i] + DP_WG_DATA_HEADER_LEN;
+        uint8_t *pt = b->seg[i].p + DP_WG_DATA_HEADER_LEN;
         const uint8_t *src, *dst;
         int family, ok;
         struct peer *p;
@@ -346,7 +350,7 @@ int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
             continue;
         }
         p = &d->peers[kp->peer_id];
-        update_endpoint(p, &b->addr[i]);
+        update_endpoint(p, &b->addr[b->seg[i].from]);
         stat_add(&p->rx_bytes, b->len[j]);
         stat_add(&p->rx_packets, 1);
         stat_set(&p->last_rx_ns, now);
@@ -375,9 +379,59 @@ int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
         }
     }
     if (ngro)
-        count_drop(d, DP_DROP_SEND_FAILED, dp_gro_write(b->tun_fd, gro, ngro));
+        count_drop(d, DP_DROP_SEND_FAILED, dp_gro_write(b->tun_fd, gro, ngro, b->gro_buf));
+}
+
+int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
+{
+    uint64_t now = dp_now_ns();
+    int n, nseg = 0;
+
     (void)reader;
-    return n;
+    if (fd < 0)
+        return 0;
+    for (int i = 0; i < DP_DEVICE_BURST; i++) {
+        b->iov[i] = (struct iovec){b->buf[i], b->buf_size};
+        b->msg[i].msg_hdr = (struct msghdr){.msg_name = &b->addr[i],
+                                            .msg_namelen = sizeof(b->addr[i]),
+                                            .msg_iov = &b->iov[i], .msg_iovlen = 1,
+                                            .msg_control = b->rx_ctrl[i],
+                                            .msg_controllen = sizeof(b->rx_ctrl[i])};
+    }
+    n = recvmmsg(fd, b->msg, DP_DEVICE_BURST, MSG_DONTWAIT, NULL);
+    if (n <= 0)
+        return 0;
+
+    /* With UDP GRO the kernel hands over runs of datagrams from one source
+     * in one buffer, all gso_size long but the last: split them back. */
+    for (int i = 0; i < n; i++) {
+        uint32_t len = b->msg[i].msg_len, step = len;
+
+        if (b->msg[i].msg_hdr.msg_flags & MSG_TRUNC) {
+            count_drop(d, DP_DROP_MALFORMED, 1);
+            continue;
+        }
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&b->msg[i].msg_hdr); c;
+             c = CMSG_NXTHDR(&b->msg[i].msg_hdr, c)) {
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+                int gso;
+
+                memcpy(&gso, CMSG_DATA(c), sizeof(gso));
+                if (gso > 0 && (uint32_t)gso < len)
+                    step = (uint32_t)gso;
+            }
+        }
+        for (uint32_t off = 0; off < len || (len == 0 && off == 0); off += step ? step : 1) {
+            b->seg[nseg++] = (struct rx_seg){b->buf[i] + off, len - off < step ? len - off : step,
+                                             (uint16_t)i};
+            if (len == 0)
+                break;
+        }
+    }
+    for (int first = 0; first < nseg; first += DP_DEVICE_BURST)
+        rx_chunk(d, b, first, nseg - first < DP_DEVICE_BURST ? nseg - first : DP_DEVICE_BURST,
+                 now);
+    return nseg;
 }
 
 /* ---------------------------------------------------------------- send */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <time.h>
@@ -226,6 +227,17 @@ static bool fds_valid(const struct dp_device_config *cfg)
     return true;
 }
 
+/* Ask for UDP GRO: runs of datagrams from one source arrive in one buffer
+ * (the receive pass splits them). Kernels without it just say no. */
+static void enable_udp_gro(const int *fds, uint32_t n)
+{
+    int on = 1;
+
+    for (uint32_t i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            setsockopt(fds[i], 17 /* SOL_UDP */, 104 /* UDP_GRO */, &on, sizeof(on));
+}
+
 static void close_fds(int *fds, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++) {
@@ -285,6 +297,8 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
     if (!d->bursts[POLL_READER] || dp_readers_register(d, POLL_READER))
         goto fail;
     dp_burst_bind(d->bursts[POLL_READER], d, 0);
+    enable_udp_gro(cfg->udp4_fd, cfg->workers);
+    enable_udp_gro(cfg->udp6_fd, cfg->workers);
     for (uint32_t w = 0; w < cfg->workers; w++) {
         d->workers[w] = (struct worker){.d = d, .index = (int)w};
         d->bursts[w] = dp_burst_new(d->buf_size);
@@ -383,6 +397,8 @@ int dp_device_set_udp(struct dp_device *d, const int *udp4_fd, const int *udp6_f
     close_fds(d->cfg.udp4_fd, d->cfg.workers);
     close_fds(d->cfg.udp6_fd, d->cfg.workers);
     d->cfg = next;
+    enable_udp_gro(d->cfg.udp4_fd, d->cfg.workers);
+    enable_udp_gro(d->cfg.udp6_fd, d->cfg.workers);
     for (uint32_t w = 0; w < d->cfg.workers; w++)
         dp_burst_bind(d->bursts[w], d, (int)w);
     dp_burst_bind(d->bursts[POLL_READER], d, 0);

@@ -270,7 +270,7 @@ static int write_group(int fd, uint8_t *p, const struct tcp_view *v, uint32_t by
     return write_one(fd, p, total, &vh);
 }
 
-uint32_t dp_gro_write(int tun_fd, struct gro_pkt *pkts, uint32_t n)
+uint32_t dp_gro_write(int tun_fd, struct gro_pkt *pkts, uint32_t n, uint8_t *scratch)
 {
     const struct vnet_hdr plain = {.flags = VNET_F_DATA_VALID};
     uint32_t failed = 0, i = 0;
@@ -279,6 +279,7 @@ uint32_t dp_gro_write(int tun_fd, struct gro_pkt *pkts, uint32_t n)
         struct gro_pkt *g = &pkts[i];
         struct tcp_view gv, qv;
         uint32_t count = 1, bytes, mss, last;
+        uint8_t psh;
 
         if (!tcp_view(g->data, g->len, &gv) || gv.payload == 0) {
             failed += write_one(tun_fd, g->data, g->len, &plain) != 0;
@@ -286,24 +287,39 @@ uint32_t dp_gro_write(int tun_fd, struct gro_pkt *pkts, uint32_t n)
             continue;
         }
         bytes = mss = last = gv.payload;
+        psh = gv.flags & TCP_PSH;
         while (i + count < n && count < GRO_MAX_SEGMENTS) {
             struct gro_pkt *q = &pkts[i + count];
 
+            gv.flags = (uint8_t)((gv.flags & ~TCP_PSH) | psh);
             if (!tcp_view(q->data, q->len, &qv) ||
                 !mergeable(g->data, &gv, q->data, &qv, bytes, mss, last))
                 break;
-            memcpy(g->data + gv.iphl + gv.tcphl + bytes, q->data + qv.iphl + qv.tcphl,
-                   qv.payload);
-            g->data[gv.iphl + 13] |= qv.flags & TCP_PSH;
-            gv.flags |= qv.flags & TCP_PSH;
+            psh = qv.flags & TCP_PSH;
             bytes += qv.payload;
             last = qv.payload;
             count++;
         }
-        if (count == 1)
+        if (count == 1) {
             failed += write_one(tun_fd, g->data, g->len, &plain) != 0;
-        else
-            failed += write_group(tun_fd, g->data, &gv, bytes, mss) ? count : 0;
+            i++;
+            continue;
+        }
+        /* build the group in scratch: the packets' own buffers may be parts
+         * of one received buffer (UDP GRO), with no room between them */
+        uint8_t *out = scratch + VNET_HDR_LEN;
+        uint32_t off = g->len;
+
+        memcpy(out, g->data, g->len);
+        for (uint32_t k = 1; k < count; k++) {
+            struct gro_pkt *q = &pkts[i + k];
+
+            tcp_view(q->data, q->len, &qv);
+            memcpy(out + off, q->data + qv.iphl + qv.tcphl, qv.payload);
+            off += qv.payload;
+        }
+        out[gv.iphl + 13] |= psh;
+        failed += write_group(tun_fd, out, &gv, bytes, mss) ? count : 0;
         i += count;
     }
     return failed;

@@ -51,11 +51,11 @@ int dp_tso_segment(const struct vnet_hdr *vh, const uint8_t *pkt, size_t len, ui
  * virtio-net header, so the kernel's TCP stack handles one packet instead
  * of dozens. */
 struct gro_pkt {
-    uint8_t *data;  /* the IP packet; VNET_HDR_LEN bytes before it are free,
-                     * and the first packet of a group has room for 64 KiB */
+    uint8_t *data;  /* the IP packet; VNET_HDR_LEN bytes before it are free */
     uint32_t len;
 };
 
 /* Writes pkts[0..n) to the TUN fd (which has IFF_VNET_HDR), coalescing
- * what can be; returns how many packets failed to write. */
-uint32_t dp_gro_write(int tun_fd, struct gro_pkt *pkts, uint32_t n);
+ * what can be (groups are built in scratch: VNET_HDR_LEN + 64 KiB);
+ * returns how many packets failed to write. */
+uint32_t dp_gro_write(int tun_fd, struct gro_pkt *pkts, uint32_t n, uint8_t *scratch);
