@@ -44,3 +44,73 @@ def test_keys_are_wiped_after_three_reject_after_times(topo, tmp_path):
     assert _peer(w.status(), w)["keypairs"] >= 1
     status = w.advance_clock(541)
     assert _peer(status, w)["keypairs"] == 0, "keys outlived 3 x REJECT_AFTER_TIME"
+
+
+def _udp_one_way(w, dst="10.202.0.1"):
+    """One datagram from the client to a socket on the exit node that never
+    answers (a closed port would answer with ICMP, which is data sent)."""
+    sink = w.topo.socket(w.exit_ns)
+    sink.bind((dst, 9))
+    w.topo.run(w.client_ns, ["python3", "-c",
+                             "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                             f"s.sendto(b'x'*40, ('{dst}', 9))"])
+    sink.settimeout(5)
+    assert sink.recv(100) == b"x" * 40
+    return sink
+
+
+def test_passive_keepalive_after_keepalive_timeout(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path, test_clock=True)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    time.sleep(0.5)
+    sink = _udp_one_way(w)  # data in, nothing out
+    time.sleep(0.5)
+    before = _peer(w.status(), w)["tx_packets"]
+    after = _peer(w.advance_clock(11), w)["tx_packets"]  # past KEEPALIVE_TIMEOUT
+    assert after == before + 1, "no keepalive answered data left unanswered for 10 s"
+    # and only one: nothing new came in since
+    assert _peer(w.advance_clock(11), w)["tx_packets"] == after
+    sink.close()
+
+
+def test_persistent_keepalive_is_sent_when_idle(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path, exit_knows_client_endpoint=True, test_clock=True)
+    w.exit_wg("set", w.name, "peer", str(w.client_key.public_key()), "persistent-keepalive", "25")
+    assert w.ping(w.exit_ns, "10.202.0.2", count=1).returncode == 0
+    time.sleep(0.5)
+    # the echo reply was data in with nothing sent after it: the passive
+    # keepalive goes first, 10 s on; the persistent one 25 s after that
+    before = _peer(w.advance_clock(11), w)["tx_packets"]
+    mid = _peer(w.advance_clock(20), w)["tx_packets"]
+    assert mid == before, "a keepalive before the interval"
+    after = _peer(w.advance_clock(6), w)["tx_packets"]
+    assert after == before + 1, "no persistent keepalive after 25 idle seconds"
+
+
+def test_handshake_is_retried_every_rekey_timeout_then_given_up(topo, tmp_path):
+    # the exit node has an endpoint for the client, but nothing answers there
+    w = TunnelWorld(topo, tmp_path, exit_knows_client_endpoint=True, test_clock=True)
+    w.wg.wg("set", w.wg.ifname, "listen-port", "51999")  # the client moves away
+    listener = topo.socket(w.client_ns)
+    listener.bind(("10.201.0.1", 51900))
+    listener.settimeout(0.5)
+    topo.run(w.exit_ns, ["ping", "-c", "1", "-W", "1", "10.202.0.2"], check=False)
+
+    def initiations():
+        n = 0
+        while True:
+            try:
+                msg = listener.recv(4096)
+            except OSError:
+                return n
+            n += msg[0] == 1 and len(msg) == 148
+
+    assert initiations() == 1
+    for _ in range(3):
+        w.advance_clock(6)  # REKEY_TIMEOUT (5 s) plus jitter
+        assert initiations() == 1, "no retry after REKEY_TIMEOUT"
+    w.advance_clock(90)  # past REKEY_ATTEMPT_TIME: one last look, then it gives up
+    initiations()
+    w.advance_clock(6)
+    assert initiations() == 0, "still retrying after REKEY_ATTEMPT_TIME"
+    assert _peer(w.status(), w)["staged"] >= 1
