@@ -169,7 +169,11 @@ class Interface:
         if current is not None and key is not None and current == key:
             return
         self.private_key = key if key is not None and not key.is_zero() else None
-        self.handshake = (noise.Handshake(self.private_key.reveal(), self._psk_for, self.clock)
+        # TAI64N timestamps are wall-clock time: peers refuse any initiation
+        # not newer than the last one they saw from us, across our restarts
+        # and the machine's reboots.
+        self.handshake = (noise.Handshake(self.private_key.reveal(), self._psk_for,
+                                          self.wallclock)
                           if self.private_key else None)
         if self.private_key is not None:
             ours = self.private_key.public_key()
