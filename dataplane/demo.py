@@ -22,7 +22,8 @@ from pathlib import Path
 
 from dataplane.keys import PrivateKey
 from dataplane.topology import Topology, TopologyError
-from dataplane.wireguard_go import UAPI_DIR, WireGuardGo
+from dataplane.launch import dataplane_exe, start_daemon
+from dataplane.wireguard_go import WireGuardGo
 
 WAN = ("192.0.2.1/24", "192.0.2.2/24")          # client, exit node
 INTERNET = ("203.0.113.1/24", "203.0.113.10/24")  # exit node, internet host
@@ -46,13 +47,6 @@ class Step:
     def done(self, detail: str = "") -> None:
         took = time.monotonic() - self.start
         print(f"      done in {took:.1f}s{': ' + detail if detail else ''}", flush=True)
-
-
-def dataplane_exe() -> str:
-    exe = Path(sys.argv[0])
-    if exe.name == "dataplane" and exe.exists():
-        return str(exe.resolve())
-    return shutil.which("dataplane") or str(Path(sys.executable).parent / "dataplane")
 
 
 def run(args) -> int:
@@ -91,15 +85,7 @@ def run(args) -> int:
                             f"AllowedIPs = {TUNNEL[0].split('/')[0]}/32\n\n"
                             "[DataPlane]\nBackend = auto\n")
             conf.chmod(0o600)
-            log = (tmp / "exit.log").open("w")
-            daemon = topo.popen(exit_ns, [dataplane_exe(), "up", str(conf)],
-                                stdout=log, stderr=log)
-            deadline = time.monotonic() + 20
-            while not (UAPI_DIR / f"{name}.sock").exists():
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    raise TopologyError("the exit node did not come up:\n" +
-                                        (tmp / "exit.log").read_text())
-                time.sleep(0.05)
+            daemon = start_daemon(topo, exit_ns, conf, log=tmp / "exit.log")
             s.done(f"listening on {WAN[1].split('/')[0]}:{PORT}")
 
             s = Step(3, total, "starting the client: Debian's wireguard-go, configured with wg")

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Optional
 
 from dataplane.keys import PrivateKey
-from dataplane.topology import Topology, TopologyError
-from dataplane.wireguard_go import UAPI_DIR, WireGuardGo
+from dataplane.launch import start_daemon
+from dataplane.topology import Topology
+from dataplane.wireguard_go import WireGuardGo
 
 DUTS = ("dataplane-socket", "wireguard-go", "no-tunnel")
 TESTS = ("tcp", "tcp-r", "tcp-4", "udp-64")
@@ -77,15 +78,7 @@ class World:
                             f"Address = {INNER[1]}\n\n[Peer]\nPublicKey = {ck.public_key()}\n"
                             f"AllowedIPs = {INNER[0].split('/')[0]}/32\n")
             conf.chmod(0o600)
-            exe = str(Path(sys.executable).parent / "dataplane")
-            proc = topo.popen(self.server, [exe, "up", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 20
-            while not (UAPI_DIR / f"{name}.sock").exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise TopologyError("dataplane up did not start")
-                time.sleep(0.05)
-            self.dut_pid = proc.pid
+            self.dut_pid = start_daemon(topo, self.server, conf).pid
         else:
             server = WireGuardGo(topo, self.server, f"bws{tag}")
             server.start()

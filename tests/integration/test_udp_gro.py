@@ -6,20 +6,15 @@ and delivered."""
 import os
 import socket
 import struct
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from dataplane import noise
 from dataplane.keys import PrivateKey
-from dataplane.wireguard_go import UAPI_DIR
+from dataplane.launch import start_daemon
 from tests.integration.packets import icmp_echo
-from tests.integration.test_handshake_interop import open_data, recv_echo, seal_data
+from tests.integration.test_handshake_interop import recv_echo, seal_data
 
-DATAPLANE = str(Path(sys.executable).parent / "dataplane")
 UDP_SEGMENT = 103
 
 
@@ -35,12 +30,7 @@ def test_a_udp_gso_run_of_data_messages_is_split_and_delivered(topo, tmp_path):
                     f"Address = 10.242.0.1/24\n\n[Peer]\nPublicKey = "
                     f"{noise_b64(peer_pub)}\nAllowedIPs = 10.242.0.2/32\n")
     conf.chmod(0o600)
-    daemon = topo.popen(x, [DATAPLANE, "up", str(conf)], stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while not (UAPI_DIR / f"{name}.sock").exists():
-        assert daemon.poll() is None and time.monotonic() < deadline, "dataplane up failed"
-        time.sleep(0.05)
+    start_daemon(topo, x, conf)
 
     sock = topo.socket(c)
     sock.bind(("10.241.0.1", 0))
