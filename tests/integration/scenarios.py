@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from dataplane.keys import PresharedKey, PrivateKey, PublicKey
-from dataplane.topology import Topology, TopologyError
-from dataplane.wireguard_go import UAPI_DIR, WireGuardGo
+from dataplane.launch import start_daemon
+from dataplane.topology import Topology
+from dataplane.wireguard_go import WireGuardGo
 from tests.integration.tunnel import DATAPLANE
 
 HUB_PORT = 51820
@@ -39,20 +39,6 @@ def hub_outer(i: int) -> tuple[str, str]:
 
 def peer_inner(i: int) -> tuple[str, str]:
     return f"10.220.0.{i + 1}", f"fd00:220::{i + 1:x}"
-
-
-def wait_for_socket(proc: subprocess.Popen, name: str, log_path: Path,
-                    timeout: float = 20) -> None:
-    path = UAPI_DIR / f"{name}.sock"
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise TopologyError(f"dataplane up {name} exited {proc.returncode}: "
-                                f"{log_path.read_text()[-2000:]}")
-        if time.monotonic() > deadline:
-            raise TopologyError(f"dataplane up {name}: no {path} after {timeout}s: "
-                                f"{log_path.read_text()[-2000:]}")
-        time.sleep(0.05)
 
 
 class WgInterface:
@@ -103,9 +89,7 @@ class DataplaneUp(WgInterface):
         self.conf_path.write_text(conf)
         self.conf_path.chmod(0o600)
         self.log_path = tmp / f"{name}.log"
-        self.proc = topo.popen(ns, [DATAPLANE, "up", str(self.conf_path)],
-                               stdout=subprocess.DEVNULL, stderr=self.log_path.open("w"))
-        wait_for_socket(self.proc, name, self.log_path)
+        self.proc = start_daemon(topo, ns, self.conf_path, log=self.log_path)
 
     def status(self) -> dict:
         """`dataplane show NAME --json`: drop and handshake counters."""

@@ -7,13 +7,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 from dataplane.keys import PresharedKey, PrivateKey
-from dataplane.topology import Topology, TopologyError
-from dataplane.wireguard_go import UAPI_DIR, WireGuardGo
+from dataplane.launch import start_daemon
+from dataplane.topology import Topology
+from dataplane.wireguard_go import UAPI_DIR, WireGuardGo  # noqa: F401 - UAPI_DIR for the tests
 
 DATAPLANE = str(Path(sys.executable).parent / "dataplane")
 OUTER = {"client": ["10.201.0.1/24", "fd00:201::1/64"], "exit": ["10.201.0.2/24", "fd00:201::2/64"]}
@@ -55,10 +55,7 @@ class TunnelWorld:
         self.conf_path.chmod(0o600)
         self.log_path = tmp / "daemon.log"
         env = dict(os.environ, DATAPLANE_TEST_CLOCK="1") if test_clock else None
-        self.daemon = topo.popen(self.exit_ns, [DATAPLANE, "up", str(self.conf_path)],
-                                 stdout=subprocess.DEVNULL, stderr=self.log_path.open("w"),
-                                 env=env)
-        self._wait_for(UAPI_DIR / f"{self.name}.sock")
+        self.daemon = start_daemon(topo, self.exit_ns, self.conf_path, log=self.log_path, env=env)
 
         self.wg = WireGuardGo(topo, self.client_ns, f"wgc{tag}")
         self.wg.start()
@@ -67,17 +64,6 @@ class TunnelWorld:
         self.wg.set_peer(self.exit_key.public_key(), allowed_ips=["10.202.0.0/24", "fd00:202::/64"],
                          endpoint=fmt(exit_ip, EXIT_PORT), psk=psk_bytes)
         self.wg.up(INNER["client"])
-
-    def _wait_for(self, path: Path, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while not path.exists():
-            if self.daemon.poll() is not None:
-                raise TopologyError(f"dataplane up exited {self.daemon.returncode}: "
-                                    f"{self.log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TopologyError(f"dataplane up: no {path} after {timeout}s: "
-                                    f"{self.log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
 
     def ping(self, ns: str, dst: str, count: int = 3, timeout: int = 5) -> subprocess.CompletedProcess:
         return self.topo.run(ns, ["ping", "-c", str(count), "-i", "0.2", "-W", str(timeout), dst],
