@@ -2,8 +2,10 @@
 
 Each subcommand lives in its own module, which provides add_parser(subparsers)
 (registering itself and setting `run`) and run(args) -> int; this file only
-wires them together: up/down/show (dataplane.commands) and bench,
-and later benchmark scenarios next to crypto in BENCH_SCENARIOS.
+wires them together: up/down/show (dataplane.commands), demo, and bench:
+`dataplane bench` itself runs the packet benchmark (dataplane.bench.packets),
+and other scenarios (crypto, tunnel) are its subcommands, listed in
+BENCH_SCENARIOS.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataplane import __version__
 from dataplane import commands as operator_commands
 from dataplane import demo
 from dataplane.bench import crypto as bench_crypto
+from dataplane.bench import packets as bench_packets
 from dataplane.bench import tunnel as bench_tunnel
 
 # `dataplane bench <scenario>`: one module per scenario.
@@ -30,9 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator_commands.add_parsers(commands)
     demo.add_parser(commands)
-    bench = commands.add_parser("bench", help="measure performance on this machine",
-                                description="Measure performance on this machine.")
-    scenarios = bench.add_subparsers(dest="scenario", metavar="SCENARIO", required=True)
+    bench = commands.add_parser(
+        "bench", help="measure performance on this machine",
+        description="Measure performance on this machine. Without a scenario: packets/s, "
+                    "Gbit/s, loss, latency and DUT CPU per packet of every tunnel under test, "
+                    "driven by the native load generator.",
+        epilog=bench_packets.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_packets.add_options(bench)
+    bench.set_defaults(run=bench_packets.run)
+    scenarios = bench.add_subparsers(dest="scenario", metavar="SCENARIO", required=False)
     for scenario in BENCH_SCENARIOS:
         scenario.add_parser(scenarios)
     return parser

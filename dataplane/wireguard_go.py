@@ -65,6 +65,11 @@ class WireGuardGo:
             stdin = b64(psk)
         self.wg(*args, stdin=stdin)
 
+    def setconf(self, text: str) -> None:
+        """`wg setconf` with a whole configuration (wg(8) format) on stdin:
+        one call for any number of peers."""
+        self.wg("setconf", self.ifname, "/dev/stdin", stdin=text)
+
     def up(self, addresses: Sequence[str], mtu: Optional[int] = None) -> None:
         for addr in addresses:
             self.topo.add_address(self.ns, self.ifname, addr)

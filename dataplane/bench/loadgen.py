@@ -1,0 +1,293 @@
+"""Python side of the native load generator (native/loadgen): emulated
+WireGuard peers whose sessions come from our Noise handshake, and the
+threads that run the C sender and receiver loops.
+
+    peers = EmulatedPeers(100)
+    peers.handshake(sock, dut_public)          # real handshakes, any WireGuard
+    sender = Sender(sock, peers, sizes=[1420], ...)
+    receiver = Receiver(sink, None, plain=True)
+
+Keys of the emulated peers live in the native table (locked memory, wiped
+when closed); Python drops its copies as soon as they are installed.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from dataplane import crypto, noise
+from dataplane._native import ffi, lib
+from dataplane.keys import PrivateKey
+
+BURST: int = lib.DP_LG_BURST
+MAX_FLOWS: int = lib.DP_LG_MAX_FLOWS
+INNER_MIN: int = lib.DP_LG_INNER_MIN
+INNER_MAX: int = lib.DP_LG_INNER_MAX
+HIST_BUCKETS: int = lib.DP_LG_HIST_BUCKETS
+INDEX_BASE = 0x4C470000  # receiver indices of emulated peers: INDEX_BASE + i
+
+# Simple IMIX (7:4:1 of small, medium and large packets), with the small
+# one at our smallest packet and the large one at the tunnel's MTU.
+IMIX = (64,) * 7 + (576,) * 4 + (1420,)
+
+
+class LoadGenError(Exception):
+    pass
+
+
+def _ip4(addr: str) -> int:
+    """IPv4 address as the uint32 C wants (network byte order in memory)."""
+    return struct.unpack("=I", ipaddress.IPv4Address(addr).packed)[0]
+
+
+class EmulatedPeers:
+    """n peers with their own static keys; inner address of peer i is
+    `first_inner + i`."""
+
+    def __init__(self, n: int, first_inner: str = "10.200.0.2"):
+        if not 1 <= n <= 1 << 20:
+            raise ValueError(f"peers must be 1..{1 << 20}, not {n}")
+        self.n = n
+        self.table = lib.dp_lg_peers_new(n, INDEX_BASE)
+        if self.table == ffi.NULL:
+            raise MemoryError(f"cannot allocate a table of {n} emulated peers")
+        first = ipaddress.IPv4Address(first_inner)
+        self.inner = [str(first + i) for i in range(n)]
+        self.keys = [PrivateKey.generate() for _ in range(n)]
+        self.handshake_at: Optional[float] = None
+        for i in range(n):
+            lib.dp_lg_peer_set(self.table, i, ffi.NULL, ffi.NULL, 0, 0, _ip4(self.inner[i]))
+
+    def public_keys(self) -> list[str]:
+        return [str(k.public_key()) for k in self.keys]
+
+    def set_plain(self, addresses: Sequence[str]) -> None:
+        """No sessions (the no-tunnel ceiling): peer i is just an address."""
+        for i in range(self.n):
+            lib.dp_lg_peer_set(self.table, i, ffi.NULL, ffi.NULL, 0, 0,
+                               _ip4(addresses[i % len(addresses)]))
+
+    def handshake(self, sock: socket.socket, dut_public: bytes, window: int = 16,
+                  timeout: float = 5.0, attempts: int = 5,
+                  progress=None) -> None:
+        """A real Noise_IKpsk2 handshake for every peer through `sock`
+        (connected to the tunnel under test), `window` at a time; cookie
+        replies are honoured (a loaded responder asks for them). Then one
+        keepalive per peer, so the responder confirms its keypair and may
+        send to us at once."""
+        states: dict[int, tuple] = {}   # peer -> (noise.Handshake, InitiatorState, sent_at, tries)
+        cookies: dict[int, bytes] = {}
+        pending = list(range(self.n - 1, -1, -1))
+        done = 0
+        sock.settimeout(0.05)
+        try:
+            def start(i: int, tries: int) -> None:
+                hs = noise.Handshake(self.keys[i].reveal(), lambda _pub: bytes(32))
+                msg, st = hs.create_initiation(dut_public, INDEX_BASE + i, cookies.get(i))
+                sock.send(msg)
+                states[i] = (hs, st, time.monotonic(), tries)
+
+            while pending or states:
+                while pending and len(states) < window:
+                    start(pending.pop(), 1)
+                try:
+                    msg = sock.recv(2048)
+                except socket.timeout:
+                    msg = b""
+                now = time.monotonic()
+                if len(msg) >= 8:
+                    mtype = msg[0]
+                    idx = struct.unpack_from("<I", msg, 8 if mtype == noise.MSG_RESPONSE else 4)[0]
+                    i = idx - INDEX_BASE
+                    if i in states and mtype == noise.MSG_RESPONSE:
+                        hs, st, sent, tries = states[i]
+                        try:
+                            keys = hs.consume_response(msg, st)
+                        except noise.HandshakeError:
+                            continue  # not from the DUT: the timeout retries it
+                        del states[i]
+                        lib.dp_lg_peer_set(self.table, i, keys.send_key, keys.recv_key,
+                                           keys.remote_index, 1, _ip4(self.inner[i]))
+                        sock.send(struct.pack("<IIQ", 4, keys.remote_index, 0)
+                                  + crypto.seal(keys.send_key, 0, b""))
+                        keys.send_key = keys.recv_key = b""
+                        done += 1
+                        if progress and done % 500 == 0:
+                            progress(done, self.n)
+                    elif i in states and mtype == noise.MSG_COOKIE_REPLY:
+                        hs, st, _, tries = states.pop(i)
+                        try:
+                            cookies[i] = noise.consume_cookie_reply(msg, dut_public, st.mac1)
+                        except noise.HandshakeError:
+                            pass
+                        start(i, tries)
+                for i, (_hs, _st, sent, tries) in list(states.items()):
+                    if now - sent > timeout:
+                        if tries >= attempts:
+                            raise LoadGenError(f"emulated peer {i}: no handshake response "
+                                               f"after {attempts} tries")
+                        start(i, tries + 1)
+        finally:
+            sock.settimeout(None)
+        self.handshake_at = time.monotonic()
+
+    def counter(self, i: int) -> int:
+        return lib.dp_lg_peer_counter(self.table, i)
+
+    def close(self) -> None:
+        if self.table is not None:
+            lib.dp_lg_peers_free(self.table)
+            self.table = None
+        for k in self.keys:
+            k.wipe()
+
+    def __enter__(self) -> "EmulatedPeers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class SendResult:
+    packets: int
+    bytes: int
+    errors: int
+    seconds: float
+    cpu_seconds: float
+
+
+@dataclass
+class RecvResult:
+    packets: int = 0
+    bytes: int = 0
+    rejected: int = 0
+    foreign: int = 0
+    reordered: int = 0
+    duplicates: int = 0
+    cpu_seconds: float = 0.0
+    hist: list = field(default_factory=list)  # (bucket low ns, count) where count > 0
+    lat_count: int = 0
+    lat_sum_ns: int = 0
+    lat_max_ns: int = 0
+
+    def percentile_us(self, q: float) -> Optional[float]:
+        """Latency below which a fraction q of packets fell (bucket lower
+        bound, within 1/32 of the value)."""
+        if not self.lat_count:
+            return None
+        rank = q * self.lat_count
+        seen = 0
+        for low, count in self.hist:
+            seen += count
+            if seen >= rank:
+                return low / 1000
+        return self.hist[-1][0] / 1000
+
+    def merge(self, other: "RecvResult") -> "RecvResult":
+        hist: dict[int, int] = {}
+        for low, count in self.hist + other.hist:
+            hist[low] = hist.get(low, 0) + count
+        return RecvResult(
+            self.packets + other.packets, self.bytes + other.bytes,
+            self.rejected + other.rejected, self.foreign + other.foreign,
+            self.reordered + other.reordered, self.duplicates + other.duplicates,
+            self.cpu_seconds + other.cpu_seconds, sorted(hist.items()),
+            self.lat_count + other.lat_count, self.lat_sum_ns + other.lat_sum_ns,
+            max(self.lat_max_ns, other.lat_max_ns))
+
+
+class _Thread(threading.Thread):
+    def __init__(self, fn):
+        super().__init__(daemon=True)
+        self.fn, self.error, self.result = fn, None, None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised by join_result
+            self.error = e
+
+    def join_result(self, timeout: Optional[float] = None):
+        self.join(timeout)
+        if self.is_alive():
+            raise LoadGenError("a load generator thread did not stop")
+        if self.error:
+            raise self.error
+        return self.result
+
+
+class Sender:
+    """dp_lg_send in a thread. Sealed: inner packets from each peer's
+    address to dst; plain: UDP payloads to each peer's address."""
+
+    def __init__(self, sock: socket.socket, peers: EmulatedPeers, *, sealed: bool,
+                 sizes: Sequence[int], dst: str = "0.0.0.0", src_port: int = 0,
+                 dst_port: int = 9, flow: int = 0, mtu: int = 1420, rate: int = 0,
+                 seconds: float = 1.0, cpu: int = -1):
+        for s in sizes:
+            if not INNER_MIN <= s <= INNER_MAX:
+                raise ValueError(f"inner packet size {s} is not in {INNER_MIN}..{INNER_MAX}")
+        self.sock, self.peers = sock, peers
+        self.sizes = ffi.new("uint16_t[]", list(sizes))
+        self.cfg = ffi.new("struct dp_lg_send_config *", {
+            "fd": sock.fileno(), "mode": lib.DP_LG_MODE_SEALED if sealed else lib.DP_LG_MODE_PLAIN,
+            "cpu": cpu, "flow": flow, "dst_addr": _ip4(dst), "src_port": src_port,
+            "dst_port": dst_port, "sizes": self.sizes, "n_sizes": len(sizes), "mtu": mtu,
+            "rate_pps": int(rate), "duration_ns": int(seconds * 1e9)})
+        self.stop_flag = ffi.new("int *", 0)
+        self.stats = ffi.new("struct dp_lg_send_stats *")
+        self.thread = _Thread(self._run)
+
+    def _run(self) -> SendResult:
+        if lib.dp_lg_send(self.cfg, self.peers.table, self.stop_flag, self.stats) != 0:
+            raise LoadGenError("dp_lg_send refused its configuration")
+        st = self.stats
+        return SendResult(st.packets, st.bytes, st.send_errors, st.ns / 1e9, st.cpu_ns / 1e9)
+
+    def start(self) -> "Sender":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_flag[0] = 1
+
+    def join(self, timeout: Optional[float] = None) -> SendResult:
+        return self.thread.join_result(timeout)
+
+
+class Receiver:
+    """dp_lg_recv in a thread, until stop()."""
+
+    def __init__(self, sock: socket.socket, peers: Optional[EmulatedPeers], *, sealed: bool,
+                 cpu: int = -1):
+        self.sock, self.peers = sock, peers
+        self.cfg = ffi.new("struct dp_lg_recv_config *", {
+            "fd": sock.fileno(), "mode": lib.DP_LG_MODE_SEALED if sealed else lib.DP_LG_MODE_PLAIN,
+            "cpu": cpu})
+        self.stop_flag = ffi.new("int *", 0)
+        self.stats = ffi.new("struct dp_lg_recv_stats *")
+        self.thread = _Thread(self._run)
+
+    def _run(self) -> RecvResult:
+        table = self.peers.table if self.peers else ffi.NULL
+        if lib.dp_lg_recv(self.cfg, table, self.stop_flag, self.stats) != 0:
+            raise LoadGenError("dp_lg_recv refused its configuration")
+        st = self.stats
+        hist = [(lib.dp_lg_bucket_low(b), st.hist[b]) for b in range(HIST_BUCKETS) if st.hist[b]]
+        return RecvResult(st.packets, st.bytes, st.rejected, st.foreign, st.reordered,
+                          st.duplicates, st.cpu_ns / 1e9, hist, st.lat_count, st.lat_sum_ns,
+                          st.lat_max_ns)
+
+    def start(self) -> "Receiver":
+        self.thread.start()
+        return self
+
+    def stop(self) -> RecvResult:
+        self.stop_flag[0] = 1
+        return self.thread.join_result(5)

@@ -1,0 +1,483 @@
+"""`dataplane bench`: packets/s, Gbit/s, loss, latency and the DUT's CPU per
+packet for every tunnel under test, driven by the native load generator.
+
+    client ns ──veth── DUT ns ──veth── far ns
+    (generator:          (tunnel under     (sink, and the sender
+     N emulated peers)    test, or plain    of reverse traffic)
+                          forwarding)
+
+The generator emulates N WireGuard peers with real sessions (our Noise
+handshake, so wireguard-go is measured the same way as we are) and sends
+sealed transport messages from them (decap: the DUT decrypts and forwards
+to the sink); the far side sends plain UDP to the peers' inner addresses
+(encap: the DUT encrypts, the generator opens and checks). Every inner
+packet carries a flow, a sequence number and its send time, so loss,
+reordering and latency are counted where it lands.
+
+By default the DUT is pinned to the last CPU and the generator and sink
+to the others, so the DUT's CPU time is its own; the DUT's CPU time
+per packet comes from its process accounting (/proc/PID/stat), which
+includes kernel work done in its threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from dataplane import __version__
+from dataplane.bench.loadgen import IMIX, EmulatedPeers, Receiver, RecvResult, Sender
+from dataplane.keys import PrivateKey
+from dataplane.launch import start_daemon
+from dataplane.topology import Topology, TopologyError, socket_in
+from dataplane.wireguard_go import WireGuardGo
+
+DUTS = ("dataplane-socket", "wireguard-go", "no-tunnel")
+TUNNEL_DUTS = ("dataplane-socket", "wireguard-go")
+DIRECTIONS = ("decap", "encap", "both")
+SIZES = ("64", "512", "1420", "imix")
+
+CLIENT, DUT_CLIENT_SIDE = "10.241.0.1", "10.241.0.2"
+DUT_FAR_SIDE, SINK = "10.242.0.1", "10.242.0.2"
+TUNNEL_ADDRESS = "10.200.0.1/16"
+FIRST_PEER_INNER = "10.200.0.2"
+LISTEN_PORT, GEN_PORT, SINK_PORT = 51820, 40000, 40001
+MTU = 1420
+REHANDSHAKE_AFTER = 90.0  # seconds; sessions expire at 180 s (REJECT_AFTER_TIME)
+
+
+def default_scenarios() -> list[tuple[str, int, str]]:
+    """(size, peers, direction): every size both ways with one peer, then
+    many peers at full-size packets."""
+    return ([(size, 1, d) for size in SIZES for d in ("decap", "encap")]
+            + [("1420", 100, "decap"), ("1420", 10000, "decap")])
+
+
+def quick_scenarios() -> list[tuple[str, int, str]]:
+    return [("64", 1, "decap"), ("1420", 1, "decap"), ("1420", 1, "encap"),
+            ("1420", 100, "decap")]
+
+
+def sizes_of(size: str) -> list[int]:
+    return list(IMIX) if size == "imix" else [int(size)]
+
+
+def _size_arg(text: str) -> str:
+    if text == "imix":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be a number of bytes or imix, not {text!r}")
+    if not 64 <= n <= MTU:
+        raise argparse.ArgumentTypeError(f"size must be 64..{MTU} (inner IPv4 packet), not {n}")
+    return str(n)
+
+
+def _peers_arg(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= 60000:
+        raise argparse.ArgumentTypeError(f"peers must be 1..60000, not {n}")
+    return n
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dut", action="append", choices=DUTS, help="repeatable (default: all)")
+    p.add_argument("--size", action="append", type=_size_arg, metavar="BYTES|imix",
+                   help="inner IPv4 packet size, repeatable (64, 512, 1420, imix)")
+    p.add_argument("--peers", action="append", type=_peers_arg, help="emulated peers, repeatable")
+    p.add_argument("--direction", action="append", choices=DIRECTIONS, help="repeatable")
+    p.add_argument("--rate", type=int, default=0, metavar="PPS",
+                   help="offered packets/s per direction (default: as fast as possible)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="seconds of unmeasured traffic before each scenario (default 1)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per row (default 3)")
+    p.add_argument("--latency-rate", type=int, default=10000, metavar="PPS",
+                   help="fixed rate of the latency run, below saturation (default 10000)")
+    p.add_argument("--latency-seconds", type=float, default=2.0,
+                   help="length of the latency run (default 2; 0 skips it)")
+    p.add_argument("--quick", action="store_true",
+                   help="a short version of the default set (about a minute)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not pin the DUT and the generator to separate CPUs")
+    p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
+    p.add_argument("--plot", metavar="FILE.png", help="throughput and CPU per packet (matplotlib)")
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_busy_seconds(cpu: int) -> float:
+    """Time CPU `cpu` spent on anything but idle and iowait, in seconds:
+    with the DUT pinned there, its process and the kernel's packet work for
+    it (softirq, which process accounting misses when the CPU is idle)."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            v = [int(x) for x in line.split()[1:]]
+            return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    raise ValueError(f"no cpu{cpu} in /proc/stat")
+
+
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in Python's socket
+
+
+def _big_buffers(sock: socket.socket) -> None:
+    for opt in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
+        sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+
+
+class World:
+    """The three namespaces, the DUT with `peers` peers, and sessions."""
+
+    def __init__(self, topo: Topology, dut: str, n_peers: int, tmp: Path, pin: bool,
+                 say=print):
+        self.topo, self.dut, self.say = topo, dut, say
+        self.tunnel = dut in TUNNEL_DUTS
+        cpus = sorted(os.sched_getaffinity(0))
+        self.dut_cpu = cpus[-1] if pin and len(cpus) > 1 else None
+        self.gen_cpu = cpus[0] if self.dut_cpu is not None else -1
+        self.client, self.server, self.far = (topo.namespace("cl"), topo.namespace("dut"),
+                                              topo.namespace("far"))
+        _, dut_in = topo.link(self.client, self.server, [f"{CLIENT}/24"],
+                              [f"{DUT_CLIENT_SIDE}/24"])
+        dut_out, _ = topo.link(self.server, self.far, [f"{DUT_FAR_SIDE}/24"], [f"{SINK}/24"])
+        if self.dut_cpu is not None:
+            # What arrives at the DUT is processed on the DUT's CPU, as a
+            # NIC's interrupts would be, not in the sender's context.
+            mask = f"{1 << self.dut_cpu:x}"
+            topo.run(self.server, ["sh", "-c", f"for q in /sys/class/net/{dut_in}/queues/rx-* "
+                                   f"/sys/class/net/{dut_out}/queues/rx-*; "
+                                   f"do echo {mask} > $q/rps_cpus; done"])
+        topo.run(self.server, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        topo.add_route(self.client, "0.0.0.0/0", gateway=DUT_CLIENT_SIDE)
+        topo.add_route(self.far, "0.0.0.0/0", gateway=DUT_FAR_SIDE)
+
+        self.gen = socket_in(self.client)
+        self.gen.bind((CLIENT, GEN_PORT))
+        self.sink = socket_in(self.far)
+        self.sink.bind((SINK, SINK_PORT))
+        for s in (self.gen, self.sink):
+            _big_buffers(s)
+        self.peers = EmulatedPeers(n_peers, FIRST_PEER_INNER)
+        self.to_sink = EmulatedPeers(1)
+        self.to_sink.set_plain([SINK])
+        self.dut_pid: Optional[int] = None
+        self.dut_public: Optional[bytes] = None
+
+        if self.tunnel:
+            self._start_tunnel(n_peers, tmp)
+        else:
+            self.peers.set_plain([CLIENT])
+        if self.dut_cpu is not None and self.dut_pid:
+            subprocess.run(["taskset", "-a", "-p", "-c", str(self.dut_cpu), str(self.dut_pid)],
+                           check=True, capture_output=True)
+
+    def _start_tunnel(self, n_peers: int, tmp: Path) -> None:
+        key = PrivateKey.generate()
+        self.dut_public = bytes(key.public_key())
+        tag = f"{os.getpid() % 10000}"
+        peers_conf = "".join(f"\n[Peer]\nPublicKey = {pub}\nAllowedIPs = {addr}/32\n"
+                             for pub, addr in zip(self.peers.public_keys(), self.peers.inner))
+        started = time.monotonic()
+        if self.dut == "dataplane-socket":
+            name = f"bpd{tag}"
+            conf = tmp / f"{name}.conf"
+            conf.write_text(f"[Interface]\nPrivateKey = {key.reveal_base64()}\n"
+                            f"ListenPort = {LISTEN_PORT}\nAddress = {TUNNEL_ADDRESS}\n"
+                            f"MTU = {MTU}\n{peers_conf}")
+            conf.chmod(0o600)
+            self.dut_pid = start_daemon(self.topo, self.server, conf, log=tmp / f"{name}.log",
+                                        timeout=60 + n_peers / 100).pid
+        else:
+            wg = WireGuardGo(self.topo, self.server, f"bpw{tag}")
+            wg.start()
+            wg.setconf(f"[Interface]\nPrivateKey = {key.reveal_base64()}\n"
+                       f"ListenPort = {LISTEN_PORT}\n{peers_conf}")
+            wg.up([TUNNEL_ADDRESS], mtu=MTU)
+            self.dut_pid = wg.proc.pid
+        key.wipe()
+        self.say(f"  {self.dut}: up with {n_peers} peer(s) in {time.monotonic() - started:.1f} s")
+        self.gen.connect((DUT_CLIENT_SIDE, LISTEN_PORT))
+        self.handshake()
+
+    def handshake(self) -> None:
+        started = time.monotonic()
+        self.peers.handshake(self.gen, self.dut_public,
+                             progress=lambda done, n: self.say(f"    handshakes {done}/{n}"))
+        self.say(f"  {self.dut}: {self.peers.n} handshake(s) in "
+                 f"{time.monotonic() - started:.1f} s")
+
+    def close(self) -> None:
+        self.peers.close()
+        self.to_sink.close()
+        self.gen.close()
+        self.sink.close()
+
+    def run(self, size: str, direction: str, seconds: float, rate: int) -> dict:
+        """One measured run. pps counts packets that arrived (both ways for
+        `both`) per second of sending."""
+        if self.tunnel and time.monotonic() - self.peers.handshake_at > REHANDSHAKE_AFTER:
+            self.handshake()
+        sizes = sizes_of(size)
+        receivers, senders = [], []
+        if direction in ("decap", "both"):
+            receivers.append(Receiver(self.sink, None, sealed=False, cpu=self.gen_cpu))
+            senders.append(Sender(self.gen, self.peers if self.tunnel else self.to_sink,
+                                  sealed=self.tunnel, sizes=sizes, dst=SINK, src_port=GEN_PORT,
+                                  dst_port=SINK_PORT, flow=0, mtu=MTU, rate=rate,
+                                  seconds=seconds, cpu=self.gen_cpu))
+        if direction in ("encap", "both"):
+            receivers.append(Receiver(self.gen, self.peers, sealed=self.tunnel, cpu=self.gen_cpu))
+            senders.append(Sender(self.sink, self.peers, sealed=False, sizes=sizes,
+                                  dst_port=GEN_PORT, flow=1, mtu=MTU, rate=rate,
+                                  seconds=seconds, cpu=self.gen_cpu))
+        for r in receivers:
+            r.start()
+        try:
+            proc0 = process_cpu_seconds(self.dut_pid) if self.dut_pid else None
+            core0 = cpu_busy_seconds(self.dut_cpu) if self.dut_cpu is not None else None
+            for s in senders:
+                s.start()
+            sent = [s.join(seconds + 30) for s in senders]
+            time.sleep(0.3)  # what is queued in the DUT still arrives
+            proc = process_cpu_seconds(self.dut_pid) - proc0 if self.dut_pid else None
+            core = cpu_busy_seconds(self.dut_cpu) - core0 if core0 is not None else None
+        finally:
+            for s in senders:
+                s.stop()
+            got = [r.stop() for r in receivers]
+        total = got[0]
+        for g in got[1:]:
+            total = total.merge(g)
+        n_sent = sum(s.packets for s in sent)
+        span = max(s.seconds for s in sent)
+        return {
+            "pps": total.packets / span,
+            "gbps": total.bytes * 8 / span / 1e9,
+            "loss": max(0.0, 1 - total.packets / n_sent) if n_sent else None,
+            "sent_pps": n_sent / span,
+            "send_errors": sum(s.errors for s in sent),
+            # The DUT's core when it has one to itself, else its process.
+            "cpu_ns_per_pkt": _per(core if core is not None else proc, total.packets),
+            "dut_proc_cpu_ns_per_pkt": _per(proc, total.packets),
+            "dut_core_busy": core / span if core is not None else None,
+            "gen_cpu_ns_per_pkt": (sum(s.cpu_seconds for s in sent) + total.cpu_seconds) * 1e9
+            / total.packets if total.packets else None,
+            "reordered": total.reordered,
+            "duplicates": total.duplicates,
+            "rejected": total.rejected,
+            "latency": total,
+        }
+
+
+# ---------------------------------------------------------------- rows
+
+
+def machine_info() -> dict:
+    from dataplane import crypto
+    from dataplane.bench.crypto import machine_info as crypto_machine
+
+    info = crypto_machine()
+    info.update({"cores": os.cpu_count(), "python": platform.python_version(),
+                 "dataplane": __version__, "crypto_impl": crypto.active()})
+    try:
+        out = subprocess.run(["wireguard-go", "--version"], capture_output=True, text=True,
+                             timeout=5)
+        info["wireguard_go"] = (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        info["wireguard_go"] = None
+    return info
+
+
+def _per(seconds: Optional[float], packets: int) -> Optional[float]:
+    return seconds * 1e9 / packets if seconds is not None and packets else None
+
+
+def _median(runs: list, key: str):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def make_row(dut: str, size: str, peers: int, direction: str, runs: list,
+             lat_run: Optional[dict], lat_rate: int, duration: float) -> dict:
+    lat: Optional[RecvResult] = lat_run["latency"] if lat_run else None
+    return {
+        "dut": dut, "size": size if size == "imix" else int(size), "peers": peers,
+        "direction": direction, "runs": len(runs), "duration_s": duration,
+        **{k: _median(runs, k) for k in ("pps", "gbps", "loss", "cpu_ns_per_pkt",
+                                          "dut_proc_cpu_ns_per_pkt", "dut_core_busy",
+                                          "gen_cpu_ns_per_pkt", "sent_pps")},
+        "pps_min": min(r["pps"] for r in runs), "pps_max": max(r["pps"] for r in runs),
+        "reordered": sum(r["reordered"] for r in runs),
+        "duplicates": sum(r["duplicates"] for r in runs),
+        "rejected": sum(r["rejected"] for r in runs),
+        "send_errors": sum(r["send_errors"] for r in runs),
+        "lat_rate_pps": lat_rate if lat else None,
+        "lat_p50_us": lat.percentile_us(0.50) if lat else None,
+        "lat_p99_us": lat.percentile_us(0.99) if lat else None,
+        "lat_p999_us": lat.percentile_us(0.999) if lat else None,
+        "lat_max_us": lat.lat_max_ns / 1000 if lat and lat.lat_count else None,
+        "lat_loss": lat_run["loss"] if lat_run else None,
+    }
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """pps against wireguard-go and against the no-tunnel ceiling of the
+    same scenario in this run."""
+    by = {(r["dut"], r["size"], r["peers"], r["direction"]): r for r in rows}
+    for r in rows:
+        key = (r["size"], r["peers"], r["direction"])
+        for name, ref in (("vs_wireguard_go", "wireguard-go"), ("vs_no_tunnel", "no-tunnel")):
+            other = by.get((ref, *key))
+            r[name] = r["pps"] / other["pps"] if other and other["pps"] else None
+
+
+def _fmt(v, spec: str, width: int) -> str:
+    return f"{v:{width}{spec}}" if v is not None else f"{'-':>{width}}"
+
+
+def print_table(rows: list[dict], out=sys.stdout) -> None:
+    print(f"\n{'dut':17} {'size':>5} {'peers':>5} {'dir':6} {'kpps':>8} {'min':>8} {'max':>8} "
+          f"{'Gbit/s':>7} {'loss%':>6} {'DUT ns/pkt':>10} {'p50 us':>7} {'p99 us':>7} "
+          f"{'p999 us':>8} {'vs wg-go':>8} {'vs plain':>8}", file=out)
+    for r in rows:
+        print(f"{r['dut']:17} {str(r['size']):>5} {r['peers']:5} {r['direction']:6} "
+              f"{r['pps'] / 1e3:8.1f} {r['pps_min'] / 1e3:8.1f} {r['pps_max'] / 1e3:8.1f} "
+              f"{r['gbps']:7.3f} {_fmt(r['loss'] * 100 if r['loss'] is not None else None, '.1f', 6)} "
+              f"{_fmt(r['cpu_ns_per_pkt'], '.0f', 10)} {_fmt(r['lat_p50_us'], '.0f', 7)} "
+              f"{_fmt(r['lat_p99_us'], '.0f', 7)} {_fmt(r['lat_p999_us'], '.0f', 8)} "
+              f"{_fmt(r['vs_wireguard_go'], '.2f', 8)} {_fmt(r['vs_no_tunnel'], '.2f', 8)}",
+              file=out)
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["peers"], r["direction"]) for r in rows})
+    duts = [d for d in DUTS if any(r["dut"] == d for r in rows)]
+    fig, axes = plt.subplots(2, len(groups), figsize=(5 * len(groups), 7), squeeze=False)
+    for col, (peers, direction) in enumerate(groups):
+        sel = [r for r in rows if r["peers"] == peers and r["direction"] == direction]
+        sizes = sorted({str(r["size"]) for r in sel}, key=lambda s: (s == "imix", len(s), s))
+        width = 0.8 / max(1, len(duts))
+        for j, dut in enumerate(duts):
+            xs, pps, err, cpu = [], [], [], []
+            for i, size in enumerate(sizes):
+                r = next((r for r in sel if r["dut"] == dut and str(r["size"]) == size), None)
+                if r:
+                    xs.append(i + j * width)
+                    pps.append(r["pps"] / 1e6)
+                    err.append([(r["pps"] - r["pps_min"]) / 1e6, (r["pps_max"] - r["pps"]) / 1e6])
+                    cpu.append(r["cpu_ns_per_pkt"] or 0)
+            if xs:
+                axes[0][col].bar(xs, pps, width, label=dut,
+                                 yerr=list(zip(*err)) if err else None, capsize=2)
+                axes[1][col].bar(xs, cpu, width, label=dut)
+        for ax in axes[:, col]:
+            ax.set_xticks([i + width * (len(duts) - 1) / 2 for i in range(len(sizes))])
+            ax.set_xticklabels(sizes)
+            ax.set_xlabel("inner packet size (bytes)")
+        axes[0][col].set_title(f"{direction}, {peers} peer(s)")
+        axes[0][col].set_ylabel("Mpps received")
+        axes[1][col].set_ylabel("DUT CPU ns per packet")
+        axes[0][col].legend(fontsize="small")
+    fig.suptitle("dataplane bench")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- command
+
+
+def scenarios_of(args) -> list[tuple[str, int, str]]:
+    if args.size or args.peers or args.direction:
+        return [(s, p, d) for s in (args.size or list(SIZES)) for p in (args.peers or [1])
+                for d in (args.direction or ["decap", "encap"])]
+    return quick_scenarios() if args.quick else default_scenarios()
+
+
+def run(args) -> int:
+    if os.geteuid() != 0:
+        print("dataplane bench: needs root (it builds network namespaces)", file=sys.stderr)
+        return 1
+    if args.quick:
+        args.duration = min(args.duration, 1.0)
+        args.repeat = 1
+        args.warmup = min(args.warmup, 0.3)
+        args.latency_seconds = min(args.latency_seconds, 0.5)
+    if args.repeat < 1 or args.duration <= 0:
+        print("dataplane bench: --repeat must be >= 1 and --duration > 0", file=sys.stderr)
+        return 2
+    duts = args.dut or list(DUTS)
+    scenarios = scenarios_of(args)
+    machine = machine_info()
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    say(f"dataplane bench: {len(duts)} DUT(s) x {len(scenarios)} scenario(s), "
+        f"{args.repeat} x {args.duration:g} s each; {machine['cpu']}, {machine['cores']} cores")
+    rows, total, done = [], len(duts) * len(scenarios), 0
+    with tempfile.TemporaryDirectory(prefix="dataplane-bench-") as tmp:
+        for dut in duts:
+            for n_peers in sorted({p for _, p, _ in scenarios}):
+                mine = [s for s in scenarios if s[1] == n_peers]
+                with Topology("bp") as topo:
+                    world = World(topo, dut, n_peers, Path(tmp), pin=not args.no_pin, say=say)
+                    try:
+                        for size, _, direction in mine:
+                            done += 1
+                            label = f"[{done}/{total}] {dut} {size} B, {n_peers} peer(s), {direction}"
+                            if args.warmup > 0:
+                                world.run(size, direction, args.warmup, args.rate)
+                            runs = []
+                            for i in range(args.repeat):
+                                r = world.run(size, direction, args.duration, args.rate)
+                                runs.append(r)
+                                say(f"  {label}: run {i + 1}/{args.repeat} "
+                                    f"{r['pps'] / 1e3:.1f} kpps, loss {r['loss'] or 0:.1%}, "
+                                    f"DUT {_fmt(r['cpu_ns_per_pkt'], '.0f', 0)} ns/pkt")
+                            lat_run = None
+                            lat_rate = args.rate or args.latency_rate
+                            if args.latency_seconds > 0:
+                                lat_run = world.run(size, direction, args.latency_seconds,
+                                                    lat_rate)
+                                lat = lat_run["latency"]
+                                say(f"  {label}: latency at {lat_rate} pps: p50 "
+                                    f"{_fmt(lat.percentile_us(0.5), '.0f', 0)} us, p99 "
+                                    f"{_fmt(lat.percentile_us(0.99), '.0f', 0)} us")
+                            row = make_row(dut, size, n_peers, direction, runs, lat_run,
+                                           lat_rate, args.duration)
+                            row["machine"] = machine
+                            rows.append(row)
+                    finally:
+                        world.close()
+    add_ratios(rows)
+    order = {d: i for i, d in enumerate(DUTS)}
+    rows.sort(key=lambda r: (scenarios.index((str(r["size"]), r["peers"], r["direction"])),
+                             order[r["dut"]]))
+    print_table(rows)
+    print(f"\n{machine['cpu']} ({machine['cores']} cores), {machine['kernel']}, crypto "
+          f"{machine['crypto_impl']}; DUT pinned to CPU "
+          f"{'none' if args.no_pin else sorted(os.sched_getaffinity(0))[-1]}. pps = inner packets "
+          f"received per second; latency at a fixed rate; DUT ns/pkt from its own CPU time.")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.plot:
+        plot(rows, args.plot)
+    return 0

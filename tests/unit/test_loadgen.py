@@ -1,0 +1,183 @@
+"""The native load generator (native/loadgen) on loopback UDP: what it sends
+is well-formed WireGuard (opened here with our Python AEAD, not with its own
+receiver), its receiver counts, times and checks what arrives, and bad
+messages are rejected and counted, not taken."""
+import ipaddress
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+from dataplane import crypto
+from dataplane._native import ffi, lib
+from dataplane.bench.loadgen import (HIST_BUCKETS, IMIX, INDEX_BASE, EmulatedPeers, Receiver,
+                                     RecvResult, Sender, _ip4)
+
+SINK_ADDR = "10.9.8.7"
+
+
+def udp_pair():
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.bind(("127.0.0.1", 0))
+    a.connect(b.getsockname())
+    b.connect(a.getsockname())
+    return a, b
+
+
+def session_tables(n, send_keys, recv_keys=None):
+    """A sending table whose peer i addresses receiver index INDEX_BASE + i,
+    and a receiving table that holds the same keys for those indices."""
+    tx, rx = EmulatedPeers(n, "10.200.0.2"), EmulatedPeers(n, "10.200.0.2")
+    for i in range(n):
+        addr = _ip4(tx.inner[i])
+        assert lib.dp_lg_peer_set(tx.table, i, send_keys[i], ffi.NULL, INDEX_BASE + i, 1,
+                                  addr) == 0
+        key = (recv_keys or send_keys)[i]
+        assert lib.dp_lg_peer_set(rx.table, i, ffi.NULL, key, 0, 0, addr) == 0
+    return tx, rx
+
+
+def test_histogram_buckets_are_ordered_and_bound_their_values():
+    lows = [lib.dp_lg_bucket_low(b) for b in range(HIST_BUCKETS)]
+    assert lows == sorted(lows) and len(set(lows)) == HIST_BUCKETS
+    for ns in [0, 1, 63, 64, 65, 100, 1000, 12345, 10**6, 123456789, 10**12]:
+        b = lib.dp_lg_bucket(ns)
+        assert lows[b] <= ns
+        if b + 1 < HIST_BUCKETS:
+            assert ns < lows[b + 1]
+            assert lows[b + 1] - lows[b] <= max(1, ns // 32 + 1)  # within 1/32
+    assert lib.dp_lg_bucket(2**63) == HIST_BUCKETS - 1
+
+
+def test_percentiles_from_a_histogram():
+    r = RecvResult(hist=[(1000, 50), (2000, 49), (9000, 1)], lat_count=100)
+    assert r.percentile_us(0.5) == 1.0
+    assert r.percentile_us(0.99) == 2.0
+    assert r.percentile_us(0.999) == 9.0
+    assert RecvResult().percentile_us(0.5) is None
+    merged = r.merge(RecvResult(hist=[(1000, 10)], lat_count=10, packets=10))
+    assert merged.lat_count == 110 and dict(merged.hist)[1000] == 60 and merged.packets == 10
+
+
+def test_sealed_messages_open_with_the_session_key_and_carry_an_inner_packet():
+    keys = [os.urandom(32) for _ in range(3)]
+    tx, _rx = session_tables(3, keys)
+    a, b = udp_pair()
+    try:
+        sizes = [64, 100, 1420]
+        s = Sender(a, tx, sealed=True, sizes=sizes, dst=SINK_ADDR, src_port=1234,
+                   dst_port=5678, flow=7, mtu=1420, rate=2000, seconds=0.05).start()
+        sent = s.join(10)
+        assert sent.packets >= 20 and sent.errors == 0
+        b.settimeout(1)
+        seen_counters = {0: [], 1: [], 2: []}
+        for k in range(sent.packets):
+            msg = b.recv(4096)
+            mtype, index, counter = struct.unpack_from("<IIQ", msg)
+            assert mtype == 4
+            peer = index - INDEX_BASE
+            assert peer == k % 3, "peers are used round-robin"
+            seen_counters[peer].append(counter)
+            inner = crypto.open(keys[peer], counter, msg[16:])
+            size = sizes[k % 3]
+            # padded to 16 bytes, but not beyond the MTU
+            assert len(inner) == min(-(-size // 16) * 16, 1420)
+            assert inner[0] == 0x45 and struct.unpack_from("!H", inner, 2)[0] == size
+            assert inner[12:16] == ipaddress.IPv4Address(tx.inner[peer]).packed
+            assert inner[16:20] == ipaddress.IPv4Address(SINK_ADDR).packed
+            sport, dport, ulen = struct.unpack_from("!HHH", inner, 20)
+            assert (sport, dport, ulen) == (1234, 5678, size - 20)
+            magic, flow, seq = struct.unpack_from("<IIQ", inner, 28)
+            assert (magic, flow, seq) == (lib.DP_LG_PAYLOAD_MAGIC, 7, k)
+            assert inner[size:] == bytes(len(inner) - size)
+        for peer, counters in seen_counters.items():
+            assert counters == list(range(1, 1 + len(counters))), "counters start at 1, no gaps"
+            assert tx.counter(peer) == 1 + len(counters)
+    finally:
+        a.close(), b.close()
+        tx.close(), _rx.close()
+
+
+@pytest.mark.parametrize("sizes", [[64], [1420], list(IMIX)])
+def test_receiver_counts_every_sealed_packet_with_its_latency(sizes):
+    keys = [os.urandom(32) for _ in range(4)]
+    tx, rx = session_tables(4, keys)
+    a, b = udp_pair()
+    try:
+        recv = Receiver(b, rx, sealed=True).start()
+        sent = Sender(a, tx, sealed=True, sizes=sizes, dst=SINK_ADDR, rate=5000,
+                      seconds=0.2).start().join(10)
+        time.sleep(0.2)
+        got = recv.stop()
+        assert sent.packets > 500
+        assert got.packets == sent.packets, (got, sent)
+        assert got.bytes == sent.bytes
+        assert got.rejected == got.duplicates == got.reordered == 0
+        assert got.lat_count == got.packets == sum(c for _, c in got.hist)
+        assert 0 < got.percentile_us(0.5) < 1e6
+    finally:
+        a.close(), b.close()
+        tx.close(), rx.close()
+
+
+def test_receiver_rejects_wrong_keys_unknown_indices_and_foreign_datagrams():
+    keys = [os.urandom(32) for _ in range(2)]
+    tx, rx = session_tables(2, keys, recv_keys=[keys[0], os.urandom(32)])
+    a, b = udp_pair()
+    try:
+        recv = Receiver(b, rx, sealed=True).start()
+        sent = Sender(a, tx, sealed=True, sizes=[200], rate=2000, seconds=0.1).start().join(10)
+        a.send(struct.pack("<IIQ", 4, INDEX_BASE + 99, 1) + bytes(64))  # unknown index
+        a.send(b"\x01" + bytes(147))                                   # a handshake initiation
+        a.send(struct.pack("<IIQ", 4, INDEX_BASE, 0) + bytes(16))      # keepalive-sized
+        time.sleep(0.2)
+        got = recv.stop()
+        half = sent.packets // 2
+        assert got.packets == sent.packets - half          # peer 1's key is wrong
+        assert got.rejected == half + 1                    # ... and the unknown index
+        assert got.foreign == 2
+    finally:
+        a.close(), b.close()
+        tx.close(), rx.close()
+
+
+def test_plain_mode_sends_to_each_peer_address_and_detects_duplicates():
+    peers = EmulatedPeers(1)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    peers.set_plain(["127.0.0.1"])
+    src = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        recv = Receiver(sink, None, sealed=False).start()
+        sent = Sender(src, peers, sealed=False, sizes=[64, 1000], dst_port=sink.getsockname()[1],
+                      flow=3, rate=2000, seconds=0.1).start().join(10)
+        # a replayed payload: the same flow and sequence number again
+        replay = struct.pack("<IIQQ", lib.DP_LG_PAYLOAD_MAGIC, 3, 0, 0) + bytes(8)
+        src.sendto(replay, sink.getsockname())
+        time.sleep(0.2)
+        got = recv.stop()
+        assert got.packets == sent.packets and got.bytes == sent.bytes
+        assert got.duplicates == 1
+    finally:
+        src.close(), sink.close()
+        peers.close()
+
+
+def test_bad_configurations_are_refused():
+    peers = EmulatedPeers(1)
+    try:
+        with pytest.raises(ValueError):
+            Sender(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), peers, sealed=True,
+                   sizes=[40])
+        cfg = ffi.new("struct dp_lg_send_config *", {"fd": -1, "sizes": ffi.NULL})
+        assert lib.dp_lg_send(cfg, peers.table, ffi.NULL, ffi.new("struct dp_lg_send_stats *")) == -1
+        assert lib.dp_lg_peer_set(peers.table, 1, ffi.NULL, ffi.NULL, 0, 0, 0) == -1
+        with pytest.raises(ValueError):
+            EmulatedPeers(0)
+    finally:
+        peers.close()
