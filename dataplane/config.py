@@ -18,6 +18,7 @@
     Workers = 2
     Queues = 2
     Interfaces = eth0                     # WAN interfaces, comma list
+    MaxPeers = 100000                     # room for peers added at run time
 
 Keys are case-insensitive, '#' starts a comment, whitespace around '=' is
 free, as in wg-quick. Values follow `wg`: keys are 44-character base64,
@@ -56,6 +57,7 @@ PORT_MAX = 65535
 FWMARK_MAX = 0xFFFFFFFF
 MTU_MIN, MTU_MAX = 68, 65535      # Linux's range for a device MTU
 WORKERS_MAX = QUEUES_MAX = 1024
+MAX_PEERS_MAX = 1 << 19  # the receiver index table holds two keypairs a peer, 2^20 at most
 BACKENDS = ("auto", "xdp", "socket")
 WG_QUICK_ONLY = ("DNS", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")
 
@@ -242,6 +244,7 @@ class DataPlaneConfig:
     workers: Optional[int] = None                 # None: chosen at bring-up
     queues: Optional[int] = None
     interfaces: tuple[str, ...] = ()              # WAN interfaces; () = chosen at bring-up
+    max_peers: Optional[int] = None               # None: the file's peers, with headroom
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,8 @@ class Config:
                 out.append(f"Queues = {d.queues}")
             if d.interfaces:
                 out.append(f"Interfaces = {', '.join(d.interfaces)}")
+            if d.max_peers is not None:
+                out.append(f"MaxPeers = {d.max_peers}")
         return "\n".join(out) + "\n"
 
 
@@ -430,6 +435,7 @@ _KEYS: dict[str, dict[str, tuple[_Handler, bool]]] = {
         "Workers": (_set(_count(WORKERS_MAX)), False),
         "Queues": (_set(_count(QUEUES_MAX)), False),
         "Interfaces": (_interfaces, False),
+        "MaxPeers": (_set(_count(MAX_PEERS_MAX)), False),
     },
 }
 _SECTIONS = {name.lower(): name for name in _KEYS}
@@ -552,7 +558,8 @@ class _Parser:
             backend=d.get("Backend", "auto"),
             workers=d.get("Workers"),
             queues=d.get("Queues"),
-            interfaces=d.get("Interfaces", ()))
+            interfaces=d.get("Interfaces", ()),
+            max_peers=d.get("MaxPeers"))
         return Config(name, interface, tuple(peers), dataplane, tuple(self.warnings))
 
 

@@ -31,7 +31,7 @@ from dataplane import config as cfg
 from dataplane import uapi
 from dataplane._native import lib
 from dataplane.device import Device
-from dataplane.interface import DEFAULT_MTU, MAX_PEERS, Interface, Peer, resolve
+from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
 from dataplane.tun import open_tun
 
 log = logging.getLogger("dataplane")
@@ -175,8 +175,12 @@ class Daemon:
             # DATAPLANE_TUN_OFFLOADS=0 turns TSO off, to measure what it brings
             tun_fds, vnet = open_tun(self.name, queues=workers,
                                      offloads=os.environ.get("DATAPLANE_TUN_OFFLOADS") != "0")
-            device = Device(tun_fds, _dup(v4), _dup(v6), mtu, max_peers=MAX_PEERS,
-                            tun_vnet_hdr=vnet)
+            max_peers, slots_log2 = table_sizes(len(conf.peers), conf.dataplane.max_peers)
+            if len(conf.peers) > max_peers:
+                raise UpError(f"{len(conf.peers)} peers in the file, but [DataPlane] MaxPeers "
+                              f"is {max_peers}")
+            device = Device(tun_fds, _dup(v4), _dup(v6), mtu, max_peers=max_peers,
+                            keypair_slots_log2=slots_log2, tun_vnet_hdr=vnet)
             self.iface = Interface(self.name, conf.interface.private_key, device,
                                    v4[0].getsockname()[1])
             self._apply_fwmark(conf.interface.fwmark)
@@ -234,18 +238,28 @@ class Daemon:
             if not found:
                 return
             idx = found[0]
-            have = set()
-            for r in ipr.get_routes(oif=idx):
-                if r.get("proto") == 3 and r.get("dst_len") is not None:  # RTPROT_BOOT: ours
+            have, connected = set(), []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for r in ipr.get_routes(family=family, oif=idx):
                     dst = r.get_attr("RTA_DST")
-                    if dst:
-                        have.add(ipaddress.ip_network(f"{dst}/{r['dst_len']}"))
+                    if not dst or r.get("dst_len") is None:
+                        continue
+                    net = ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False)
+                    if r.get("proto") == 3:  # RTPROT_BOOT: ours
+                        have.add(net)
+                    elif r.get("proto") == 2 and r.get("type") == 1:  # kernel, unicast
+                        connected.append(net)  # the prefix of an Address line
             want = set()
             for peer in self.iface.peers.values():
                 for net in self.iface.device.allowed_ips(peer.id):
                     if net.prefixlen == 0:
                         log.warning("%s: not adding a default route for a peer; route it "
                                     "yourself", self.name)
+                        continue
+                    # As wg-quick: an allowed IP that the interface's own
+                    # prefix already routes here needs no route of its own
+                    # (thousands of /32s in a /16 stay one route).
+                    if any(net.version == c.version and net.subnet_of(c) for c in connected):
                         continue
                     want.add(net)
             for net in want - have:

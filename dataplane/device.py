@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Union
 
+import numpy as np
+
 from dataplane._native import ffi, lib
 
 BURST: int = lib.DP_DEVICE_BURST
@@ -108,6 +110,26 @@ class PeerStats:
     current_is_initiator: bool
     staged: int
     keypairs: int
+
+
+def _struct_dtype(ctype: str) -> np.dtype:
+    """A numpy dtype with the layout of a C struct of unsigned integers,
+    read from cffi (so Python never re-types the struct)."""
+    t = ffi.typeof(ctype)
+    return np.dtype({"names": [name for name, _ in t.fields],
+                     "formats": [f"<u{ffi.sizeof(f.type)}" for _, f in t.fields],
+                     "offsets": [f.offset for _, f in t.fields],
+                     "itemsize": ffi.sizeof(t)})
+
+
+PEER_STATS_DTYPE = _struct_dtype("struct dp_peer_stats")
+
+
+def peer_stats_of(row) -> PeerStats:
+    """PeerStats from one row of Device.stats_table()."""
+    values = {name: int(row[name]) for name in PEER_STATS_DTYPE.names}
+    values["current_is_initiator"] = bool(values["current_is_initiator"])
+    return PeerStats(**values)
 
 
 class Device:
@@ -217,6 +239,15 @@ class Device:
                          c.last_rx_data_ns, c.last_tx_ns, c.last_tx_data_ns, c.current_created_ns,
                          c.current_send_counter, c.current_local_index,
                          bool(c.current_is_initiator), c.staged, c.keypairs)
+
+    def stats_table(self) -> np.ndarray:
+        """Every peer's counters in one native call: a structured array
+        indexed by peer id (PEER_STATS_DTYPE; unused ids are zeros). A
+        copy, so it stays valid."""
+        buf = ffi.new("struct dp_peer_stats[]", self.max_peers)
+        n = lib.dp_device_peer_stats_all(self._dev, buf, self.max_peers)
+        _check(int(n) if n < 0 else 0, "stats of all peers")
+        return np.frombuffer(ffi.buffer(buf), dtype=PEER_STATS_DTYPE).copy()
 
     def clear_keypairs(self, peer_id: int) -> None:
         _check(lib.dp_device_peer_clear_keypairs(self._dev, peer_id),

@@ -20,9 +20,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
+
 from dataplane import config as cfg
 from dataplane import noise
-from dataplane.device import Device, Endpoint, PeerStats
+from dataplane.device import Device, Endpoint, PeerStats, peer_stats_of
 from dataplane.keys import PresharedKey, PrivateKey, PublicKey, is_low_order
 from dataplane._native import lib
 
@@ -47,7 +49,18 @@ INITIATION_MIN_INTERVAL_NS = NS // lib.DP_WG_INITIATIONS_PER_SECOND
 UNDER_LOAD_FRACTION = 1 / 8
 UNDER_LOAD_HOLD_NS = NS
 DEFAULT_MTU = 1420
-MAX_PEERS = 1024
+MAX_PEERS = 1024  # room for peers when the config does not say (at least)
+
+
+def table_sizes(configured_peers: int, max_peers: Optional[int] = None) -> tuple[int, int]:
+    """(max_peers, keypair_slots_log2) for a device: MaxPeers if set, else
+    room for the configured peers and a quarter more (at least MAX_PEERS);
+    and a receiver index table with two slots a peer (a current and a next
+    or previous keypair each; the third is rare and finds a free slot)."""
+    if max_peers is None:
+        max_peers = max(MAX_PEERS, 1 << (configured_peers * 5 // 4 - 1).bit_length())
+    slots_log2 = min(20, max(12, (2 * max_peers - 1).bit_length()))
+    return max_peers, slots_log2
 
 
 @dataclass
@@ -423,14 +436,39 @@ class Interface:
     # ---------------------------------------------------------------- timers
 
     def tick(self) -> None:
-        """The timers of whitepaper section 6, evaluated for every peer."""
+        """The timers of whitepaper section 6, evaluated for every peer
+        that may have one due (all counters come in one native call, and
+        numpy picks the peers; with thousands of peers a per-peer loop in
+        Python would eat the data path's CPU)."""
         now = self.clock()
-        for peer in list(self.peers.values()):
-            st = self.device.stats(peer.id)
-            self._peer_timers(peer, st, now)
+        table = self.device.stats_table()
+        for peer_id in self._timer_candidates(table, now):
+            peer = self.by_id.get(peer_id)
+            if peer is not None:
+                self._peer_timers(peer, peer_stats_of(table[peer_id]), now)
         self.device.maintain()
         if len(self.ratelimiter.buckets) > 1024:
             self.ratelimiter.gc()
+
+    def _timer_candidates(self, t, now: int) -> list[int]:
+        """Ids of peers for which _peer_timers may act: a superset, from the
+        counters (data without keepalive, data without reply, keys to
+        zero) and from Python's own state (handshakes in progress,
+        persistent keepalive)."""
+        n = np.uint64(now)
+        with np.errstate(over="ignore"):  # a timestamp ahead of now wraps: still a candidate
+            due = ((t["last_rx_data_ns"] > t["last_tx_ns"])
+                   & (n - t["last_rx_data_ns"] >= np.uint64(KEEPALIVE_NS)))
+            due |= ((t["last_tx_data_ns"] > t["last_rx_ns"])
+                    & (n - t["last_tx_data_ns"] >= np.uint64(KEEPALIVE_NS + REKEY_TIMEOUT_NS)))
+            # keypairs are created at handshakes, so current_created_ns is
+            # never later than the last handshake
+            due |= ((t["keypairs"] > 0)
+                    & (n - t["current_created_ns"] >= np.uint64(ZERO_KEYS_NS - NS)))
+        ids = set(np.flatnonzero(due).tolist())
+        ids.update(p.id for p in self.peers.values()
+                   if p.pending is not None or p.persistent_keepalive)
+        return sorted(ids)
 
     def _peer_timers(self, peer: Peer, st: PeerStats, now: int) -> None:
         if peer.pending is not None and now >= peer.next_retry_ns:

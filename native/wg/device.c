@@ -607,6 +607,32 @@ int dp_device_peer_get_endpoint(struct dp_device *d, uint32_t peer_id, struct dp
     return p ? 0 : -ENOENT;
 }
 
+static void peer_stats_fill(struct peer *p, struct dp_peer_stats *out)
+{
+    struct keypair *cur;
+
+    memset(out, 0, sizeof(*out));
+    out->rx_bytes = atomic_load(&p->rx_bytes);
+    out->tx_bytes = atomic_load(&p->tx_bytes);
+    out->rx_packets = atomic_load(&p->rx_packets);
+    out->tx_packets = atomic_load(&p->tx_packets);
+    out->last_rx_ns = atomic_load(&p->last_rx_ns);
+    out->last_rx_data_ns = atomic_load(&p->last_rx_data_ns);
+    out->last_tx_ns = atomic_load(&p->last_tx_ns);
+    out->last_tx_data_ns = atomic_load(&p->last_tx_data_ns);
+    spin_lock(&p->lock);
+    cur = atomic_load(&p->current);
+    if (cur) {
+        out->current_created_ns = cur->created_ns;
+        out->current_send_counter = atomic_load(&cur->send_counter);
+        out->current_local_index = cur->local_index;
+        out->current_is_initiator = cur->is_initiator;
+    }
+    out->keypairs = !!cur + !!p->previous + !!p->next;
+    out->staged = p->staged_count;
+    spin_unlock(&p->lock);
+}
+
 int dp_device_peer_stats(struct dp_device *d, uint32_t peer_id, struct dp_peer_stats *out)
 {
     struct peer *p;
@@ -615,32 +641,27 @@ int dp_device_peer_stats(struct dp_device *d, uint32_t peer_id, struct dp_peer_s
         return -EINVAL;
     pthread_mutex_lock(&d->control);
     p = peer_get(d, peer_id);
-    if (p) {
-        struct keypair *cur;
-
-        memset(out, 0, sizeof(*out));
-        out->rx_bytes = atomic_load(&p->rx_bytes);
-        out->tx_bytes = atomic_load(&p->tx_bytes);
-        out->rx_packets = atomic_load(&p->rx_packets);
-        out->tx_packets = atomic_load(&p->tx_packets);
-        out->last_rx_ns = atomic_load(&p->last_rx_ns);
-        out->last_rx_data_ns = atomic_load(&p->last_rx_data_ns);
-        out->last_tx_ns = atomic_load(&p->last_tx_ns);
-        out->last_tx_data_ns = atomic_load(&p->last_tx_data_ns);
-        spin_lock(&p->lock);
-        cur = atomic_load(&p->current);
-        if (cur) {
-            out->current_created_ns = cur->created_ns;
-            out->current_send_counter = atomic_load(&cur->send_counter);
-            out->current_local_index = cur->local_index;
-            out->current_is_initiator = cur->is_initiator;
-        }
-        out->keypairs = !!cur + !!p->previous + !!p->next;
-        out->staged = p->staged_count;
-        spin_unlock(&p->lock);
-    }
+    if (p)
+        peer_stats_fill(p, out);
     pthread_mutex_unlock(&d->control);
     return p ? 0 : -ENOENT;
+}
+
+int64_t dp_device_peer_stats_all(struct dp_device *d, struct dp_peer_stats *out, uint32_t n)
+{
+    if (!out)
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    if (n > d->cfg.max_peers)
+        n = d->cfg.max_peers;
+    for (uint32_t i = 0; i < n; i++) {
+        if (d->peers[i].in_use)
+            peer_stats_fill(&d->peers[i], &out[i]);
+        else
+            memset(&out[i], 0, sizeof(out[i]));
+    }
+    pthread_mutex_unlock(&d->control);
+    return n;
 }
 
 /* ---------------------------------------------------------------- keypairs */

@@ -150,6 +150,10 @@ int dp_device_peer_set_endpoint(struct dp_device *d, uint32_t peer_id,
                                 const struct dp_endpoint *ep);
 int dp_device_peer_get_endpoint(struct dp_device *d, uint32_t peer_id, struct dp_endpoint *ep);
 int dp_device_peer_stats(struct dp_device *d, uint32_t peer_id, struct dp_peer_stats *out);
+/* Every peer's counters at once, out[id] for ids 0 .. n-1 (n capped at
+ * max_peers; peers not in use read as zeros): the timer tick reads this
+ * instead of one call a peer. Returns how many entries were written. */
+int64_t dp_device_peer_stats_all(struct dp_device *d, struct dp_peer_stats *out, uint32_t n);
 /* Drop every keypair and staged packet of the peer (keys wiped). */
 int dp_device_peer_clear_keypairs(struct dp_device *d, uint32_t peer_id);
 /* Send an empty data message (keepalive) with the current keypair; 0,
