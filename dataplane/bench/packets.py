@@ -251,12 +251,14 @@ class World:
         try:
             proc0 = process_cpu_seconds(self.dut_pid) if self.dut_pid else None
             core0 = cpu_busy_seconds(self.dut_cpu) if self.dut_cpu is not None else None
+            wall0 = time.monotonic()
             for s in senders:
                 s.start()
             sent = [s.join(seconds + 30) for s in senders]
             time.sleep(0.3)  # what is queued in the DUT still arrives
             proc = process_cpu_seconds(self.dut_pid) - proc0 if self.dut_pid else None
             core = cpu_busy_seconds(self.dut_cpu) - core0 if core0 is not None else None
+            wall = time.monotonic() - wall0
         finally:
             for s in senders:
                 s.stop()
@@ -275,7 +277,7 @@ class World:
             # The DUT's core when it has one to itself, else its process.
             "cpu_ns_per_pkt": _per(core if core is not None else proc, total.packets),
             "dut_proc_cpu_ns_per_pkt": _per(proc, total.packets),
-            "dut_core_busy": core / span if core is not None else None,
+            "dut_core_busy": core / wall if core is not None else None,  # fraction of its CPU
             "gen_cpu_ns_per_pkt": (sum(s.cpu_seconds for s in sent) + total.cpu_seconds) * 1e9
             / total.packets if total.packets else None,
             "reordered": total.reordered,

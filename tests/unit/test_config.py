@@ -156,6 +156,8 @@ GOOD_CASES = [
      lambda c: c.dataplane.workers == 1024 and len(c.peers) == 1),       # any section order
     ([l + "\r" for l in iface("ListenPort = 7")],                          # CRLF
      lambda c: c.interface.listen_port == 7),
+    (iface() + ["[DataPlane]", "MaxPeers = 100000"],
+     lambda c: c.dataplane.max_peers == 100000 and "MaxPeers = 100000" in c.to_wg_quick()),
 ]
 
 
@@ -216,6 +218,8 @@ BAD_CASES = [
     (iface("ListenPort ="), 3, "ListenPort: empty value"),
     (iface("[Interface]"), 3, "[Interface] appears twice (first at line 1)"),
     (["PrivateKey = " + SERVER_B64], 1, "PrivateKey: comes before any section"),
+    (iface() + ["[DataPlane]", "MaxPeers = 0"], 4, "MaxPeers"),
+    (iface() + ["[DataPlane]", "MaxPeers = 99999999"], 4, "MaxPeers"),
     (iface("[Wat]"), 3, "unknown section [Wat]; expected [Interface], [Peer] or [DataPlane]"),
     (["[Interface", "PrivateKey = " + SERVER_B64], 1, "a section header looks like [Peer]"),
     (["[Peer]", f"PublicKey = {PEER1}"], None, "no [Interface] section"),

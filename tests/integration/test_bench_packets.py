@@ -1,0 +1,51 @@
+"""`dataplane bench` (the packet benchmark over the native load generator)
+produces well-formed rows for every DUT, both directions, several peers;
+no speed is asserted."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DATAPLANE = str(Path(sys.executable).parent / "dataplane")
+DUTS = ("dataplane-socket", "wireguard-go", "no-tunnel")
+
+
+def test_bench_rows_are_well_formed_for_every_dut(topo, tmp_path):
+    out, png = tmp_path / "rows.json", tmp_path / "bench.png"
+    argv = [DATAPLANE, "bench", *(a for d in DUTS for a in ("--dut", d)),
+            "--size", "64", "--size", "imix", "--peers", "3", "--direction", "both",
+            "--duration", "0.5", "--repeat", "2", "--warmup", "0.2",
+            "--latency-seconds", "0.3", "--latency-rate", "2000",
+            "--json", str(out), "--plot", str(png)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert {(row["dut"], row["size"]) for row in rows} == {
+        (d, s) for d in DUTS for s in (64, "imix")}
+    for row in rows:
+        where = f"{row['dut']} {row['size']}"
+        assert row["peers"] == 3 and row["direction"] == "both" and row["runs"] == 2, where
+        assert row["pps"] > 0 and row["gbps"] > 0, where
+        assert row["pps_min"] <= row["pps"] <= row["pps_max"], where
+        assert 0 <= row["loss"] <= 1, where
+        # every packet that arrived opened and was ours: none forged, none twice
+        assert row["rejected"] == 0 and row["duplicates"] == 0, where
+        assert 0 < row["lat_p50_us"] <= row["lat_p99_us"] <= row["lat_p999_us"], where
+        assert row["vs_no_tunnel"] > 0, where
+        assert row["machine"]["cores"] >= 1 and row["machine"]["kernel"], where
+        if row["dut"] != "no-tunnel":
+            assert row["dut_proc_cpu_ns_per_pkt"] > 0, f"{where}: DUT CPU not measured"
+            assert row["vs_wireguard_go"] > 0, where
+        if row["machine"]["cores"] >= 2:
+            assert row["cpu_ns_per_pkt"] > 0 and 0 < row["dut_core_busy"] <= 1.05, where
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "vs wg-go" in r.stdout and "dataplane-socket" in r.stdout
+
+
+def test_bench_refuses_bad_arguments():
+    r = subprocess.run([DATAPLANE, "bench", "--size", "20"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "size must be 64..1420" in r.stderr
+    r = subprocess.run([DATAPLANE, "bench", "--peers", "0"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "peers must be 1..60000" in r.stderr
