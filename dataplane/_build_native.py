@@ -17,7 +17,9 @@ NATIVE = ROOT / "native"
 # header goes first so that others may use its constants.
 CDEF_HEADERS = sorted(NATIVE.glob("*/dp_*.h"), key=lambda p: (p.parent.name != "crypto", str(p)))
 SOURCES = sorted(NATIVE.glob("*/*.c"))
-INCLUDE_DIRS = sorted({str(p.parent) for p in CDEF_HEADERS} | {str(ROOT)})
+# every native/<part>/ (internal headers too, e.g. native/xsk/xsk_port.h)
+INCLUDE_DIRS = sorted({str(p.parent) for p in SOURCES} | {str(p.parent) for p in CDEF_HEADERS}
+                      | {str(ROOT)})
 
 _DEFINE_INT = re.compile(r"^#define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)\s*(/\*.*\*/)?\s*$")
 
@@ -59,7 +61,9 @@ ffibuilder.set_source(
     sources=[str(p.relative_to(ROOT)) for p in SOURCES],
     include_dirs=INCLUDE_DIRS,
     extra_compile_args=compile_flags(),
-    libraries=["crypto"],
+    # libcrypto for the OpenSSL comparison; libbpf and libxdp for the XDP
+    # programs' loader and AF_XDP sockets
+    libraries=["crypto", "xdp", "bpf"],
 )
 
 if __name__ == "__main__":

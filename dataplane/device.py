@@ -169,6 +169,24 @@ class Device:
     def start(self) -> None:
         _check(lib.dp_device_start(self._dev), "start")
 
+    def attach_xsk(self, worker: int, wan_ifname: str, wan_queue: int, inner_ifname: str,
+                   inner_queue: int, inner_dst_mac: bytes, inner_src_mac: bytes,
+                   zerocopy: bool = True) -> None:
+        """AF_XDP sockets for a worker (the XDP backend; before start)."""
+        if len(inner_dst_mac) != 6 or len(inner_src_mac) != 6:
+            raise ValueError("MAC addresses are 6 bytes")
+        _check(lib.dp_device_attach_xsk(self._dev, worker, wan_ifname.encode(), wan_queue,
+                                        inner_ifname.encode(), inner_queue, inner_dst_mac,
+                                        inner_src_mac, int(zerocopy)),
+               f"AF_XDP sockets on {wan_ifname} queue {wan_queue} and {inner_ifname} "
+               f"queue {inner_queue}")
+
+    def xsk_fds(self, worker: int) -> tuple[int, int]:
+        """(WAN, inner) AF_XDP socket fds of a worker, -1 when none."""
+        wan, inner = ffi.new("int *"), ffi.new("int *")
+        _check(lib.dp_device_xsk_fds(self._dev, worker, wan, inner), "AF_XDP fds")
+        return wan[0], inner[0]
+
     def stop(self) -> None:
         lib.dp_device_stop(self._dev)
 
@@ -342,4 +360,32 @@ class Device:
 
     def poll_once(self) -> int:
         return lib.dp_device_poll_once(self._dev)
+
+    # -- the packet path without I/O (tests and micro benchmarks)
+
+    def test_rx(self, datagrams: list, source: Endpoint) -> int:
+        """The receive path over up to DP_DEVICE_BURST datagrams from
+        `source` (a stopped device; delivery to worker 0's TUN fd)."""
+        bufs = [ffi.from_buffer(m) for m in datagrams]
+        ptrs = ffi.new("uint8_t *[]", bufs)
+        lens = ffi.new("uint32_t[]", [len(m) for m in datagrams])
+        return _check(lib.dp_device_test_rx(self._dev, ptrs, lens, len(datagrams),
+                                            endpoint_to_c(source)), "receive path")
+
+    def test_tx(self, packets: list) -> int:
+        """The send path over up to DP_DEVICE_BURST inner packets."""
+        bufs = [ffi.from_buffer(p) for p in packets]
+        ptrs = ffi.new("uint8_t *[]", bufs)
+        lens = ffi.new("uint32_t[]", [len(p) for p in packets])
+        return _check(lib.dp_device_test_tx(self._dev, ptrs, lens, len(packets)), "send path")
+
+
+def parse_outer_frame(frame: bytes) -> Optional[tuple[int, int, Optional[Endpoint]]]:
+    """(offset, length) of the UDP payload of an Ethernet frame as the XDP
+    backend's receive path parses it, and its source; None if refused."""
+    off, length = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+    ep = ffi.new("struct dp_endpoint *")
+    if lib.dp_device_test_outer_parse(frame, len(frame), off, length, ep) != 0:
+        return None
+    return off[0], length[0], endpoint_from_c(ep)
 

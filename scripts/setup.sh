@@ -9,7 +9,7 @@ APT_PACKAGES=(
     build-essential pkg-config python3 python3-venv python3-dev
     libssl-dev openssl
     clang llvm libbpf-dev libxdp-dev bpftool liburcu-dev
-    iproute2 iputils-ping procps nftables wireguard-tools wireguard-go iperf3 tcpdump
+    iproute2 iputils-ping procps nftables wireguard-tools wireguard-go iperf3 tcpdump ethtool
 )
 
 missing=()

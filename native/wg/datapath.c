@@ -11,6 +11,7 @@
 
 #include "device_internal.h"
 #include "offload.h"
+#include "xsk_port.h"
 
 /* Buffers of one thread: packets are decrypted and encrypted in place, the
  * data header in front of the payload. */
@@ -46,6 +47,13 @@ struct burst {
     size_t tso_len;
     uint32_t tso_next;
     bool tso_pending;
+    /* The XDP backend: AF_XDP ports on the WAN interface (WireGuard in)
+     * and on our end of the inner veth pair (clear packets in and out),
+     * and the Ethernet header of what we hand to the kernel's end. */
+    bool xsk;
+    struct dp_xsk_port *wan, *inner;
+    uint8_t inner_eth[12]; /* destination MAC, source MAC */
+    struct dp_xsk_frame frames[DP_DEVICE_BURST];
 };
 
 #ifndef UDP_SEGMENT
@@ -61,6 +69,12 @@ struct burst {
  * packet's size limit. */
 #define UDP_GSO_MAX_SEGMENTS 64
 #define UDP_GSO_MAX_BYTES 65000
+
+#define ETH_HEADER 14
+#define ETH_P_IPV4 0x0800
+#define ETH_P_IPV6 0x86dd
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88a8
 
 struct out_state {
     int nmsg[2], niov[2];
@@ -100,10 +114,57 @@ void dp_burst_bind(struct burst *b, const struct dp_device *d, int w)
     b->udp6_fd = d->cfg.udp6_fd[w];
 }
 
+int dp_burst_attach_xsk(struct burst *b, const char *wan_ifname, uint32_t wan_queue,
+                        const char *inner_ifname, uint32_t inner_queue,
+                        const uint8_t *inner_dst_mac, const uint8_t *inner_src_mac, bool zerocopy)
+{
+    int err;
+
+    if (b->xsk)
+        return -EBUSY;
+    b->wan = calloc(1, sizeof(*b->wan));
+    b->inner = calloc(1, sizeof(*b->inner));
+    if (!b->wan || !b->inner) {
+        free(b->wan);
+        free(b->inner);
+        b->wan = b->inner = NULL;
+        return -ENOMEM;
+    }
+    err = dp_xsk_port_open(b->wan, wan_ifname, wan_queue, zerocopy);
+    if (!err) {
+        err = dp_xsk_port_open(b->inner, inner_ifname, inner_queue, zerocopy);
+        if (err)
+            dp_xsk_port_close(b->wan);
+    }
+    if (err) {
+        free(b->wan);
+        free(b->inner);
+        b->wan = b->inner = NULL;
+        return err;
+    }
+    memcpy(b->inner_eth, inner_dst_mac, 6);
+    memcpy(b->inner_eth + 6, inner_src_mac, 6);
+    b->xsk = true;
+    return 0;
+}
+
+void dp_burst_xsk_fds(const struct burst *b, int *wan_fd, int *inner_fd)
+{
+    *wan_fd = b->xsk ? b->wan->fd : -1;
+    *inner_fd = b->xsk ? b->inner->fd : -1;
+}
+
 void dp_burst_free(struct burst *b)
 {
     if (!b)
         return;
+    if (b->xsk) {
+        dp_xsk_port_close(b->wan);
+        dp_xsk_port_close(b->inner);
+        free(b->wan);
+        free(b->inner);
+        b->xsk = false;
+    }
     for (int i = 0; i < DP_DEVICE_BURST; i++) {
         if (b->buf[i]) {
             dp_wipe(b->buf[i], b->buf_size);
@@ -267,6 +328,31 @@ static void update_endpoint(struct peer *p, const struct sockaddr_in6 *from)
     spin_unlock(&p->lock);
 }
 
+/* A clear packet to the kernel through our end of the inner veth pair:
+ * Ethernet to the kernel's end, whose neighbour entries are not needed
+ * (the frame is addressed to its own MAC). */
+static void inner_xmit(struct dp_device *d, struct burst *b, const uint8_t *pkt, uint32_t len,
+                       int family)
+{
+    uint64_t addr;
+    uint8_t *f;
+
+    if (len + ETH_HEADER > DP_XSK_FRAME_SIZE) {
+        count_drop(d, DP_DROP_TOO_BIG, 1);
+        return;
+    }
+    f = dp_xsk_tx_frame(b->inner, &addr);
+    if (!f) {
+        count_drop(d, DP_DROP_SEND_FAILED, 1);
+        return;
+    }
+    memcpy(f, b->inner_eth, 12);
+    f[12] = family == DP_FAMILY_IPV6 ? 0x86 : 0x08;
+    f[13] = family == DP_FAMILY_IPV6 ? 0xdd : 0x00;
+    memcpy(f + ETH_HEADER, pkt, len);
+    dp_xsk_tx_queue(b->inner, addr, ETH_HEADER + len);
+}
+
 /* Decrypt and deliver segments first .. first+count-1 (at most
  * DP_DEVICE_BURST) of the burst. */
 static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count, uint64_t now)
@@ -370,7 +456,9 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
             count_drop(d, DP_DROP_NOT_ALLOWED, 1);
             continue;
         }
-        if (d->cfg.tun_vnet_hdr) {
+        if (b->xsk) {
+            inner_xmit(d, b, pt, pkt_len, family);
+        } else if (d->cfg.tun_vnet_hdr) {
             /* written below, coalesced where possible (GRO); authenticated,
              * so the kernel need not verify checksums */
             gro[ngro++] = (struct gro_pkt){pt, pkt_len};
@@ -378,6 +466,8 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
             count_drop(d, DP_DROP_SEND_FAILED, 1);
         }
     }
+    if (b->xsk)
+        count_drop(d, DP_DROP_SEND_FAILED, dp_xsk_tx_flush(b->inner));
     if (ngro)
         count_drop(d, DP_DROP_SEND_FAILED, dp_gro_write(b->tun_fd, gro, ngro, b->gro_buf));
 }
@@ -432,6 +522,134 @@ int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
         rx_chunk(d, b, first, nseg - first < DP_DEVICE_BURST ? nseg - first : DP_DEVICE_BURST,
                  now);
     return nseg;
+}
+
+/* The UDP payload of a frame from the WAN port, and its source; false for
+ * anything that is not Ethernet (one VLAN tag at most) / IPv4 or IPv6 /
+ * UDP with consistent lengths (the XDP program has checked this already;
+ * the frame is parsed again because nothing from the wire is trusted). */
+static bool outer_parse(uint8_t *f, uint32_t len, uint8_t **payload, uint32_t *plen,
+                        struct sockaddr_in6 *from)
+{
+    uint32_t off = ETH_HEADER, l4, ulen;
+    uint16_t proto, sport;
+
+    if (len < ETH_HEADER)
+        return false;
+    proto = (uint16_t)(f[12] << 8 | f[13]);
+    if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+        if (len < ETH_HEADER + 4)
+            return false;
+        proto = (uint16_t)(f[16] << 8 | f[17]);
+        off += 4;
+    }
+    memset(from, 0, sizeof(*from));
+    if (proto == ETH_P_IPV4) {
+        const uint8_t *ip = f + off;
+        uint32_t ihl, total;
+
+        if (len < off + 20 || (ip[0] >> 4) != 4 || ip[9] != IPPROTO_UDP)
+            return false;
+        ihl = (uint32_t)(ip[0] & 15) * 4;
+        total = (uint32_t)ip[2] << 8 | ip[3];
+        if (ihl < 20 || total < ihl + 8 || off + total > len || (ip[6] & 0x3f) || ip[7])
+            return false; /* short, or a fragment */
+        struct sockaddr_in *sin = (struct sockaddr_in *)from;
+
+        sin->sin_family = AF_INET;
+        memcpy(&sin->sin_addr, ip + 12, 4);
+        l4 = off + ihl;
+        len = off + total;
+    } else if (proto == ETH_P_IPV6) {
+        const uint8_t *ip = f + off;
+        uint32_t total;
+
+        if (len < off + 40 || (ip[0] >> 4) != 6 || ip[6] != IPPROTO_UDP)
+            return false; /* extension headers: left to the kernel's path */
+        total = 40 + ((uint32_t)ip[4] << 8 | ip[5]);
+        if (total < 48 || off + total > len)
+            return false;
+        from->sin6_family = AF_INET6;
+        memcpy(&from->sin6_addr, ip + 8, 16);
+        l4 = off + 40;
+        len = off + total;
+    } else {
+        return false;
+    }
+    ulen = (uint32_t)f[l4 + 4] << 8 | f[l4 + 5];
+    if (ulen < 8 || l4 + ulen > len)
+        return false;
+    sport = (uint16_t)(f[l4] << 8 | f[l4 + 1]);
+    if (from->sin6_family == AF_INET)
+        ((struct sockaddr_in *)from)->sin_port = htons(sport);
+    else
+        from->sin6_port = htons(sport);
+    *payload = f + l4 + 8;
+    *plen = ulen - 8;
+    return true;
+}
+
+/* Decap from the WAN AF_XDP port: WireGuard messages in frames. */
+static int xsk_rx_pass(struct dp_device *d, struct burst *b)
+{
+    uint64_t now = dp_now_ns();
+    uint32_t n = dp_xsk_rx(b->wan, b->frames, DP_DEVICE_BURST);
+    int nseg = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *payload;
+        uint32_t plen;
+
+        if (!outer_parse(b->frames[i].data, b->frames[i].len, &payload, &plen, &b->addr[i])) {
+            count_drop(d, DP_DROP_MALFORMED, 1);
+            continue;
+        }
+        b->seg[nseg++] = (struct rx_seg){payload, plen, (uint16_t)i};
+    }
+    if (nseg)
+        rx_chunk(d, b, 0, nseg, now);
+    /* decrypted in place: the clear text leaves the frames before reuse */
+    for (uint32_t i = 0; i < n; i++)
+        dp_wipe(b->frames[i].data, b->frames[i].len);
+    dp_xsk_rx_release(b->wan, b->frames, n);
+    return (int)n;
+}
+
+static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now);
+
+/* Encap from the inner AF_XDP port: the kernel routed these packets to
+ * the tunnel interface. */
+static int xsk_inner_pass(struct dp_device *d, struct burst *b)
+{
+    uint64_t now = dp_now_ns();
+    uint32_t n = dp_xsk_rx(b->inner, b->frames, DP_DEVICE_BURST);
+    int k = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *f = b->frames[i].data;
+        uint32_t len = b->frames[i].len;
+        uint16_t proto;
+
+        if (len <= ETH_HEADER)
+            continue;
+        proto = (uint16_t)(f[12] << 8 | f[13]);
+        /* the kernel's own multicast (IPv6 neighbour and router
+         * solicitations, MLD) has no peer behind it */
+        if (f[0] & 1)
+            continue;
+        if ((proto != ETH_P_IPV4 && proto != ETH_P_IPV6) || len - ETH_HEADER > INNER_MAX_BYTES) {
+            count_drop(d, DP_DROP_INNER_MALFORMED, 1);
+            continue;
+        }
+        memcpy(b->buf[k] + DP_WG_DATA_HEADER_LEN, f + ETH_HEADER, len - ETH_HEADER);
+        b->len[k++] = len - ETH_HEADER;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        dp_wipe(b->frames[i].data, b->frames[i].len);
+    dp_xsk_rx_release(b->inner, b->frames, n);
+    if (k)
+        tx_flush(d, b, k, now);
+    return (int)n;
 }
 
 /* ---------------------------------------------------------------- send */
@@ -830,10 +1048,17 @@ static void reader_offline(struct dp_device *d, int reader)
 
 static int one_pass(struct dp_device *d, struct burst *b, int reader)
 {
-    int n;
+    int n = 0;
 
     reader_online(d, reader);
-    n = dp_rx_pass(d, b, b->udp4_fd, reader);
+    if (b->xsk) {
+        n += xsk_rx_pass(d, b);
+        reader_quiescent(d, reader);
+        n += xsk_inner_pass(d, b);
+        reader_quiescent(d, reader);
+    }
+    /* with XDP, the sockets still get what the program lets through */
+    n += dp_rx_pass(d, b, b->udp4_fd, reader);
     n += dp_rx_pass(d, b, b->udp6_fd, reader);
     reader_quiescent(d, reader);
     n += dp_tx_pass(d, b, reader);
@@ -850,17 +1075,79 @@ int dp_device_poll_once(struct dp_device *d)
     return n;
 }
 
+int dp_device_test_rx(struct dp_device *d, const uint8_t *const *msgs, const uint32_t *lens,
+                      uint32_t n, const struct dp_endpoint *from)
+{
+    struct burst *b = d->bursts[POLL_READER];
+    struct sockaddr_in6 sa;
+
+    if (!msgs || !lens || !from || n > DP_DEVICE_BURST || d->running)
+        return -EINVAL;
+    endpoint_to_sockaddr(from, &sa);
+    for (uint32_t i = 0; i < n; i++) {
+        if (lens[i] > b->buf_size)
+            return -EINVAL;
+        memcpy(b->buf[i], msgs[i], lens[i]);
+        memcpy(&b->addr[i], &sa, sizeof(sa));
+        b->seg[i] = (struct rx_seg){b->buf[i], lens[i], (uint16_t)i};
+    }
+    reader_online(d, POLL_READER);
+    rx_chunk(d, b, 0, (int)n, dp_now_ns());
+    reader_offline(d, POLL_READER);
+    return (int)n;
+}
+
+int dp_device_test_tx(struct dp_device *d, const uint8_t *const *pkts, const uint32_t *lens,
+                      uint32_t n)
+{
+    struct burst *b = d->bursts[POLL_READER];
+
+    if (!pkts || !lens || n > DP_DEVICE_BURST || d->running)
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        if (lens[i] > INNER_MAX_BYTES)
+            return -EINVAL;
+        memcpy(b->buf[i] + DP_WG_DATA_HEADER_LEN, pkts[i], lens[i]);
+        b->len[i] = lens[i];
+    }
+    reader_online(d, POLL_READER);
+    tx_flush(d, b, (int)n, dp_now_ns());
+    reader_offline(d, POLL_READER);
+    return (int)n;
+}
+
+int dp_device_test_outer_parse(const uint8_t *frame, uint32_t len, uint32_t *payload_off,
+                               uint32_t *payload_len, struct dp_endpoint *from)
+{
+    struct sockaddr_in6 sa;
+    uint8_t *payload;
+
+    if (!frame || !payload_off || !payload_len || !from)
+        return -EINVAL;
+    /* outer_parse does not write to the frame */
+    if (!outer_parse((uint8_t *)frame, len, &payload, payload_len, &sa))
+        return -EINVAL;
+    *payload_off = (uint32_t)(payload - frame);
+    sockaddr_to_endpoint(&sa, from);
+    return 0;
+}
+
 void *dp_worker_main(void *arg)
 {
     struct worker *wk = arg;
     struct dp_device *d = wk->d;
     int w = wk->index;
     struct burst *b = d->bursts[w];
-    struct pollfd fds[4] = {
+    int wan_fd, inner_fd;
+
+    dp_burst_xsk_fds(b, &wan_fd, &inner_fd);
+    struct pollfd fds[6] = {
         {.fd = d->stop_fd, .events = POLLIN},
         {.fd = b->tun_fd, .events = POLLIN},
         {.fd = b->udp4_fd, .events = POLLIN},
         {.fd = b->udp6_fd, .events = POLLIN},
+        {.fd = wan_fd, .events = POLLIN},
+        {.fd = inner_fd, .events = POLLIN},
     };
 
     for (;;) {
@@ -870,7 +1157,7 @@ void *dp_worker_main(void *arg)
         if (one_pass(d, b, w) > 0)
             continue;
         reader_offline(d, w);
-        if (poll(fds, 4, -1) < 0 && errno != EINTR)
+        if (poll(fds, 6, -1) < 0 && errno != EINTR)
             break;
         if (fds[0].revents)
             break;

@@ -217,7 +217,9 @@ static bool fds_valid(const struct dp_device_config *cfg)
     if (cfg->workers < 1 || cfg->workers > DP_DEVICE_MAX_WORKERS)
         return false;
     for (uint32_t w = 0; w < cfg->workers; w++) {
-        if (cfg->tun_fd[w] < 0 || (cfg->udp4_fd[w] < 0 && cfg->udp6_fd[w] < 0))
+        /* no TUN at all is the XDP backend (its inner side is AF_XDP) */
+        if ((cfg->tun_fd[w] < 0) != (cfg->tun_fd[0] < 0) ||
+            (cfg->udp4_fd[w] < 0 && cfg->udp6_fd[w] < 0))
             return false;
         /* every worker serves the same families */
         if ((cfg->udp4_fd[w] < 0) != (cfg->udp4_fd[0] < 0) ||
@@ -336,6 +338,37 @@ static void join_workers(struct dp_device *d, uint32_t n)
     }
 }
 
+int dp_device_attach_xsk(struct dp_device *d, uint32_t worker, const char *wan_ifname,
+                         uint32_t wan_queue, const char *inner_ifname, uint32_t inner_queue,
+                         const uint8_t *inner_dst_mac, const uint8_t *inner_src_mac,
+                         int zerocopy)
+{
+    int err;
+
+    if (!wan_ifname || !inner_ifname || !inner_dst_mac || !inner_src_mac)
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    if (d->running)
+        err = -EBUSY;
+    else if (worker >= d->cfg.workers)
+        err = -EINVAL;
+    else
+        err = dp_burst_attach_xsk(d->bursts[worker], wan_ifname, wan_queue, inner_ifname,
+                                  inner_queue, inner_dst_mac, inner_src_mac, zerocopy != 0);
+    pthread_mutex_unlock(&d->control);
+    return err;
+}
+
+int dp_device_xsk_fds(struct dp_device *d, uint32_t worker, int *wan_fd, int *inner_fd)
+{
+    if (worker >= d->cfg.workers || !wan_fd || !inner_fd)
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    dp_burst_xsk_fds(d->bursts[worker], wan_fd, inner_fd);
+    pthread_mutex_unlock(&d->control);
+    return 0;
+}
+
 int dp_device_start(struct dp_device *d)
 {
     uint32_t w;
@@ -345,6 +378,18 @@ int dp_device_start(struct dp_device *d)
     if (d->running) {
         pthread_mutex_unlock(&d->control);
         return 0;
+    }
+    if (d->cfg.tun_fd[0] < 0) {
+        /* no TUN: every worker needs its AF_XDP ports */
+        for (w = 0; w < d->cfg.workers; w++) {
+            int wan, inner;
+
+            dp_burst_xsk_fds(d->bursts[w], &wan, &inner);
+            if (wan < 0) {
+                pthread_mutex_unlock(&d->control);
+                return -ENOTCONN;
+            }
+        }
     }
     for (w = 0; w < d->cfg.workers && !err; w++) {
         err = -dp_readers_register(d, (int)w);

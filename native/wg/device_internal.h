@@ -149,6 +149,11 @@ struct burst *dp_burst_new(size_t buf_size);
 /* The fds of worker w (POLL_READER and the control plane use worker 0's). */
 void dp_burst_bind(struct burst *b, const struct dp_device *d, int w);
 void dp_burst_free(struct burst *b);
+/* The XDP backend: AF_XDP ports for the burst's worker (0 or -errno). */
+int dp_burst_attach_xsk(struct burst *b, const char *wan_ifname, uint32_t wan_queue,
+                        const char *inner_ifname, uint32_t inner_queue,
+                        const uint8_t *inner_dst_mac, const uint8_t *inner_src_mac, bool zerocopy);
+void dp_burst_xsk_fds(const struct burst *b, int *wan_fd, int *inner_fd);
 int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader);
 int dp_udp_fd(const struct dp_device *d, int w, int family);
 int dp_tx_pass(struct dp_device *d, struct burst *b, int reader);

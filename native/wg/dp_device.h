@@ -116,6 +116,21 @@ struct dp_peer_stats {
 
 /* A device, stopped; NULL with errno set on failure (bad config: EINVAL). */
 struct dp_device *dp_device_new(const struct dp_device_config *cfg);
+/* The XDP backend, before dp_device_start: worker w gets an AF_XDP socket
+ * on queue wan_queue of the WAN interface (WireGuard traffic steered there
+ * by our XDP program) and one on queue inner_queue of our end of the inner
+ * veth pair; what it decrypts goes out there as Ethernet from
+ * inner_src_mac to inner_dst_mac (the kernel's end). The UDP sockets stay:
+ * they send, and receive what XDP passes to the kernel. A device whose
+ * TUN fds are -1 needs this for every worker. zerocopy: try it first.
+ * 0 or -errno. */
+int dp_device_attach_xsk(struct dp_device *d, uint32_t worker, const char *wan_ifname,
+                         uint32_t wan_queue, const char *inner_ifname, uint32_t inner_queue,
+                         const uint8_t *inner_dst_mac, const uint8_t *inner_src_mac,
+                         int zerocopy);
+/* The AF_XDP socket fds of worker w (for the XDP programs' XSKMAPs), -1
+ * when it has none. 0 or -errno. */
+int dp_device_xsk_fds(struct dp_device *d, uint32_t worker, int *wan_fd, int *inner_fd);
 /* Start the workers; 0 or -errno. */
 int dp_device_start(struct dp_device *d);
 /* Stop the workers (joins them); safe to call twice. */
@@ -198,5 +213,25 @@ void dp_device_test_advance_clock(uint64_t ns);
  * worker (tests drive the data path step by step with this). Returns the
  * number of packets handled. */
 int dp_device_poll_once(struct dp_device *d);
+
+/* Test and benchmark entry points into the packet path, on a stopped
+ * device, in the calling thread:
+ * - the receive path (classify, look up the receiver index, decrypt as a
+ *   batch, replay window, roaming, allowed IPs, delivery to worker 0's
+ *   TUN fd) over n <= DP_DEVICE_BURST datagrams from `from`, as one
+ *   recvmmsg would hand them over;
+ * - the send path (route by allowed IPs, counters, padding, encryption as
+ *   a batch, sendmmsg to the peers' endpoints) over n inner packets, as
+ *   reads from the TUN would hand them over;
+ * - the parse of an Ethernet frame from the WAN AF_XDP port: where the
+ *   WireGuard message starts and how long it is, and its source.
+ * The first two return n or -errno; the parse returns 0, or -EINVAL for a
+ * frame that is not Ethernet/IPv4|IPv6/UDP with consistent lengths. */
+int dp_device_test_rx(struct dp_device *d, const uint8_t *const *msgs, const uint32_t *lens,
+                      uint32_t n, const struct dp_endpoint *from);
+int dp_device_test_tx(struct dp_device *d, const uint8_t *const *pkts, const uint32_t *lens,
+                      uint32_t n);
+int dp_device_test_outer_parse(const uint8_t *frame, uint32_t len, uint32_t *payload_off,
+                               uint32_t *payload_len, struct dp_endpoint *from);
 
 #endif
