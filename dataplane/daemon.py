@@ -30,9 +30,10 @@ from pyroute2 import IPRoute
 from dataplane import config as cfg
 from dataplane import uapi
 from dataplane._native import lib
-from dataplane.device import Device
+from dataplane.device import Device, DeviceError
 from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
 from dataplane.tun import open_tun
+from dataplane.xdp_backend import XdpPlumbing, XdpUnavailable, wan_interfaces
 
 log = logging.getLogger("dataplane")
 
@@ -133,6 +134,7 @@ class Daemon:
         self.pid_path = RUN_DIR / f"{self.name}.pid"
         self.status_path = RUN_DIR / f"{self.name}.status.sock"
         self.backend = "socket"
+        self.xdp: Optional[XdpPlumbing] = None
         self.workers = 1
         self.mtu = DEFAULT_MTU
         self._server: Optional[asyncio.AbstractServer] = None
@@ -146,12 +148,20 @@ class Daemon:
     def up(self) -> None:
         """Everything or nothing: on failure what was done is undone."""
         conf = self.conf
-        if conf.dataplane.backend == "xdp":
-            raise UpError("Backend = xdp: the XDP backend is not in this version yet; "
-                          "use Backend = socket or auto")
         self.backend = "socket"
-        if conf.dataplane.backend == "auto":
-            log.info("backend: socket (the XDP backend is not in this version yet)")
+        wan: list[str] = []
+        if conf.dataplane.backend == "xdp":
+            try:
+                wan = wan_interfaces(conf.dataplane.interfaces, own=[self.name])
+            except XdpUnavailable as e:
+                raise UpError(f"Backend = xdp: {e}") from None
+            self.backend = "xdp"
+            log.info("backend: xdp on %s", ", ".join(wan))
+        elif conf.dataplane.backend == "auto":
+            # The XDP backend still sends through the kernel's UDP stack and
+            # serves one WAN interface; until it is complete, auto means
+            # the socket backend.
+            log.info("backend: socket (auto; Backend = xdp selects AF_XDP)")
         # One worker per TUN queue. One by default: on a small machine that
         # shares its cores with other work it did best (measured with bench
         # tunnel on 2 cores); a dedicated exit node sets one per core.
@@ -172,15 +182,32 @@ class Daemon:
             workers = self.workers
             v4, v6 = open_udp(conf.interface.listen_port or 0, workers)
             self.sockets = [s for s in v4 + v6 if s is not None]
-            # DATAPLANE_TUN_OFFLOADS=0 turns TSO off, to measure what it brings
-            tun_fds, vnet = open_tun(self.name, queues=workers,
-                                     offloads=os.environ.get("DATAPLANE_TUN_OFFLOADS") != "0")
+            if self.backend == "xdp":
+                self.xdp = XdpPlumbing(self.name, mtu, v4[0].getsockname()[1], wan, workers)
+                macs = self.xdp.create_inner_link()
+                tun_fds, vnet = [-1] * workers, False
+            else:
+                # DATAPLANE_TUN_OFFLOADS=0 turns TSO off, to measure what it brings
+                tun_fds, vnet = open_tun(self.name, queues=workers,
+                                         offloads=os.environ.get("DATAPLANE_TUN_OFFLOADS") != "0")
             max_peers, slots_log2 = table_sizes(len(conf.peers), conf.dataplane.max_peers)
             if len(conf.peers) > max_peers:
                 raise UpError(f"{len(conf.peers)} peers in the file, but [DataPlane] MaxPeers "
                               f"is {max_peers}")
             device = Device(tun_fds, _dup(v4), _dup(v6), mtu, max_peers=max_peers,
                             keypair_slots_log2=slots_log2, tun_vnet_hdr=vnet)
+            if self.xdp is not None:
+                try:
+                    for w in range(workers):
+                        device.attach_xsk(w, wan[0], w, self.xdp.peer_name, w, macs[0], macs[1])
+                except DeviceError as e:
+                    device.close()
+                    raise UpError(f"Backend = xdp: {e}") from None
+                try:
+                    self.xdp.attach(device)
+                except XdpUnavailable as e:
+                    device.close()
+                    raise UpError(f"Backend = xdp: {e}") from None
             self.iface = Interface(self.name, conf.interface.private_key, device,
                                    v4[0].getsockname()[1])
             self._apply_fwmark(conf.interface.fwmark)
@@ -287,6 +314,9 @@ class Daemon:
             if self.iface.private_key is not None:
                 self.iface.private_key.wipe()
             self.iface = None
+        if self.xdp is not None:
+            self.xdp.close()  # programs detached, the inner veth pair (and its routes) gone
+            self.xdp = None
         for s in self.sockets:
             s.close()
         self.sockets = []
@@ -502,6 +532,10 @@ class Daemon:
     def _set_listen_port(self, port: int) -> None:
         if port and port == self.iface.listen_port:
             return
+        if self.xdp is not None:
+            # the XDP program was loaded for the port (read-only data)
+            raise OSError(errno_mod.EOPNOTSUPP, "the XDP backend cannot change its listen port "
+                                                "while it runs; restart with the new ListenPort")
         v4, v6 = open_udp(port, self.workers)
         self.iface.device.set_udp(_dup(v4), _dup(v6))
         for s in self.sockets:
@@ -519,7 +553,8 @@ class Daemon:
                                            "current_index": st.current_local_index,
                                            "rx_packets": st.rx_packets,
                                            "tx_packets": st.tx_packets}
-        return {"backend": self.backend, "workers": self.workers,
+        xdp_counters = self.xdp.counters() if self.xdp is not None else None
+        return {"backend": self.backend, "workers": self.workers, "xdp": xdp_counters,
                 "drops": self.iface.device.drops(),
                 "handshake": dict(self.iface.counters), "peer_state": peers}
 
