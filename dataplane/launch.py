@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from dataplane.daemon import uapi_socket_in_use
 from dataplane.topology import Topology, TopologyError
 from dataplane.wireguard_go import UAPI_DIR
 
@@ -26,7 +27,9 @@ def start_daemon(topo: Topology, ns: str, conf: Path, log: Optional[Path] = None
     proc = topo.popen(ns, [dataplane_exe(), "up", str(conf)], stdout=out, stderr=out, env=env)
     sock = UAPI_DIR / f"{conf.stem}.sock"
     deadline = time.monotonic() + timeout
-    while not sock.exists():
+    # the socket answering, not just existing: a daemon killed with -9
+    # leaves its socket file behind
+    while not uapi_socket_in_use(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
             detail = log.read_text()[-2000:] if log else ""
             raise TopologyError(f"dataplane up {conf.name} did not come up. {detail}".strip())

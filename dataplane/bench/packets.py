@@ -41,8 +41,21 @@ from dataplane.launch import start_daemon
 from dataplane.topology import Topology, TopologyError, socket_in
 from dataplane.wireguard_go import WireGuardGo
 
-DUTS = ("dataplane-socket", "wireguard-go", "no-tunnel")
-TUNNEL_DUTS = ("dataplane-socket", "wireguard-go")
+DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go", "no-tunnel")
+TUNNEL_DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go")
+
+
+def xdp_available() -> bool:
+    """The XDP backend can run here (its programs are built and load)."""
+    try:
+        from dataplane import xdp
+        return xdp.object_path("wan").exists() and xdp.object_path("inner").exists()
+    except Exception:  # noqa: BLE001 - not built, no libbpf: then it is not available
+        return False
+
+
+def default_duts() -> list[str]:
+    return [d for d in DUTS if d != "dataplane-xdp" or xdp_available()]
 DIRECTIONS = ("decap", "encap", "both")
 SIZES = ("64", "512", "1420", "imix")
 
@@ -155,6 +168,7 @@ class World:
                                               topo.namespace("far"))
         _, dut_in = topo.link(self.client, self.server, [f"{CLIENT}/24"],
                               [f"{DUT_CLIENT_SIDE}/24"])
+        self.wan = dut_in
         dut_out, _ = topo.link(self.server, self.far, [f"{DUT_FAR_SIDE}/24"], [f"{SINK}/24"])
         if self.dut_cpu is not None:
             # What arrives at the DUT is processed on the DUT's CPU, as a
@@ -194,12 +208,14 @@ class World:
         peers_conf = "".join(f"\n[Peer]\nPublicKey = {pub}\nAllowedIPs = {addr}/32\n"
                              for pub, addr in zip(self.peers.public_keys(), self.peers.inner))
         started = time.monotonic()
-        if self.dut == "dataplane-socket":
+        if self.dut.startswith("dataplane-"):
             name = f"bpd{tag}"
             conf = tmp / f"{name}.conf"
+            backend = self.dut.split("-", 1)[1]
+            wan = f"Interfaces = {self.wan}\n" if backend == "xdp" else ""
             conf.write_text(f"[Interface]\nPrivateKey = {key.reveal_base64()}\n"
                             f"ListenPort = {LISTEN_PORT}\nAddress = {TUNNEL_ADDRESS}\n"
-                            f"MTU = {MTU}\n{peers_conf}")
+                            f"MTU = {MTU}\n{peers_conf}\n[DataPlane]\nBackend = {backend}\n{wan}")
             conf.chmod(0o600)
             self.dut_pid = start_daemon(self.topo, self.server, conf, log=tmp / f"{name}.log",
                                         timeout=60 + n_peers / 100).pid
@@ -428,7 +444,7 @@ def run(args) -> int:
     if args.repeat < 1 or args.duration <= 0:
         print("dataplane bench: --repeat must be >= 1 and --duration > 0", file=sys.stderr)
         return 2
-    duts = args.dut or list(DUTS)
+    duts = args.dut or default_duts()
     scenarios = scenarios_of(args)
     machine = machine_info()
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731

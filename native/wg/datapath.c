@@ -564,14 +564,28 @@ static bool outer_parse(uint8_t *f, uint32_t len, uint8_t **payload, uint32_t *p
         const uint8_t *ip = f + off;
         uint32_t total;
 
-        if (len < off + 40 || (ip[0] >> 4) != 6 || ip[6] != IPPROTO_UDP)
-            return false; /* extension headers: left to the kernel's path */
+        uint32_t next, at;
+
+        if (len < off + 40 || (ip[0] >> 4) != 6)
+            return false;
         total = 40 + ((uint32_t)ip[4] << 8 | ip[5]);
         if (total < 48 || off + total > len)
             return false;
+        /* hop-by-hop, routing and destination options may come first (the
+         * XDP program steers them); a fragment never reaches here whole */
+        next = ip[6];
+        at = off + 40;
+        for (int k = 0; k < 8 && (next == 0 || next == 43 || next == 60); k++) {
+            if (at + 8 > off + total)
+                return false;
+            next = f[at];
+            at += 8 + (uint32_t)f[at + 1] * 8;
+        }
+        if (next != IPPROTO_UDP || at + 8 > off + total)
+            return false;
         from->sin6_family = AF_INET6;
         memcpy(&from->sin6_addr, ip + 8, 16);
-        l4 = off + 40;
+        l4 = at;
         len = off + total;
     } else {
         return false;

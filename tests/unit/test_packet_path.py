@@ -133,12 +133,16 @@ MAC = bytes.fromhex("020000000001") + bytes.fromhex("020000000002")
 
 
 def udp_frame(payload: bytes, v6: bool = False, vlan: bool = False, options: bytes = b"",
-              frag: int = 0x4000, ip_total_delta: int = 0, udp_len_delta: int = 0) -> bytes:
+              frag: int = 0x4000, ip_total_delta: int = 0, udp_len_delta: int = 0,
+              ext: tuple = ()) -> bytes:
+    """ext: IPv6 extension header types (8 bytes each) before UDP."""
     udp = struct.pack("!HHHH", 4321, 51820, 8 + len(payload) + udp_len_delta, 0) + payload
     if v6:
-        ip = struct.pack("!IHBB16s16s", 6 << 28, len(udp) + ip_total_delta, 17, 64,
-                         ipaddress.IPv6Address("2001:db8::1").packed,
-                         ipaddress.IPv6Address("2001:db8::2").packed)
+        chain = list(ext) + [17]
+        headers = b"".join(bytes([chain[i + 1], 0]) + bytes(6) for i in range(len(ext)))
+        ip = struct.pack("!IHBB16s16s", 6 << 28, len(headers) + len(udp) + ip_total_delta,
+                         chain[0], 64, ipaddress.IPv6Address("2001:db8::1").packed,
+                         ipaddress.IPv6Address("2001:db8::2").packed) + headers
         ethertype = 0x86DD
     else:
         ihl = 5 + len(options) // 4
@@ -150,7 +154,7 @@ def udp_frame(payload: bytes, v6: bool = False, vlan: bool = False, options: byt
 
 
 @pytest.mark.parametrize("kw", [{}, {"v6": True}, {"vlan": True}, {"options": bytes(8)},
-                                {"vlan": True, "v6": True}])
+                                {"vlan": True, "v6": True}, {"v6": True, "ext": [0, 60]}])
 def test_outer_parse_finds_the_message_and_its_source(kw):
     msg = b"\x04\x00\x00\x00" + bytes(40)
     frame = udp_frame(msg, **kw) + bytes(6)  # Ethernet padding after the packet is ignored
@@ -170,6 +174,8 @@ def test_outer_parse_finds_the_message_and_its_source(kw):
     udp_frame(b"x" * 40, frag=0x2000),                         # first fragment
     udp_frame(b"x" * 40, frag=0x0010),                         # later fragment
     MAC + b"\x08\x06" + bytes(28),                             # ARP
-], ids=range(10))
+    udp_frame(b"x" * 40, v6=True, ext=[44]),                   # IPv6 fragment header
+    udp_frame(b"x" * 40, v6=True, ext=[0] * 9),                # too many extension headers
+], ids=range(12))
 def test_outer_parse_refuses_malformed_frames(frame):
     assert parse_outer_frame(frame) is None

@@ -1,0 +1,144 @@
+"""The XDP backend (Backend = xdp): our XDP program on the exit node's WAN
+veth steers WireGuard into AF_XDP, the inner side is a veth pair served by
+AF_XDP; wireguard-go is the client. The interop of the socket backend's
+tests, the exit-node scenario with NAT, and what kill -9 leaves behind."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.integration.test_tunnel import iperf3
+from tests.integration.tunnel import OUTER, UAPI_DIR, TunnelWorld
+
+XDP = "\n[DataPlane]\nBackend = xdp\n"
+
+
+def xdp_world(topo, tmp_path, **kw):
+    return TunnelWorld(topo, tmp_path, extra_exit_conf=XDP, **kw)
+
+
+def wan_ifname(w) -> str:
+    out = w.topo.run(w.exit_ns, ["ip", "-o", "-4", "addr", "show"]).stdout
+    return next(line.split()[1] for line in out.splitlines() if "10.201.0.2" in line)
+
+
+def xdp_attached(w, ifname: str) -> bool:
+    out = w.topo.run(w.exit_ns, ["ip", "-d", "link", "show", "dev", ifname], check=False).stdout
+    return "prog/xdp" in out or " xdp" in out.split("\n")[0]
+
+
+@pytest.mark.parametrize("outer", [4, 6])
+def test_ping_both_ways_inner_v4_and_v6(topo, tmp_path, outer):
+    w = xdp_world(topo, tmp_path, outer=outer, exit_knows_client_endpoint=True)
+    status = w.status()
+    assert status["backend"] == "xdp"
+    for dst in ("10.202.0.1", "fd00:202::1"):
+        r = w.ping(w.client_ns, dst)
+        assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+    for dst in ("10.202.0.2", "fd00:202::2"):
+        r = w.ping(w.exit_ns, dst)
+        assert r.returncode == 0, r.stdout + r.stderr
+    peer = w.exit_peer_dump()
+    assert int(peer[5]) > 0 and int(peer[6]) > 0
+    counters = w.status()["xdp"]
+    assert counters["wan_steer_initiation"] >= 1 and counters["wan_steer_data"] >= 8, counters
+    assert counters["inner_steer"] >= 4, counters
+    assert counters["wan_steer_no_socket"] == counters["inner_steer_no_socket"] == 0, counters
+
+
+def test_iperf3_tcp_both_directions_and_udp(topo, tmp_path):
+    w = xdp_world(topo, tmp_path)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    up = iperf3(w, [])
+    assert up["end"]["sum_received"]["bytes"] > 1_000_000
+    down = iperf3(w, ["-R"])
+    assert down["end"]["sum_received"]["bytes"] > 1_000_000
+    udp = iperf3(w, ["-u", "-b", "20M", "-l", "1200"])
+    assert udp["end"]["sum"]["packets"] > 1000 and udp["end"]["sum"]["lost_percent"] < 5
+
+
+def test_exit_node_with_nat_to_an_internet_namespace(topo, tmp_path):
+    """wireguard-go client -> our exit node (xdp) with nftables masquerade
+    -> an "internet" namespace running iperf3."""
+    w = xdp_world(topo, tmp_path)
+    net_ns = topo.namespace("net")
+    topo.link(w.exit_ns, net_ns, ["10.203.0.1/24"], ["10.203.0.2/24"])
+    topo.run(w.exit_ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    topo.run(w.exit_ns, ["nft", "-f", "-"], input=(
+        "table ip dpnat {\n chain post {\n  type nat hook postrouting priority 100;\n"
+        f"  ip saddr 10.202.0.0/24 oifname != \"{w.name}\" masquerade\n }}\n}}\n"))
+    # the client routes the internet through the tunnel
+    w.wg.set_peer(w.exit_key.public_key(), allowed_ips=["10.202.0.0/24", "10.203.0.0/24"])
+    topo.add_route(w.client_ns, "10.203.0.0/24", ifname=w.wg.ifname)
+    # and the exit node lets that traffic in from the client
+    w.exit_wg("set", w.name, "peer", str(w.client_key.public_key()),
+              "allowed-ips", "10.202.0.2/32,fd00:202::2/128")
+    r = w.ping(w.client_ns, "10.203.0.2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    server = topo.popen(net_ns, ["iperf3", "-s", "-1", "-J"], stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL, text=True)
+    time.sleep(0.3)
+    out = topo.run(w.client_ns, ["iperf3", "-c", "10.203.0.2", "-t", "2", "-J"], timeout=40).stdout
+    assert json.loads(out)["end"]["sum_received"]["bytes"] > 1_000_000
+    seen_by_server = json.loads(server.communicate(timeout=10)[0])
+    # the internet saw the exit node's address, not the client's
+    assert seen_by_server["start"]["connected"][0]["remote_host"] == "10.203.0.1"
+
+
+def test_down_removes_programs_and_links(topo, tmp_path):
+    w = xdp_world(topo, tmp_path)
+    wan = wan_ifname(w)
+    assert xdp_attached(w, wan)
+    assert w.down() == 0
+    assert not xdp_attached(w, wan)
+    for name in (w.name, f"{w.name[:12]}-x"):
+        assert topo.run(w.exit_ns, ["ip", "link", "show", name], check=False).returncode != 0
+    assert not (UAPI_DIR / f"{w.name}.sock").exists()
+
+
+def test_kill_9_leaves_the_wan_interface_forwarding(topo, tmp_path):
+    w = xdp_world(topo, tmp_path)
+    wan = wan_ifname(w)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    # a TCP service on the exit node's outer address, like SSH
+    listener = topo.socket(w.exit_ns, socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("10.201.0.2", 2222))
+    listener.listen(4)
+    os.kill(w.daemon.pid, signal.SIGKILL)
+    w.daemon.wait(timeout=10)
+    deadline = time.monotonic() + 1.0
+    while xdp_attached(w, wan) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not xdp_attached(w, wan), "an XDP program outlived its daemon"
+    r = topo.run(w.client_ns, ["ping", "-c", "1", "-W", "1", "10.201.0.2"], check=False)
+    assert r.returncode == 0, r.stdout
+    client = topo.socket(w.client_ns, socket.AF_INET, socket.SOCK_STREAM)
+    client.settimeout(1)
+    client.connect(("10.201.0.2", 2222))
+    client.close()
+    listener.close()
+    # what a killed daemon leaves: its UAPI socket file (the next one
+    # replaces it) and the inner veth pair (which goes with the namespace)
+    (UAPI_DIR / f"{w.name}.sock").unlink(missing_ok=True)
+
+
+def test_malformed_packets_to_the_port_are_dropped_in_xdp(topo, tmp_path):
+    w = xdp_world(topo, tmp_path)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    before = w.status()["xdp"]
+    s = topo.socket(w.client_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    for payload in (b"\x01\x00\x00\x00" + bytes(10), b"\x07\x00\x00\x00" + bytes(40),
+                    b"\x04\x00\x00\x00" + bytes(4)):
+        for _ in range(5):
+            s.sendto(payload, (OUTER["exit"][0].split("/")[0], 51820))
+    s.close()
+    time.sleep(0.3)
+    after = w.status()["xdp"]
+    delta = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    assert delta.get("wan_drop_wg_bad_size", 0) == 10, delta  # short initiation and data
+    assert delta.get("wan_drop_wg_bad_type", 0) == 5, delta   # type 7
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
