@@ -10,6 +10,7 @@ BENCH_SCENARIOS.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -47,8 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    # SIGTERM (and SIGINT where the shell ignored it, as for background
+    # jobs) unwind like Ctrl-C: the demo and the benchmarks remove the
+    # namespaces and processes they created on the way out.
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("demo", "bench"):
+        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGINT, _terminate)
     try:
         return args.run(args)
     except KeyboardInterrupt:

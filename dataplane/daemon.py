@@ -33,7 +33,8 @@ from dataplane._native import lib
 from dataplane.device import Device, DeviceError
 from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
 from dataplane.tun import open_tun
-from dataplane.xdp_backend import XdpPlumbing, XdpUnavailable, wan_interfaces
+from dataplane.xdp_backend import (OuterRoutes, XdpPlumbing, XdpUnavailable, rx_queues,
+                                   wan_interfaces)
 
 log = logging.getLogger("dataplane")
 
@@ -135,6 +136,7 @@ class Daemon:
         self.status_path = RUN_DIR / f"{self.name}.status.sock"
         self.backend = "socket"
         self.xdp: Optional[XdpPlumbing] = None
+        self.outer_routes: Optional[OuterRoutes] = None
         self.workers = 1
         self.mtu = DEFAULT_MTU
         self._server: Optional[asyncio.AbstractServer] = None
@@ -172,6 +174,14 @@ class Daemon:
             log.warning("Queues = %d, Workers = %d: the socket backend runs one worker per "
                         "queue; using %d", conf.dataplane.queues, conf.dataplane.workers,
                         self.workers)
+        if self.backend == "xdp":
+            # one worker per receive queue of the WAN interface: each owns
+            # the AF_XDP socket of its queue
+            queues = rx_queues(wan[0])
+            if self.workers > queues:
+                log.warning("%s has %d receive queue(s): running %d worker(s), not %d",
+                            wan[0], queues, queues, self.workers)
+                self.workers = queues
         if uapi_socket_in_use(self.uapi_path):
             raise UpError(f"{self.name} is already up (its UAPI socket answers)")
         mtu = self.mtu = conf.interface.mtu or DEFAULT_MTU
@@ -208,8 +218,11 @@ class Daemon:
                 except XdpUnavailable as e:
                     device.close()
                     raise UpError(f"Backend = xdp: {e}") from None
+                self.outer_routes = OuterRoutes(device, wan[0], v4[0].getsockname()[1])
             self.iface = Interface(self.name, conf.interface.private_key, device,
                                    v4[0].getsockname()[1])
+            if self.outer_routes is not None:
+                self.iface.on_need_route = lambda ep: self.outer_routes.want(ep.address)
             self._apply_fwmark(conf.interface.fwmark)
             for pc in conf.peers:
                 self._configure_peer(pc)
@@ -317,6 +330,7 @@ class Daemon:
         if self.xdp is not None:
             self.xdp.close()  # programs detached, the inner veth pair (and its routes) gone
             self.xdp = None
+            self.outer_routes = None
         for s in self.sockets:
             s.close()
         self.sockets = []
@@ -381,6 +395,9 @@ class Daemon:
             try:
                 self.iface.tick()
                 self._follow_mtu()
+                if self.outer_routes is not None:
+                    await asyncio.get_running_loop().run_in_executor(None,
+                                                                     self.outer_routes.refresh)
             except Exception:  # noqa: BLE001
                 log.exception("%s: error in the timer tick", self.name)
 
@@ -553,7 +570,10 @@ class Daemon:
                                            "current_index": st.current_local_index,
                                            "rx_packets": st.rx_packets,
                                            "tx_packets": st.tx_packets}
-        xdp_counters = self.xdp.counters() if self.xdp is not None else None
+        xdp_counters = None
+        if self.xdp is not None:
+            xdp_counters = {**self.xdp.counters(), **self.iface.device.path_stats(),
+                            "outer_routes": len(self.outer_routes.installed)}
         return {"backend": self.backend, "workers": self.workers, "xdp": xdp_counters,
                 "drops": self.iface.device.drops(),
                 "handshake": dict(self.iface.counters), "peer_state": peers}

@@ -361,6 +361,27 @@ class Device:
     def poll_once(self) -> int:
         return lib.dp_device_poll_once(self._dev)
 
+    # -- the XDP backend's outer routes
+
+    def route_set(self, dst: IPAddress, src: IPAddress, src_port: int, dst_mac: bytes,
+                  src_mac: bytes) -> None:
+        r = ffi.new("struct dp_route *")
+        r.family = dst.version
+        r.src_port = src_port
+        ffi.memmove(r.dst, dst.packed, len(dst.packed))
+        ffi.memmove(r.src, src.packed, len(src.packed))
+        ffi.memmove(r.dst_mac, dst_mac, 6)
+        ffi.memmove(r.src_mac, src_mac, 6)
+        _check(lib.dp_device_route_set(self._dev, r), f"outer route to {dst}")
+
+    def route_del(self, dst: IPAddress) -> bool:
+        return lib.dp_device_route_del(self._dev, dst.version, dst.packed) == 0
+
+    def path_stats(self) -> dict[str, int]:
+        st = ffi.new("struct dp_path_stats *")
+        lib.dp_device_path_stats(self._dev, st)
+        return {name: getattr(st, name) for name, _ in ffi.typeof("struct dp_path_stats").fields}
+
     # -- the packet path without I/O (tests and micro benchmarks)
 
     def test_rx(self, datagrams: list, source: Endpoint) -> int:

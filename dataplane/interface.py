@@ -165,6 +165,8 @@ class Interface:
         self.cookie_secret = os.urandom(32)
         self.cookie_secret_ns = clock()
         self.under_load_until = 0
+        # the XDP backend's outer routes (the daemon resolves them)
+        self.on_need_route: Optional[Callable[[Endpoint], None]] = None
         self.counters = {"handshake_bad_mac1": 0, "handshake_bad_mac2": 0,
                          "handshake_ratelimited": 0, "handshake_invalid": 0,
                          "handshake_replayed": 0, "handshake_unknown_index": 0,
@@ -289,6 +291,9 @@ class Interface:
             peer = self.by_id.get(ev.peer_id)
             if peer is not None:
                 self._handshake_complete(peer)
+        elif ev.type == lib.DP_EVENT_NEED_ROUTE:
+            if self.on_need_route is not None and ev.endpoint is not None:
+                self.on_need_route(ev.endpoint)
 
     def _handshake_message(self, msg: bytes, src: Endpoint) -> None:
         if self.handshake is None or src is None or src.port == 0:

@@ -19,9 +19,12 @@ when it goes, also after kill -9.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import subprocess
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Optional, Sequence, Union
 
 from pyroute2 import IPRoute
 
@@ -55,10 +58,99 @@ def wan_interfaces(configured: Sequence[str], own: Sequence[str]) -> list[str]:
     return found
 
 
+def rx_queues(ifname: str) -> int:
+    """How many receive queues the interface has (at least 1)."""
+    try:
+        return max(1, len(list(Path(f"/sys/class/net/{ifname}/queues").glob("rx-*"))))
+    except OSError:
+        return 1
+
+
 def _ip(*args: str) -> None:
     r = subprocess.run(["ip", *args], capture_output=True, text=True)
     if r.returncode != 0:
         raise XdpUnavailable(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+def neighbours(ipr: IPRoute, wan_index: int) -> dict:
+    """Usable neighbour entries of the WAN interface: address -> MAC."""
+    out = {}
+    for n in ipr.get_neighbours(ifindex=wan_index):
+        mac, dst = n.get_attr("NDA_LLADDR"), n.get_attr("NDA_DST")
+        if mac and dst and not n["state"] & (NUD_INCOMPLETE | NUD_FAILED):
+            out[dst] = bytes.fromhex(mac.replace(":", ""))
+    return out
+
+
+def resolve_outer_route(ipr: IPRoute, addr: IPAddress, wan_index: int, neigh: dict,
+                        our_mac: bytes) -> Optional[tuple[IPAddress, bytes, bytes]]:
+    """(source address, next hop's MAC, our MAC) to reach addr straight out
+    of the WAN interface, from the kernel's routing and neighbour tables;
+    None when the kernel routes it elsewhere or has no neighbour entry yet
+    (then packets take the kernel's path, which resolves the neighbour)."""
+    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+    try:
+        route = ipr.route("get", dst=str(addr), family=family)[0]
+    except Exception:  # noqa: BLE001 - unreachable: the kernel's path says so
+        return None
+    if route.get_attr("RTA_OIF") != wan_index or route.get("type", 1) != 1:
+        return None
+    src, hop = route.get_attr("RTA_PREFSRC"), route.get_attr("RTA_GATEWAY") or str(addr)
+    if not src or hop not in neigh:
+        return None
+    return ipaddress.ip_address(src), neigh[hop], our_mac
+
+
+class OuterRoutes:
+    """The device's outer routes, kept as the kernel has them: asked for by
+    the workers (DP_EVENT_NEED_ROUTE), resolved here, and all resolved
+    again every FULL_EVERY refreshes, so that route and neighbour changes
+    reach the workers within seconds."""
+
+    FULL_EVERY = 20  # refreshes (the daemon refreshes every tick, 0.25 s)
+
+    def __init__(self, device, wan: str, listen_port: int):
+        self.device, self.wan, self.listen_port = device, wan, listen_port
+        self.wanted: set = set()
+        self.installed: dict = {}
+        self._count = 0
+
+    def want(self, addr: IPAddress) -> None:
+        self.wanted.add(addr)
+
+    def refresh(self) -> None:
+        """Blocking netlink: the daemon runs it outside its event loop."""
+        self._count += 1
+        todo, self.wanted = self.wanted, set()
+        if self._count % self.FULL_EVERY == 0:
+            todo |= set(self.installed)
+        if not todo:
+            return
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=self.wan)
+            if not found:
+                return
+            index = found[0]
+            neigh = neighbours(ipr, index)
+            ours = bytes.fromhex(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS").replace(":", ""))
+            for addr in todo:
+                got = resolve_outer_route(ipr, addr, index, neigh, ours)
+                if got == self.installed.get(addr):
+                    continue
+                if got is None:
+                    self.device.route_del(addr)
+                    self.installed.pop(addr, None)
+                    continue
+                try:
+                    self.device.route_set(addr, got[0], self.listen_port, got[1], got[2])
+                    self.installed[addr] = got
+                except OSError as e:  # the table is full: the kernel's path still works
+                    log.debug("outer route not installed: %s", e)
 
 
 class XdpPlumbing:
@@ -78,7 +170,11 @@ class XdpPlumbing:
         with IPRoute() as ipr:
             if ipr.link_lookup(ifname=self.peer_name):
                 ipr.link("del", index=ipr.link_lookup(ifname=self.peer_name)[0])
-            ipr.link("add", ifname=self.name, kind="veth", peer={"ifname": self.peer_name})
+            # a queue per worker on our end, so each worker owns its AF_XDP socket
+            ipr.link("add", ifname=self.name, kind="veth", num_rx_queues=self.workers,
+                     num_tx_queues=self.workers,
+                     peer={"ifname": self.peer_name, "num_rx_queues": self.workers,
+                           "num_tx_queues": self.workers})
             self._veth = True
             for ifname in (self.name, self.peer_name):
                 ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=self.mtu)

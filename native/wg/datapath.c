@@ -53,6 +53,7 @@ struct burst {
     bool xsk;
     struct dp_xsk_port *wan, *inner;
     uint8_t inner_eth[12]; /* destination MAC, source MAC */
+    uint32_t ip_id;        /* IPv4 identification of what we send on the WAN */
     struct dp_xsk_frame frames[DP_DEVICE_BURST];
 };
 
@@ -816,6 +817,105 @@ static void queue_out(struct dp_device *d, struct burst *b, struct out_state *o,
     o->seg[fam] = o->last_len[fam] = o->bytes[fam] = len;
 }
 
+#define IPV4_HEADER 20
+#define IPV6_HEADER 40
+#define UDP_HEADER 8
+
+/* Ask the control plane for an outer route to p's endpoint, at most once a
+ * second per peer. */
+static void want_route(struct dp_device *d, struct peer *p, uint32_t peer_id,
+                       const struct dp_endpoint *ep, uint64_t now)
+{
+    uint64_t last = atomic_load_explicit(&p->route_asked_ns, memory_order_relaxed);
+
+    if (last && now - last < NSEC_PER_SEC)
+        return;
+    if (!atomic_compare_exchange_strong(&p->route_asked_ns, &last, now))
+        return;
+    stat_add(&d->route_requests, 1);
+    dp_event_push(d, &(struct dp_event){.type = DP_EVENT_NEED_ROUTE, .peer_id = peer_id,
+                                        .endpoint = *ep});
+}
+
+/* A data message straight out of the WAN AF_XDP port, with the outer
+ * headers of its route; false when it must take the kernel's path (no
+ * route yet, no free frame). UDP over IPv4 goes without a checksum, as
+ * IPv4 allows (the message authenticates itself); over IPv6 it has one. */
+static bool wan_xmit(struct dp_device *d, struct burst *b, const struct dp_endpoint *ep,
+                     uint32_t peer_id, const uint8_t *msg, uint32_t len, uint64_t now)
+{
+    struct dp_route r;
+    bool v6 = ep->family == DP_ENDPOINT_IPV6;
+    uint32_t ip_len = v6 ? IPV6_HEADER : IPV4_HEADER;
+    uint32_t hdr = ETH_HEADER + ip_len + UDP_HEADER;
+    uint16_t ulen = (uint16_t)(UDP_HEADER + len);
+    uint64_t addr;
+    uint8_t *f, *ip, *udp;
+
+    if (!dp_route_lookup(d, ep->family, ep->addr, &r)) {
+        want_route(d, &d->peers[peer_id], peer_id, ep, now);
+        return false;
+    }
+    if (hdr + len > DP_XSK_FRAME_SIZE || !(f = dp_xsk_tx_frame(b->wan, &addr)))
+        return false;
+    memcpy(f, r.dst_mac, 6);
+    memcpy(f + 6, r.src_mac, 6);
+    f[12] = v6 ? 0x86 : 0x08;
+    f[13] = v6 ? 0xdd : 0x00;
+    ip = f + ETH_HEADER;
+    udp = ip + ip_len;
+    if (v6) {
+        uint32_t vtf = htonl(6u << 28);
+        uint16_t plen = htons(ulen);
+
+        memcpy(ip, &vtf, 4);
+        memcpy(ip + 4, &plen, 2);
+        ip[6] = IPPROTO_UDP;
+        ip[7] = 64;
+        memcpy(ip + 8, r.src, 16);
+        memcpy(ip + 24, ep->addr, 16);
+    } else {
+        uint16_t total = htons((uint16_t)(IPV4_HEADER + ulen)), id = htons((uint16_t)b->ip_id++);
+        uint16_t csum;
+
+        ip[0] = 0x45;
+        ip[1] = 0;
+        memcpy(ip + 2, &total, 2);
+        memcpy(ip + 4, &id, 2);
+        ip[6] = ip[7] = 0;
+        ip[8] = 64;
+        ip[9] = IPPROTO_UDP;
+        ip[10] = ip[11] = 0;
+        memcpy(ip + 12, r.src, 4);
+        memcpy(ip + 16, ep->addr, 4);
+        csum = dp_csum_fold(dp_csum_add(0, ip, IPV4_HEADER));
+        memcpy(ip + 10, &csum, 2);
+    }
+    uint16_t sport = htons(r.src_port), dport = htons(ep->port), ulen_be = htons(ulen);
+
+    memcpy(udp, &sport, 2);
+    memcpy(udp + 2, &dport, 2);
+    memcpy(udp + 4, &ulen_be, 2);
+    udp[6] = udp[7] = 0;
+    memcpy(udp + UDP_HEADER, msg, len);
+    if (v6) {
+        /* pseudo-header: addresses, upper-layer length, next header */
+        uint8_t pseudo[40] = {0};
+        uint16_t csum;
+
+        memcpy(pseudo, ip + 8, 32);
+        pseudo[34] = (uint8_t)(ulen >> 8);
+        pseudo[35] = (uint8_t)ulen;
+        pseudo[39] = IPPROTO_UDP;
+        csum = dp_csum_fold(dp_csum_add(dp_csum_add(0, pseudo, sizeof(pseudo)), udp, ulen));
+        if (!csum)
+            csum = 0xffff;
+        memcpy(udp + 6, &csum, 2);
+    }
+    dp_xsk_tx_queue(b->wan, addr, hdr + len);
+    return true;
+}
+
 /* Read one packet from the TUN into the burst: with the virtio-net header,
  * a TSO super-packet becomes several burst slots (b->tso_* keeps the part
  * that did not fit for the next flush). Returns slots filled, 0 at EAGAIN. */
@@ -956,12 +1056,23 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now)
         uint32_t wire = DP_WG_DATA_MIN_LEN + b->len[i];
         struct peer *p = &d->peers[b->peer[j]];
 
-        queue_out(d, b, &out, &ep[j], b->buf[i], wire);
+        if (b->xsk) {
+            if (wan_xmit(d, b, &ep[j], b->peer[j], b->buf[i], wire, now)) {
+                stat_add(&d->wan_xsk_tx, 1);
+            } else {
+                stat_add(&d->wan_kernel_tx, 1);
+                queue_out(d, b, &out, &ep[j], b->buf[i], wire);
+            }
+        } else {
+            queue_out(d, b, &out, &ep[j], b->buf[i], wire);
+        }
         stat_add(&p->tx_bytes, wire);
         stat_add(&p->tx_packets, 1);
         stat_set(&p->last_tx_ns, now);
         stat_set(&p->last_tx_data_ns, now);
     }
+    if (b->xsk)
+        count_drop(d, DP_DROP_SEND_FAILED, dp_xsk_tx_flush(b->wan));
     for (int fam = 0; fam < 2; fam++)
         if (out.nmsg[fam])
             send_out(d, b, fam, out.nmsg[fam]);

@@ -290,6 +290,8 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
         goto fail;
     madvise(d->pool, d->pool_bytes, MADV_DONTDUMP);
     d->allowedips = dp_allowedips_new();
+    if (dp_routes_init(d))
+        goto fail;
     d->ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     d->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (!d->peers || !d->by_slot || !d->ev_ring || !d->allowedips || d->ev_fd < 0 ||
@@ -492,6 +494,7 @@ void dp_device_free(struct dp_device *d)
     close_fds(d->cfg.tun_fd, d->cfg.workers);
     close_fds(d->cfg.udp4_fd, d->cfg.workers);
     close_fds(d->cfg.udp6_fd, d->cfg.workers);
+    dp_routes_free(d);
     free(d->peers);
     free(d->by_slot);
     free(d->ev_ring);

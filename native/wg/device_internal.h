@@ -59,6 +59,15 @@ struct peer {
      * last_tx_data_ns as one run) */
     _Atomic uint64_t rx_bytes, tx_bytes, rx_packets, tx_packets;
     _Atomic uint64_t last_rx_ns, last_rx_data_ns, last_tx_ns, last_tx_data_ns;
+    /* XDP backend: when a worker last asked for an outer route for it */
+    _Atomic uint64_t route_asked_ns;
+};
+
+/* A slot of the outer route table (routes.c). */
+struct route_slot {
+    _Atomic uint32_t seq;
+    uint8_t state;
+    struct dp_route r;
 };
 
 /* Packet buffers hold a data message of any size a peer may send (the
@@ -95,6 +104,11 @@ struct dp_device {
     int ev_fd;
 
     _Atomic uint64_t drops[DP_DROP_COUNT];
+
+    /* the XDP backend's outer routes and where data messages went */
+    struct route_slot *routes;
+    uint32_t n_routes;
+    _Atomic uint64_t wan_xsk_tx, wan_kernel_tx, route_requests;
 
     /* the workers */
     struct worker {
@@ -163,5 +177,9 @@ void *dp_worker_main(void *arg);
 int dp_readers_register(struct dp_device *d, int reader);
 void dp_readers_unregister(struct dp_device *d, int reader);
 int dp_sendto(struct dp_device *d, const struct dp_endpoint *ep, const uint8_t *data, size_t len);
+int dp_routes_init(struct dp_device *d);
+void dp_routes_free(struct dp_device *d);
+/* The worker's lookup: true with *out filled when there is a route. */
+bool dp_route_lookup(struct dp_device *d, uint8_t family, const uint8_t *dst, struct dp_route *out);
 
 #endif

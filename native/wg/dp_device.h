@@ -45,6 +45,7 @@ struct dp_device;
 #define DP_EVENT_HANDSHAKE 1         /* a type 1/2/3 message; data/len/endpoint set */
 #define DP_EVENT_NEED_HANDSHAKE 2    /* peer_id has traffic but no usable keypair, or must rekey */
 #define DP_EVENT_KEYPAIR_CONFIRMED 3 /* first data on a responder's keypair: now current */
+#define DP_EVENT_NEED_ROUTE 4        /* XDP backend: no outer route for `endpoint` (peer_id's) */
 #define DP_EVENT_MAX_DATA 148        /* DP_WG_INITIATION_LEN */
 
 #define DP_ENDPOINT_NONE 0
@@ -116,6 +117,36 @@ struct dp_peer_stats {
 
 /* A device, stopped; NULL with errno set on failure (bad config: EINVAL). */
 struct dp_device *dp_device_new(const struct dp_device_config *cfg);
+/* The XDP backend's outer routes: how to send to one endpoint address
+ * straight out of the WAN AF_XDP port (Ethernet from src_mac to dst_mac,
+ * IP from src, UDP from src_port). The control plane resolves them from
+ * the kernel's routing and neighbour tables when a worker asks
+ * (DP_EVENT_NEED_ROUTE) and keeps them current; until one is there, and
+ * for endpoints not routed through the WAN interface, packets leave
+ * through the UDP socket and the kernel's stack. Addresses as in
+ * dp_endpoint. */
+struct dp_route {
+    uint8_t family; /* DP_ENDPOINT_IPV4 or DP_ENDPOINT_IPV6 */
+    uint8_t reserved;
+    uint16_t src_port;
+    uint8_t dst[16];
+    uint8_t src[16];
+    uint8_t dst_mac[6];
+    uint8_t src_mac[6];
+};
+#define DP_ROUTES_MAX 4096
+/* Add or replace (0, -ENOSPC when full, -EINVAL); delete (0 or -ENOENT). */
+int dp_device_route_set(struct dp_device *d, const struct dp_route *r);
+int dp_device_route_del(struct dp_device *d, uint8_t family, const uint8_t *dst);
+
+/* Where transmitted data messages went, for the XDP backend. */
+struct dp_path_stats {
+    uint64_t wan_xsk_tx;     /* built here and sent through the WAN AF_XDP port */
+    uint64_t wan_kernel_tx;  /* sent through the UDP socket (no route yet, or not the WAN) */
+    uint64_t route_requests; /* DP_EVENT_NEED_ROUTE raised */
+};
+void dp_device_path_stats(struct dp_device *d, struct dp_path_stats *out);
+
 /* The XDP backend, before dp_device_start: worker w gets an AF_XDP socket
  * on queue wan_queue of the WAN interface (WireGuard traffic steered there
  * by our XDP program) and one on queue inner_queue of our end of the inner

@@ -8,7 +8,17 @@ import time
 
 import pytest
 
+from tests.integration import tunnel
 from tests.integration.tunnel import OUTER, TunnelWorld, UAPI_DIR
+
+
+@pytest.fixture(autouse=True, params=["socket", "xdp"])
+def backend(request):
+    """Every test here runs on both backends: the socket one (UDP + TUN)
+    and the XDP one (AF_XDP on the WAN veth and on the inner veth pair)."""
+    tunnel.BACKEND = request.param
+    yield request.param
+    tunnel.BACKEND = "socket"
 
 
 def iperf3(world, args, seconds=2):
@@ -47,10 +57,12 @@ def test_client_initiates_ping_v4_and_v6_inside(topo, tmp_path, outer):
 
 
 @pytest.mark.parametrize("workers", [1, 3])
-def test_exit_node_initiates_when_it_has_traffic(topo, tmp_path, workers):
+def test_exit_node_initiates_when_it_has_traffic(topo, tmp_path, workers, backend):
     w = TunnelWorld(topo, tmp_path, exit_knows_client_endpoint=True,
                     extra_exit_conf=f"\n[DataPlane]\nWorkers = {workers}\n")
-    assert w.status()["workers"] == workers
+    # XDP: one worker per receive queue of the WAN interface (a veth has one)
+    assert w.status()["workers"] == (workers if backend == "socket" else 1)
+    assert w.status()["backend"] == backend
     r = w.ping(w.exit_ns, "10.202.0.2")
     assert r.returncode == 0, r.stdout + r.stderr
     r = w.ping(w.exit_ns, "fd00:202::2")
@@ -86,7 +98,8 @@ def test_wg_set_and_showconf_on_our_interface(topo, tmp_path):
     assert w.ping(w.client_ns, "10.202.0.1", count=2).returncode == 0
     # syncconf with the original file (minus our own settings) keeps it working
     stripped = tmp_path / "strip.conf"
-    stripped.write_text("\n".join(l for l in w.conf_path.read_text().splitlines()
+    wg_part = w.conf_path.read_text().split("[DataPlane]")[0]
+    stripped.write_text("\n".join(l for l in wg_part.splitlines()
                                   if not l.startswith("Address")) + "\n")
     w.exit_wg("syncconf", w.name, str(stripped))
     assert w.ping(w.client_ns, "10.202.0.1", count=2).returncode == 0

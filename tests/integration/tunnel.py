@@ -20,12 +20,16 @@ OUTER = {"client": ["10.201.0.1/24", "fd00:201::1/64"], "exit": ["10.201.0.2/24"
 INNER = {"client": ["10.202.0.2/24", "fd00:202::2/64"], "exit": ["10.202.0.1/24", "fd00:202::1/64"]}
 CLIENT_PORT = 51900
 EXIT_PORT = 51820
+# The exit node's backend when a test does not say; test modules that run
+# on every backend set it from a parametrized fixture (see test_tunnel.py).
+BACKEND = "socket"
 
 
 class TunnelWorld:
     def __init__(self, topo: Topology, tmp: Path, outer: int = 4, psk: bool = True,
                  exit_knows_client_endpoint: bool = False, client_psk: Optional[bytes] = None,
-                 extra_exit_conf: str = "", test_clock: bool = False):
+                 extra_exit_conf: str = "", test_clock: bool = False,
+                 backend: Optional[str] = None):
         self.topo, self.tmp = topo, tmp
         self.client_ns, self.exit_ns = topo.namespace("c"), topo.namespace("x")
         topo.link(self.client_ns, self.exit_ns, OUTER["client"], OUTER["exit"])
@@ -50,6 +54,12 @@ class TunnelWorld:
             conf.append(f"PresharedKey = {self.psk.reveal_base64()}")
         if exit_knows_client_endpoint:
             conf.append(f"Endpoint = {fmt(client_ip, CLIENT_PORT)}")
+        self.backend = backend or BACKEND
+        if "[DataPlane]" in extra_exit_conf:
+            extra_exit_conf = extra_exit_conf.replace(
+                "[DataPlane]\n", f"[DataPlane]\nBackend = {self.backend}\n", 1)
+        else:
+            extra_exit_conf += f"\n[DataPlane]\nBackend = {self.backend}\n"
         self.conf_path = tmp / f"{self.name}.conf"
         self.conf_path.write_text("\n".join(conf) + "\n" + extra_exit_conf)
         self.conf_path.chmod(0o600)
