@@ -10,6 +10,7 @@ BENCH_SCENARIOS.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Optional, Sequence
@@ -48,16 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_MAIN_PID = os.getpid()
+
+
 def _terminate(signum, frame):
     # SIGTERM (and SIGINT where the shell ignored it, as for background
     # jobs) unwind like Ctrl-C: the demo and the benchmarks remove the
-    # namespaces and processes they created on the way out.
+    # namespaces and processes they created on the way out. Only in this
+    # process: pyroute2 forks helpers (without exec) and stops them with
+    # SIGTERM, and a helper must not run our cleanup.
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise KeyboardInterrupt
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("demo", "bench"):
+        global _MAIN_PID
+        _MAIN_PID = os.getpid()
         signal.signal(signal.SIGTERM, _terminate)
         signal.signal(signal.SIGINT, _terminate)
     try:

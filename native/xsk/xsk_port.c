@@ -184,9 +184,23 @@ uint32_t dp_xsk_tx_flush(struct dp_xsk_port *p)
         }
         xsk_ring_prod__submit(&p->tx, n);
     }
-    /* copy mode transmits in sendto(); zero-copy drivers ask with need_wakeup */
-    if (!p->zerocopy || xsk_ring_prod__needs_wakeup(&p->tx))
-        sendto(p->fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+    /* Copy mode transmits in sendto(), a budget of descriptors (32) per
+     * call, saying EAGAIN while more are left: call until the ring is
+     * empty, or the data would wait in it until the next burst (hundreds
+     * of milliseconds behind under load). Zero-copy drivers ask with
+     * need_wakeup and drain the ring themselves. */
+    if (p->zerocopy) {
+        if (xsk_ring_prod__needs_wakeup(&p->tx))
+            sendto(p->fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+    } else {
+        for (int k = 0; k < RING_SIZE / 32 + 2; k++) {
+            if (sendto(p->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0 ||
+                (errno != EAGAIN && errno != EBUSY && errno != EINTR))
+                break;
+            if (xsk_prod_nb_free(&p->tx, RING_SIZE) == RING_SIZE)
+                break;
+        }
+    }
     reclaim(p);
     return dropped;
 }
