@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -150,7 +151,8 @@ class OuterRoutes:
                     self.device.route_set(addr, got[0], self.listen_port, got[1], got[2])
                     self.installed[addr] = got
                 except OSError as e:  # the table is full: the kernel's path still works
-                    log.debug("outer route not installed: %s", e)
+                    # (no address in the log: it is a peer's endpoint)
+                    log.debug("an outer route was not installed: %s", os.strerror(e.errno or 0))
 
 
 class XdpPlumbing:
