@@ -377,6 +377,8 @@ class Daemon:
         more = False
         try:
             more = self.iface.handle_events()
+            if self.xdp is not None:
+                self.xdp.follow_load(self.iface.under_load())
         except Exception:  # noqa: BLE001 - one bad event must not stop the daemon
             log.exception("%s: error while handling events", self.name)
         if more and not self._events_again:
@@ -395,6 +397,8 @@ class Daemon:
             try:
                 self.iface.tick()
                 self._follow_mtu()
+                if self.xdp is not None:
+                    self.xdp.follow_load(self.iface.under_load())
                 if self.outer_routes is not None:
                     await asyncio.get_running_loop().run_in_executor(None,
                                                                      self.outer_routes.refresh)

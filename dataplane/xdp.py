@@ -260,6 +260,13 @@ class XdpProgram:
         if rc < 0:
             _raise(XskMapError, rc, f"setting the socket of RX queue {queue}")
 
+    def set_ratelimit_rest(self, rest: bool) -> None:
+        """WAN program: let the handshake rate limit rest (the control
+        plane is not under load) or apply it (the state at load)."""
+        rc = lib.dp_xdp_set_ratelimit_rest(self._h, int(rest))
+        if rc < 0:
+            _raise(XdpError, rc, "setting the handshake rate limit's state")
+
     def clear_xsk(self, queue: int) -> None:
         """Frames of RX queue `queue` go to the kernel again."""
         _int_in("queue", queue, 0, 2**32 - 1)

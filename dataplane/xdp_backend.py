@@ -162,6 +162,8 @@ class XdpPlumbing:
         self.workers = workers
         self.peer_name = inner_peer_name(name)
         self.programs: list = []
+        self.wan_prog = None
+        self._resting = False
         self._veth = False
 
     def create_inner_link(self) -> tuple[bytes, bytes]:
@@ -213,11 +215,24 @@ class XdpPlumbing:
                 wan_fd, inner_fd = device.xsk_fds(w)
                 wan_prog.set_xsk(w, wan_fd)
                 inner_prog.set_xsk(w, inner_fd)
+            # the handshake rate limit works only while the control plane
+            # is under load (see follow_load)
+            wan_prog.set_ratelimit_rest(True)
+            self._resting = True
+            self.wan_prog = wan_prog
             inner_prog.attach(self.peer_name)
             wan_prog.attach(self.wan[0])
         except Exception as e:
             self.close()
             raise XdpUnavailable(f"cannot attach the XDP programs: {e}") from e
+
+    def follow_load(self, under_load: bool) -> None:
+        """Apply XDP's per-source handshake rate limit while the control
+        plane is under load, as the kernel's WireGuard does; let it rest
+        otherwise."""
+        if self.wan_prog is not None and self._resting == under_load:
+            self.wan_prog.set_ratelimit_rest(not under_load)
+            self._resting = not under_load
 
     def counters(self) -> dict:
         out = {}
@@ -234,6 +249,7 @@ class XdpPlumbing:
                 log.warning("%s: detaching an XDP program: %s", self.name, e)
             prog.close()
         self.programs = []
+        self.wan_prog = None
         if self._veth:
             with IPRoute() as ipr:
                 found = ipr.link_lookup(ifname=self.peer_name)

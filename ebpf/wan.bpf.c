@@ -33,6 +33,24 @@ struct {
     __type(value, struct dp_xdp_rl_bucket);
 } ratelimit SEC(".maps");
 
+/* Written by the control plane: non-zero while it is not under load, and
+ * then the handshake rate limit rests, as the kernel's WireGuard limits
+ * only under load (clients behind one NAT address must not wait on each
+ * other). Zero, the value at load, keeps the limit on. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} ratelimit_rest SEC(".maps");
+
+static __always_inline int ratelimit_resting(void)
+{
+    __u32 key = 0, *rest = bpf_map_lookup_elem(&ratelimit_rest, &key);
+
+    return rest && *rest;
+}
+
 static __always_inline void count(__u32 index)
 {
     __u64 *value = bpf_map_lookup_elem(&counters, &index);
@@ -140,7 +158,8 @@ static __always_inline int wan_message(const struct xdp_md *ctx, struct cursor *
 
     /* Handshake messages cost the control plane a Curve25519 operation:
      * floods stop here. */
-    if ((dp_settings.flags & DP_XDP_SETTINGS_RATELIMIT) && !ratelimit_admit(family, saddr))
+    if ((dp_settings.flags & DP_XDP_SETTINGS_RATELIMIT) && !ratelimit_resting() &&
+        !ratelimit_admit(family, saddr))
         return drop(DP_XDP_WAN_DROP_RATELIMITED);
     return steer(ctx, counter);
 }

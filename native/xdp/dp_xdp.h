@@ -95,6 +95,10 @@ int dp_xdp_attach_mode(const struct dp_xdp *x);
  * own reference to the socket). -EINVAL when queue >= dp_xdp_max_queues,
  * -EOPNOTSUPP or -ENOTSOCK when xsk_fd is not an AF_XDP socket. */
 int dp_xdp_set_xsk(struct dp_xdp *x, uint32_t queue, int xsk_fd);
+/* WAN program: rest (non-zero) or apply (0, the state at load) the
+ * handshake rate limit; the control plane rests it while it is not under
+ * load. -EINVAL for a program without a rate limit. */
+int dp_xdp_set_ratelimit_rest(struct dp_xdp *x, int rest);
 /* Frames of the queue go to the kernel again. 0 also if none was set. */
 int dp_xdp_clear_xsk(struct dp_xdp *x, uint32_t queue);
 /* Entries of the XSKMAP (RX queues that can be served). */

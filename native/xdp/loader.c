@@ -644,6 +644,20 @@ int dp_xdp_set_xsk(struct dp_xdp *x, uint32_t queue, int xsk_fd)
     return 0;
 }
 
+int dp_xdp_set_ratelimit_rest(struct dp_xdp *x, int rest)
+{
+    struct bpf_map *map = bpf_object__find_map_by_name(x->obj, "ratelimit_rest");
+    uint32_t key = 0, value = rest != 0;
+    int rc;
+
+    if (!map || bpf_map__fd(map) < 0)
+        return fail(EINVAL, "%s has no handshake rate limit", x->kind->name);
+    rc = bpf_map_update_elem(bpf_map__fd(map), &key, &value, BPF_ANY);
+    if (rc < 0)
+        return fail(-rc, "%s: setting the rate limit's state", x->kind->name);
+    return 0;
+}
+
 int dp_xdp_clear_xsk(struct dp_xdp *x, uint32_t queue)
 {
     int rc;

@@ -393,6 +393,21 @@ def test_sixth_initiation_in_a_burst_is_dropped_with_default_settings(wan):
 
 
 @needs_root
+def test_the_limit_rests_while_the_control_plane_is_not_under_load(wan):
+    # The daemon rests the limit when its control plane has room (the
+    # kernel's WireGuard limits only under load): then clients behind one
+    # address do not wait on each other; under load it applies again.
+    frame = initiation_from("192.0.2.12")
+    wan.set_ratelimit_rest(True)
+    verdict, _, delta = run(wan, frame, repeat=50)
+    assert verdict == Verdict.PASS
+    assert delta == {"steer_initiation": 50, "steer_no_socket": 50}
+    wan.set_ratelimit_rest(False)
+    verdict, _, delta = run(wan, initiation_from("192.0.2.13"), repeat=6)
+    assert verdict == Verdict.DROP and delta["drop_ratelimited"] == 1
+
+
+@needs_root
 def test_tokens_come_back_at_the_rate(wan):
     frame = initiation_from("192.0.2.11")
     run(wan, frame, repeat=6)
