@@ -321,6 +321,8 @@ class Daemon:
             self.iface.fwmark = mark
 
     def down(self) -> None:
+        if self.outer_routes is not None:
+            self.outer_routes.close()  # waits for a refresh in flight
         if self.iface is not None:
             self.iface.device.stop()
             self.iface.device.close()  # wipes keys; closing the TUN removes the link and routes

@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -120,12 +121,25 @@ class OuterRoutes:
         self.wanted: set = set()
         self.installed: dict = {}
         self._count = 0
+        # refresh runs in a thread: closing waits for it, so the device is
+        # never used after it is closed
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
 
     def want(self, addr: IPAddress) -> None:
         self.wanted.add(addr)
 
     def refresh(self) -> None:
         """Blocking netlink: the daemon runs it outside its event loop."""
+        with self._lock:
+            if not self._closed:
+                self._refresh()
+
+    def _refresh(self) -> None:
         self._count += 1
         todo, self.wanted = self.wanted, set()
         if self._count % self.FULL_EVERY == 0:
