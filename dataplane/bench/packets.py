@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,9 +35,10 @@ from typing import Optional
 
 from dataplane import __version__
 from dataplane.bench.loadgen import IMIX, EmulatedPeers, Receiver, RecvResult, Sender
+from dataplane.bench.tunnel import _median, cpu_seconds
 from dataplane.keys import PrivateKey
 from dataplane.launch import start_daemon
-from dataplane.topology import Topology, TopologyError, socket_in
+from dataplane.topology import Topology, socket_in
 from dataplane.wireguard_go import WireGuardGo
 
 DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go", "no-tunnel")
@@ -128,11 +128,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------- measuring
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_busy_seconds(cpu: int) -> float:
@@ -265,14 +260,14 @@ class World:
         for r in receivers:
             r.start()
         try:
-            proc0 = process_cpu_seconds(self.dut_pid) if self.dut_pid else None
+            proc0 = cpu_seconds(self.dut_pid) if self.dut_pid else None
             core0 = cpu_busy_seconds(self.dut_cpu) if self.dut_cpu is not None else None
             wall0 = time.monotonic()
             for s in senders:
                 s.start()
             sent = [s.join(seconds + 30) for s in senders]
             time.sleep(0.3)  # what is queued in the DUT still arrives
-            proc = process_cpu_seconds(self.dut_pid) - proc0 if self.dut_pid else None
+            proc = cpu_seconds(self.dut_pid) - proc0 if self.dut_pid else None
             core = cpu_busy_seconds(self.dut_cpu) - core0 if core0 is not None else None
             wall = time.monotonic() - wall0
         finally:
@@ -324,11 +319,6 @@ def machine_info() -> dict:
 
 def _per(seconds: Optional[float], packets: int) -> Optional[float]:
     return seconds * 1e9 / packets if seconds is not None and packets else None
-
-
-def _median(runs: list, key: str):
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(values) if values else None
 
 
 def make_row(dut: str, size: str, peers: int, direction: str, runs: list,

@@ -16,6 +16,7 @@
 
 #include "dp_crypto.h"
 #include "dp_wg_messages.h"
+#include "offload.h" /* checksum helpers of the data path */
 
 struct dp_lg_peer {
     uint8_t send_key[DP_WG_KEY_LEN];
@@ -141,16 +142,6 @@ uint64_t dp_lg_peer_counter(const struct dp_lg_peers *peers, uint32_t i)
 
 /* ------------------------------------------------------------ inner packets */
 
-static uint16_t ipv4_checksum(const uint8_t *h)
-{
-    uint32_t sum = 0;
-    for (int i = 0; i < IPV4_HEADER; i += 2)
-        sum += (uint32_t)h[i] << 8 | h[i + 1];
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)~sum;
-}
-
 /* An IPv4/UDP packet of `size` bytes with our payload header; bytes after
  * it up to `size` are zero. UDP checksum 0 (none), as IPv4 allows. */
 static void build_inner(uint8_t *pkt, uint32_t size, uint32_t src, uint32_t dst,
@@ -171,9 +162,8 @@ static void build_inner(uint8_t *pkt, uint32_t size, uint32_t src, uint32_t dst,
     ip[10] = ip[11] = 0;
     memcpy(ip + 12, &src, 4);
     memcpy(ip + 16, &dst, 4);
-    uint16_t csum = ipv4_checksum(ip);
-    ip[10] = (uint8_t)(csum >> 8);
-    ip[11] = (uint8_t)csum;
+    uint16_t csum = dp_csum_fold(dp_csum_add(0, ip, IPV4_HEADER));
+    memcpy(ip + 10, &csum, 2); /* computed in memory order: stored back the same way */
     uint16_t ulen = (uint16_t)(size - IPV4_HEADER);
     udp[0] = (uint8_t)(sport >> 8);
     udp[1] = (uint8_t)sport;

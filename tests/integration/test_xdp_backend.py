@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from tests.integration.test_tunnel import iperf3
 from tests.integration.tunnel import OUTER, UAPI_DIR, TunnelWorld
 
 def xdp_world(topo, tmp_path, **kw):
@@ -45,17 +44,6 @@ def test_ping_both_ways_inner_v4_and_v6(topo, tmp_path, outer):
     assert counters["wan_steer_initiation"] >= 1 and counters["wan_steer_data"] >= 8, counters
     assert counters["inner_steer"] >= 4, counters
     assert counters["wan_steer_no_socket"] == counters["inner_steer_no_socket"] == 0, counters
-
-
-def test_iperf3_tcp_both_directions_and_udp(topo, tmp_path):
-    w = xdp_world(topo, tmp_path)
-    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
-    up = iperf3(w, [])
-    assert up["end"]["sum_received"]["bytes"] > 1_000_000
-    down = iperf3(w, ["-R"])
-    assert down["end"]["sum_received"]["bytes"] > 1_000_000
-    udp = iperf3(w, ["-u", "-b", "20M", "-l", "1200"])
-    assert udp["end"]["sum"]["packets"] > 1000 and udp["end"]["sum"]["lost_percent"] < 5
 
 
 def test_exit_node_with_nat_to_an_internet_namespace(topo, tmp_path):

@@ -38,6 +38,7 @@ import pytest
 
 from dataplane import xdp
 from dataplane.xdp import Verdict
+from tests.integration.packets import checksum
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "data" / "xdp"
@@ -86,15 +87,6 @@ HOPOPTS, ROUTING, FRAGMENT, DSTOPTS = 0, 43, 44, 60
 IPV4_DF, IPV4_MF = 0x4000, 0x2000
 SRC4, DST4 = "192.0.2.1", "198.51.100.1"
 SRC6, DST6 = "2001:db8:1:2::1", "2001:db8:ffff::1"
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def eth(payload: bytes, ethertype: int, vlans=()) -> bytes:
