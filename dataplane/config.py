@@ -19,6 +19,10 @@
     Queues = 2
     Interfaces = eth0                     # WAN interfaces, comma list
     MaxPeers = 100000                     # room for peers added at run time
+    ApiListen = 192.0.2.1:8443            # the API on TCP too (mutual TLS only)
+    ApiCertificate = /etc/dataplane/api.pem       # server certificate chain (PEM)
+    ApiCertificateKey = /etc/dataplane/api.key    # its private key (PEM)
+    ApiClientCA = /etc/dataplane/clients-ca.pem   # CA that signs client certificates
 
 Keys are case-insensitive, '#' starts a comment, whitespace around '=' is
 free, as in wg-quick. Values follow `wg`: keys are 44-character base64,
@@ -245,6 +249,10 @@ class DataPlaneConfig:
     queues: Optional[int] = None
     interfaces: tuple[str, ...] = ()              # WAN interfaces; () = chosen at bring-up
     max_peers: Optional[int] = None               # None: the file's peers, with headroom
+    api_listen: Optional[tuple[str, int]] = None  # TCP address of the API (mutual TLS)
+    api_certificate: Optional[str] = None
+    api_certificate_key: Optional[str] = None
+    api_client_ca: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -291,6 +299,14 @@ class Config:
                 out.append(f"Interfaces = {', '.join(d.interfaces)}")
             if d.max_peers is not None:
                 out.append(f"MaxPeers = {d.max_peers}")
+            if d.api_listen is not None:
+                host, port = d.api_listen
+                out.append(f"ApiListen = {f'[{host}]' if ':' in host else host}:{port}")
+            for name, value in (("ApiCertificate", d.api_certificate),
+                                ("ApiCertificateKey", d.api_certificate_key),
+                                ("ApiClientCA", d.api_client_ca)):
+                if value is not None:
+                    out.append(f"{name} = {value}")
         return "\n".join(out) + "\n"
 
 
@@ -406,6 +422,28 @@ def _interfaces(parser, section, key, value):
     section.values[key] = tuple(names)
 
 
+def _api_listen(key, value):
+    """ADDRESS:PORT with a literal address ([v6]:port for IPv6)."""
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+        if not sep:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{key}: {value!r} is not ADDRESS:PORT with a literal IP address "
+                         f"(like 192.0.2.1:8443 or [2001:db8::1]:8443)") from None
+    return host, _number(key, port, 1, PORT_MAX, "a port")
+
+
+def _path(key, value):
+    if not value.startswith("/"):
+        raise ValueError(f"{key}: {value!r} must be an absolute path")
+    return value
+
+
 def _wg_quick_only(parser, section, key, value):
     section.values.setdefault("ignored", []).append((key, value))
     what = "does not run wg-quick hooks" if key.endswith(("Up", "Down")) \
@@ -436,6 +474,10 @@ _KEYS: dict[str, dict[str, tuple[_Handler, bool]]] = {
         "Queues": (_set(_count(QUEUES_MAX)), False),
         "Interfaces": (_interfaces, False),
         "MaxPeers": (_set(_count(MAX_PEERS_MAX)), False),
+        "ApiListen": (_set(_api_listen), False),
+        "ApiCertificate": (_set(_path), False),
+        "ApiCertificateKey": (_set(_path), False),
+        "ApiClientCA": (_set(_path), False),
     },
 }
 _SECTIONS = {name.lower(): name for name in _KEYS}
@@ -559,7 +601,24 @@ class _Parser:
             workers=d.get("Workers"),
             queues=d.get("Queues"),
             interfaces=d.get("Interfaces", ()),
-            max_peers=d.get("MaxPeers"))
+            max_peers=d.get("MaxPeers"),
+            api_listen=d.get("ApiListen"),
+            api_certificate=d.get("ApiCertificate"),
+            api_certificate_key=d.get("ApiCertificateKey"),
+            api_client_ca=d.get("ApiClientCA"))
+        tls = {"ApiCertificate": dataplane.api_certificate,
+               "ApiCertificateKey": dataplane.api_certificate_key,
+               "ApiClientCA": dataplane.api_client_ca}
+        if dataplane.api_listen is not None:
+            missing = [k for k, v in tls.items() if v is None]
+            if missing:
+                raise self.error(f"ApiListen needs {', '.join(missing)}: the API serves TCP "
+                                 f"with mutual TLS only (a plain TCP listener, or one without "
+                                 f"client certificates, is refused)",
+                                 line=self.dataplane.lines["ApiListen"])
+        elif any(v is not None for v in tls.values()):
+            self.warn("ApiCertificate/ApiCertificateKey/ApiClientCA are set but ApiListen is "
+                      "not: the API serves only its unix socket")
         return Config(name, interface, tuple(peers), dataplane, tuple(self.warnings))
 
 

@@ -29,6 +29,10 @@ from pyroute2 import IPRoute
 
 from dataplane import config as cfg
 from dataplane import uapi
+from dataplane.api.controller import Controller
+from dataplane.api.metrics import Metrics
+from dataplane.api.model import ApiError
+from dataplane.api.server import ApiServer, tls_context
 from dataplane._native import lib
 from dataplane.device import Device, DeviceError
 from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
@@ -134,6 +138,10 @@ class Daemon:
         self.uapi_path = UAPI_DIR / f"{self.name}.sock"
         self.pid_path = RUN_DIR / f"{self.name}.pid"
         self.status_path = RUN_DIR / f"{self.name}.status.sock"
+        self.api_path = RUN_DIR / f"{self.name}.api.sock"
+        self.api: Optional[Controller] = None
+        self._api_server: Optional[ApiServer] = None
+        self._api_tls = None
         self.backend = "socket"
         self.xdp: Optional[XdpPlumbing] = None
         self.outer_routes: Optional[OuterRoutes] = None
@@ -182,6 +190,13 @@ class Daemon:
                 log.warning("%s has %d receive queue(s): running %d worker(s), not %d",
                             wan[0], queues, queues, self.workers)
                 self.workers = queues
+        if conf.dataplane.api_listen is not None:
+            d = conf.dataplane
+            try:
+                self._api_tls = tls_context(d.api_certificate, d.api_certificate_key,
+                                            d.api_client_ca)
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+                raise UpError(f"ApiListen: cannot load the TLS files: {e}") from None
         if uapi_socket_in_use(self.uapi_path):
             raise UpError(f"{self.name} is already up (its UAPI socket answers)")
         mtu = self.mtu = conf.interface.mtu or DEFAULT_MTU
@@ -336,7 +351,7 @@ class Daemon:
         for s in self.sockets:
             s.close()
         self.sockets = []
-        for path in (self.uapi_path, self.pid_path, self.status_path):
+        for path in (self.uapi_path, self.pid_path, self.status_path, self.api_path):
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -363,6 +378,7 @@ class Daemon:
             os.umask(old)
         for path in (self.uapi_path, self.status_path):
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+        await self._start_api()
         self.pid_path.write_text(f"{os.getpid()}\n")
         loop.add_reader(self.iface.device.event_fd, self._on_events)
         ticker = asyncio.create_task(self._ticker())
@@ -373,7 +389,64 @@ class Daemon:
             loop.remove_reader(self.iface.device.event_fd)
             self._server.close()
             self._status_server.close()
+            if self._api_server is not None:
+                await self._api_server.stop()
             log.info("%s: going down", self.name)
+
+    async def _start_api(self) -> None:
+        """The control-plane API: NAME.api.sock (0600), and TCP with mutual
+        TLS when ApiListen is set."""
+        d = self.conf.dataplane
+        self.api = Controller(self.iface, self.routes_changed, self.interface_info,
+                              self._api_listen_port, self._apply_fwmark)
+        metrics = Metrics(self.name, lambda: self.iface, self.status,
+                          lambda: dict(self.api.counters))
+        self._api_server = ApiServer(self.api, metrics, self.api_path, d.api_listen,
+                                     self._api_tls)
+        try:
+            await self._api_server.start()
+        except OSError as e:
+            await self._api_server.stop()
+            self._api_server = None
+            raise UpError(f"cannot serve the API: {e}") from None
+        log.info("%s: API on %s%s", self.name, self.api_path,
+                 f" and TCP port {d.api_listen[1]} (mutual TLS)" if d.api_listen else "")
+
+    def interface_info(self) -> dict:
+        iface = self.iface
+        return {"name": self.name,
+                "public_key": iface.private_key.public_key().base64() if iface.private_key
+                else None,
+                "listen_port": iface.listen_port, "fwmark": iface.fwmark,
+                "backend": self.backend, "workers": self.workers, "peers": len(iface.peers),
+                "max_peers": iface.device.max_peers, "status": self.status(per_peer=False)}
+
+    def _api_listen_port(self, port: int) -> None:
+        try:
+            self._set_listen_port(port)
+        except OSError as e:
+            raise ApiError(409 if e.errno == errno_mod.EOPNOTSUPP else 400,
+                           f"listen_port: {e.strerror or e}", "listen_port") from None
+
+    def routes_changed(self, added: list, removed: list) -> None:
+        """Routes for allowed IPs the API added or removed (as sync_routes,
+        for just these prefixes); most fall inside an Address prefix and
+        need no netlink at all."""
+        connected = [a.network for a in self.conf.interface.addresses]
+
+        def needs_route(p):
+            net = ipaddress.ip_network((p[1], p[2]))
+            if net.prefixlen == 0 or any(net.version == c.version and net.subnet_of(c)
+                                         for c in connected):
+                return None
+            return net
+        add = [n for n in map(needs_route, added) if n is not None]
+        # a prefix removed from one peer may have moved to another
+        held = self.iface.prefix_owner
+        drop = [n for p, n in ((p, needs_route(p)) for p in removed)
+                if n is not None and p not in held]
+        if add or drop:
+            self.sync_routes()
 
     def _on_events(self) -> None:
         more = False
@@ -398,6 +471,8 @@ class Daemon:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 self.iface.tick()
+                if self.api is not None:
+                    self.api.tick()
                 self._follow_mtu()
                 if self.xdp is not None:
                     self.xdp.follow_load(self.iface.under_load())
@@ -498,6 +573,9 @@ class Daemon:
     def apply_set(self, ops: list) -> None:
         """Apply a parsed `set`; it was checked whole before (parse_set)."""
         iface = self.iface
+        if self.api is not None:
+            # what the API last put no longer says what these peers hold
+            self.api.changed_elsewhere()
         routes_changed = False
         i = 0
         while i < len(ops):
@@ -545,7 +623,7 @@ class Daemon:
                 if op.interval and not was and not iface.device.keepalive(peer.id):
                     iface.initiate(peer)
             elif isinstance(op, uapi.ReplaceAllowedIPs):
-                iface.device.allowed_ips_remove_peer(peer.id)
+                iface.clear_allowed_ips(peer)
                 changed = True
             elif isinstance(op, uapi.AddAllowedIP):
                 iface.add_allowed_ip(peer, op.network)
@@ -567,10 +645,10 @@ class Daemon:
         self.iface.listen_port = v4[0].getsockname()[1]
         self._apply_fwmark(self.iface.fwmark)
 
-    def status(self) -> dict:
+    def status(self, per_peer: bool = True) -> dict:
         """Our own figures beyond what `wg` shows (for `dataplane show`)."""
         peers = {}
-        for peer in self.iface.peers.values():
+        for peer in (self.iface.peers.values() if per_peer else ()):
             st = self.iface.stats(peer)
             peers[str(peer.public_key)] = {"keypairs": st.keypairs, "staged": st.staged,
                                            "current_index": st.current_local_index,
@@ -580,7 +658,9 @@ class Daemon:
         if self.xdp is not None:
             xdp_counters = {**self.xdp.counters(), **self.iface.device.path_stats(),
                             "outer_routes": len(self.outer_routes.installed)}
+        memory = getattr(self.iface.device, "memory", None)
         return {"backend": self.backend, "workers": self.workers, "xdp": xdp_counters,
+                "native_memory": memory() if memory is not None else None,
                 "drops": self.iface.device.drops(),
                 "handshake": dict(self.iface.counters), "peer_state": peers}
 
@@ -608,6 +688,9 @@ def run_up(path: str) -> int:
         return 1
     try:
         asyncio.run(daemon.serve())
+    except UpError as e:
+        log.error("%s: %s", conf.name, e)
+        return 1
     finally:
         daemon.down()
         log.info("%s is down", conf.name)

@@ -288,6 +288,16 @@ class Device:
         _check(lib.dp_allowedips_insert(self._aip, net.version, net.network_address.packed,
                                         net.prefixlen, peer_id), f"allowed IP {net}")
 
+    def allowed_ip_add_packed(self, peer_id: int, version: int, address: bytes,
+                              cidr: int) -> None:
+        """allowed_ip_add for a prefix given as (version, address bytes, length)."""
+        _check(lib.dp_allowedips_insert(self._aip, version, address, cidr, peer_id),
+               f"allowed IP of peer {peer_id}")
+
+    def allowed_ip_remove_packed(self, version: int, address: bytes, cidr: int) -> bool:
+        return _check(lib.dp_allowedips_remove(self._aip, version, address, cidr),
+                      "remove an allowed IP") > 0
+
     def allowed_ip_remove(self, net: IPNetwork) -> bool:
         return _check(lib.dp_allowedips_remove(self._aip, net.version,
                                                net.network_address.packed, net.prefixlen),

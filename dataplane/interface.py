@@ -52,6 +52,11 @@ DEFAULT_MTU = 1420
 MAX_PEERS = 1024  # room for peers when the config does not say (at least)
 
 
+def prefix_key(net) -> tuple[int, bytes, int]:
+    """(IP version, network address bytes, prefix length) of a network."""
+    return net.version, net.network_address.packed, net.prefixlen
+
+
 def table_sizes(configured_peers: int, max_peers: Optional[int] = None) -> tuple[int, int]:
     """(max_peers, keypair_slots_log2) for a device: MaxPeers if set, else
     room for the configured peers and a quarter more (at least MAX_PEERS);
@@ -83,6 +88,10 @@ class Peer:
     last_handshake_wall_ns: int = 0    # Unix time, for `wg show`
     last_keepalive_sent_ns: int = 0
     indices: set = field(default_factory=set)  # local indices of installed keypairs
+    prefixes: set = field(default_factory=set)  # allowed IPs, as prefix_key() tuples
+    # Sessions come from a control plane (the API): we never initiate a
+    # handshake for this peer; a rekey is asked of the control plane.
+    managed: bool = False
 
     def psk(self) -> bytes:
         return self.preshared_key.reveal() if self.preshared_key else bytes(32)
@@ -167,6 +176,11 @@ class Interface:
         self.under_load_until = 0
         # the XDP backend's outer routes (the daemon resolves them)
         self.on_need_route: Optional[Callable[[Endpoint], None]] = None
+        # a managed peer needs a new session (the API tells its control plane)
+        self.on_rekey_needed: Optional[Callable[[Peer], None]] = None
+        # who holds each allowed IP (the trie's exact prefixes, for the API's
+        # conflict check and listings without a native walk)
+        self.prefix_owner: dict[tuple[int, bytes, int], Peer] = {}
         self.counters = {"handshake_bad_mac1": 0, "handshake_bad_mac2": 0,
                          "handshake_ratelimited": 0, "handshake_invalid": 0,
                          "handshake_replayed": 0, "handshake_unknown_index": 0,
@@ -203,8 +217,10 @@ class Interface:
         peer = self.peers.get(public)
         return peer.psk() if peer else None
 
-    def add_peer(self, public_key: PublicKey) -> Peer:
-        if is_low_order(public_key):
+    def add_peer(self, public_key: PublicKey, checked: bool = False) -> Peer:
+        """The peer with this key, added if new. `checked`: the caller has
+        already refused low-order keys."""
+        if not checked and is_low_order(public_key):
             raise ValueError("a low-order public key cannot complete a handshake")
         if public_key in self.peers:
             return self.peers[public_key]
@@ -231,18 +247,68 @@ class Interface:
             return
         del self.by_id[peer.id]
         self._cancel_pending(peer)
+        self._forget_prefixes(peer)
         self.device.peer_remove(peer.id)  # allowed IPs and keys go with it, wiped
 
     def set_endpoint(self, peer: Peer, endpoint: Optional[Endpoint]) -> None:
         self.device.set_endpoint(peer.id, endpoint)
 
     def replace_allowed_ips(self, peer: Peer, networks) -> None:
-        self.device.allowed_ips_remove_peer(peer.id)
+        self.clear_allowed_ips(peer)
         for net in networks:
-            self.device.allowed_ip_add(peer.id, net)
+            self.add_allowed_ip(peer, net)
 
     def add_allowed_ip(self, peer: Peer, net) -> None:
-        self.device.allowed_ip_add(peer.id, net)
+        self.add_allowed_prefix(peer, prefix_key(net))
+
+    def add_allowed_prefix(self, peer: Peer, key: tuple[int, bytes, int]) -> None:
+        """As WireGuard: a prefix another peer held moves to this one."""
+        self.device.allowed_ip_add_packed(peer.id, *key)
+        old = self.prefix_owner.get(key)
+        if old is not None and old is not peer:
+            old.prefixes.discard(key)
+        self.prefix_owner[key] = peer
+        peer.prefixes.add(key)
+
+    def clear_allowed_ips(self, peer: Peer) -> None:
+        self.device.allowed_ips_remove_peer(peer.id)
+        self._forget_prefixes(peer)
+
+    def _forget_prefixes(self, peer: Peer) -> None:
+        for key in peer.prefixes:
+            if self.prefix_owner.get(key) is peer:
+                del self.prefix_owner[key]
+        peer.prefixes.clear()
+
+    def install_session(self, peer: Peer, receiver_index: int, sender_index: int,
+                        send_key: bytes, recv_key: bytes, lifetime_ns: int,
+                        activate_now: bool, claimed: bool = False) -> None:
+        """A keypair a control plane derived, used like a handshake's: it
+        expires `lifetime_ns` from now (at most REJECT_AFTER_TIME). With
+        `activate_now` it is current at once (as an initiator's); otherwise
+        it is next and becomes current when the peer first uses it (as a
+        responder's), so the keys it replaces keep working meanwhile."""
+        now = self.clock()
+        if not claimed:  # else the caller claimed receiver_index already
+            self.device.index_claim(receiver_index)
+        try:
+            self.device.keypair_install(peer.id, receiver_index, sender_index, send_key,
+                                        recv_key, activate_now,
+                                        now - (REJECT_AFTER_NS - lifetime_ns))
+        except BaseException:
+            self.device.index_release(receiver_index)
+            raise
+        peer.indices.add(receiver_index)
+        peer.managed = True
+        self._cancel_pending(peer)
+        self.device.rearm(peer.id)
+        if activate_now:
+            self._handshake_complete(peer)
+
+    def drop_sessions(self, peer: Peer) -> None:
+        """Every keypair of the peer wiped at once."""
+        self._drop_session(peer)
+        self.device.rearm(peer.id)
 
     def _drop_session(self, peer: Peer) -> None:
         self._cancel_pending(peer)
@@ -409,6 +475,11 @@ class Interface:
     def initiate(self, peer: Peer, retry: bool = False) -> bool:
         """Send a handshake initiation unless one went out within
         REKEY_TIMEOUT (retries come from the timer)."""
+        if peer.managed:
+            # its sessions come from a control plane: ask it
+            if self.on_rekey_needed is not None:
+                self.on_rekey_needed(peer)
+            return False
         if self.handshake is None:
             return False
         now = self.clock()

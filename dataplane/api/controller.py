@@ -1,0 +1,660 @@
+"""What the API does to the interface: peers, pushed sessions, generations,
+all-or-nothing batches, and the events a control plane waits on.
+
+Everything here runs on the daemon's event loop, one request at a time, so
+the native tables and what the API reports never disagree. A batch (one
+PUT or a whole NDJSON bulk) is checked whole against the state it would
+meet, then applied; what fails at apply time (which the checks make rare:
+an index taken by a handshake in between, memory) is undone."""
+from __future__ import annotations
+
+import collections
+import heapq
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from dataplane.api import model
+from dataplane.api.model import ApiError, BulkOp, DeleteOp, PeerSpec, SessionSpec
+from dataplane.device import DeviceError, Endpoint
+from dataplane.interface import NS, REJECT_AFTER_NS, Interface, Peer
+from dataplane.keys import PublicKey
+from dataplane._native import lib
+
+log = logging.getLogger("dataplane.api")
+
+REKEY_AFTER_NS = lib.DP_WG_REKEY_AFTER_TIME * NS
+# A session is due for replacement this long before it expires (as a
+# WireGuard initiator rekeys at REKEY_AFTER_TIME of REJECT_AFTER_TIME).
+REKEY_MARGIN_NS = REJECT_AFTER_NS - REKEY_AFTER_NS
+# A peer with traffic but no session asks again after this long.
+REASK_NS = lib.DP_WG_REKEY_TIMEOUT * NS
+EVENT_HISTORY = 4096
+TOMBSTONES_MAX = 1 << 20
+
+
+@dataclass
+class SessionRecord:
+    generation: int
+    receiver_index: int
+    sender_index: int
+    lifetime: float
+    activate: str
+    digest: bytes            # keyed hash of the keys: tells a repeat from a change
+    installed_ns: int        # the data path's clock
+    installed_wall: float
+    expires_ns: int
+    rekey_sent: bool = False
+    expired_sent: bool = False
+
+
+@dataclass
+class PeerRecord:
+    """What the API knows of a peer beyond the native tables."""
+    generation: int = 0
+    settings: Optional[PeerSpec] = None  # as last PUT (None: from the config or UAPI)
+    session: Optional[SessionRecord] = None
+    session_floor: int = -1  # a deleted session's generation: older pushes are stale
+    asked_ns: int = -(1 << 62)
+
+
+@dataclass
+class Event:
+    id: int
+    type: str
+    data: dict
+
+
+@dataclass
+class _Overlay:
+    """The state a batch would leave, while it is being checked."""
+    exists: dict = field(default_factory=dict)       # key -> bool
+    generation: dict = field(default_factory=dict)   # key -> int
+    stones: dict = field(default_factory=dict)       # key -> generation deleted at
+    reset: set = field(default_factory=set)          # keys deleted: their record is gone
+    touched: set = field(default_factory=set)        # keys put by the batch
+    owner: dict = field(default_factory=dict)        # prefix -> key or None
+    dropped: dict = field(default_factory=dict)      # key -> the prefixes it will hold
+    session_gen: dict = field(default_factory=dict)  # key -> generation or None
+    indices: set = field(default_factory=set)
+    peers: int = 0
+
+
+@dataclass
+class _Step:
+    """What checking decided for one operation."""
+    kind: str
+    gen: int = 0
+    install: bool = False
+    sgen: Optional[int] = None
+
+
+class Controller:
+    def __init__(self, iface: Interface, routes_changed: Callable[[list, list], None],
+                 interface_info: Callable[[], dict],
+                 set_listen_port: Callable[[int], None],
+                 set_fwmark: Callable[[int], None]):
+        self.iface = iface
+        self.routes_changed = routes_changed
+        self.interface_info = interface_info
+        self.set_listen_port = set_listen_port
+        self.set_fwmark = set_fwmark
+        self.records: dict[PublicKey, PeerRecord] = {}
+        self.tombstones: collections.OrderedDict[PublicKey, int] = collections.OrderedDict()
+        self.interface_generation = 0
+        self._digest_key = os.urandom(32)
+        self._deadlines: list = []
+        self._next_event = 1
+        self.history: collections.deque[Event] = collections.deque(maxlen=EVENT_HISTORY)
+        self.subscribers: set = set()
+        self.counters = collections.Counter()
+        iface.on_rekey_needed = self._rekey_needed
+
+    # ---------------------------------------------------------------- reading
+
+    def record(self, key: PublicKey) -> PeerRecord:
+        rec = self.records.get(key)
+        if rec is None:
+            rec = self.records[key] = PeerRecord()
+        return rec
+
+    def interface(self) -> dict:
+        info = self.interface_info()
+        info["generation"] = self.interface_generation
+        return info
+
+    def peer(self, key: PublicKey, stats=None) -> dict:
+        p = self.iface.peers.get(key)
+        if p is None:
+            raise ApiError(404, "no such peer", "public_key")
+        return self._peer_view(p, stats)
+
+    def peers(self) -> list[dict]:
+        table = self.iface.device.stats_table()
+        return [self._peer_view(p, table[p.id]) for p in self.iface.peers.values()]
+
+    def _peer_view(self, p: Peer, row=None) -> dict:
+        if row is None:
+            row = self.iface.device.stats_table()[p.id]
+        rec = self.records.get(p.public_key) or PeerRecord()
+        ep = self.iface.device.endpoint(p.id)
+        sess = None
+        if rec.session is not None:
+            s = rec.session
+            sess = {"generation": s.generation, "receiver_index": s.receiver_index,
+                    "sender_index": s.sender_index, "activate": s.activate,
+                    "installed_at": s.installed_wall,
+                    "expires_at": s.installed_wall + s.lifetime,
+                    "expired": self.iface.clock() >= s.expires_ns}
+        return {
+            "public_key": p.public_key.base64(),
+            "has_preshared_key": p.preshared_key is not None,
+            "allowed_ips": sorted(model.format_prefix(k) for k in p.prefixes),
+            "endpoint": _format_endpoint(ep),
+            "persistent_keepalive": p.persistent_keepalive,
+            "generation": rec.generation,
+            "managed": p.managed,
+            "session": sess,
+            "latest_handshake": p.last_handshake_wall_ns / NS if p.last_handshake_wall_ns
+            else None,
+            "rx_bytes": int(row["rx_bytes"]), "tx_bytes": int(row["tx_bytes"]),
+            "rx_packets": int(row["rx_packets"]), "tx_packets": int(row["tx_packets"]),
+            "keypairs": int(row["keypairs"]),
+        }
+
+    def changed_elsewhere(self) -> None:
+        """The UAPI (`wg set`) changed peers: a repeated PUT must apply again."""
+        for rec in self.records.values():
+            rec.settings = None
+
+    # ---------------------------------------------------------------- writing
+
+    def patch_interface(self, patch: model.InterfacePatch) -> dict:
+        g = patch.generation
+        if g is not None and g < self.interface_generation:
+            raise ApiError(409, f"generation {g} is older than the interface's "
+                                f"({self.interface_generation})", "generation",
+                           held=self.interface_generation)
+        if patch.listen_port is not None:
+            self.set_listen_port(patch.listen_port)
+        if patch.fwmark is not None:
+            self.set_fwmark(patch.fwmark)
+        if patch.set_private_key:
+            self.iface.set_private_key(patch.private_key)
+        self.interface_generation = g if g is not None else self.interface_generation + 1
+        return self.interface()
+
+    def put_peer(self, spec: PeerSpec) -> tuple[int, dict]:
+        results, status = self.apply([BulkOp(1, "put_peer", spec.public_key, spec)])
+        if status >= 400:
+            raise results[0]["error_obj"]
+        return results[0]["status"], self.peer(spec.public_key)
+
+    def delete_peer(self, key: PublicKey, generation: Optional[int]) -> int:
+        results, status = self.apply([BulkOp(1, "delete_peer", key, DeleteOp(key, generation))])
+        if status >= 400:
+            raise results[0]["error_obj"]
+        return results[0]["status"]
+
+    def put_session(self, key: PublicKey, spec: SessionSpec) -> tuple[int, dict]:
+        results, status = self.apply([BulkOp(1, "put_session", key, spec)])
+        if status >= 400:
+            raise results[0]["error_obj"]
+        return results[0]["status"], self.peer(key)
+
+    def delete_session(self, key: PublicKey, generation: Optional[int]) -> int:
+        results, status = self.apply([BulkOp(1, "delete_session", key,
+                                             DeleteOp(key, generation))])
+        if status >= 400:
+            raise results[0]["error_obj"]
+        return results[0]["status"]
+
+    # ---------------------------------------------------------------- batches
+
+    def apply(self, ops: list[BulkOp]) -> tuple[list[dict], int]:
+        """Check every operation against the state the batch would meet,
+        then apply all of them, or none. Returns per-operation results and
+        the batch's HTTP status."""
+        try:
+            try:
+                plan = self._check(ops)
+            except _Refused as r:
+                return self._refusal(ops, r), r.error.status
+            claimed: list[int] = []
+            for op, step in zip(ops, plan):
+                if step.install:
+                    index = _session_of(op).receiver_index
+                    try:
+                        self.iface.device.index_claim(index)
+                    except DeviceError as e:
+                        for i in claimed:
+                            self.iface.device.index_release(i)
+                        err = ApiError(409, f"{_session_field(op)}receiver_index is in use "
+                                            f"({e.strerror or e}); use a fresh one",
+                                       _session_field(op) + "receiver_index")
+                        return self._refusal(ops, _Refused(op.line, err)), 409
+                    claimed.append(index)
+            results: list[dict] = []
+            undo: list[Callable[[], None]] = []
+            installed: dict[int, PublicKey] = {}
+            added, removed = [], []
+            try:
+                for op, step in zip(ops, plan):
+                    results.append(self._apply_one(op, step, undo, installed, added, removed))
+            except Exception as e:  # noqa: BLE001 - undone and reported below
+                log.exception("API batch failed at line %d while applying; undoing it", op.line)
+                self._undo(undo, claimed, installed)
+                err = ApiError(507 if isinstance(e, (OSError, MemoryError)) else 500,
+                               f"applying the batch failed at line {op.line} "
+                               f"({type(e).__name__}); nothing was applied")
+                return self._refusal(ops, _Refused(op.line, err)), err.status
+            if added or removed:
+                self.routes_changed(added, removed)
+            return results, 200
+        finally:
+            for op in ops:
+                s = _session_of(op)
+                if s is not None:
+                    s.wipe()
+
+    def _undo(self, undo: list, claimed: list[int], installed: dict) -> None:
+        for fn in reversed(undo):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001
+                log.exception("API batch: an undo step failed")
+        for index in claimed:
+            if index not in installed:
+                self.iface.device.index_release(index)
+        # keypairs installed by the batch cannot be taken back one by one
+        for key in set(installed.values()):
+            peer = self.iface.peers.get(key)
+            if peer is not None:
+                self.iface.drop_sessions(peer)
+                self.record(key).session = None
+
+    def _refusal(self, ops: list[BulkOp], r: "_Refused") -> list[dict]:
+        out = []
+        for op in ops:
+            if op.line == r.line:
+                out.append({"line": op.line, "op": op.op, "status": r.error.status,
+                            **r.error.body(), "error_obj": r.error})
+            else:
+                out.append({"line": op.line, "op": op.op, "status": 0,
+                            "result": "not applied"})
+        return out
+
+    def _check(self, ops: list[BulkOp]) -> list["_Step"]:
+        iface = self.iface
+        ov = _Overlay(peers=len(iface.peers))
+        plan = []
+        for op in ops:
+            key = op.public_key
+            exists = ov.exists.get(key, key in iface.peers)
+            rec = None if key in ov.reset else self.records.get(key)
+            held = ov.generation.get(key, rec.generation if rec else None)
+            stone = ov.stones.get(key, self.tombstones.get(key))
+            try:
+                if op.op == "put_peer":
+                    plan.append(self._check_put(op, ov, exists, rec, held, stone))
+                elif op.op == "delete_peer":
+                    g = op.spec.generation
+                    if exists and g is not None and held is not None and g < held:
+                        raise _stale(g, held)
+                    step = _Step("delete" if exists else "absent")
+                    if exists:
+                        ov.exists[key] = False
+                        ov.peers -= 1
+                        ov.stones[key] = max(g if g is not None else 0, held or 0)
+                        ov.generation.pop(key, None)
+                        ov.reset.add(key)
+                        for p in self._prefixes_of(key, ov):
+                            if ov.owner.get(p, self._owner(p)) == key:
+                                ov.owner[p] = None
+                        ov.dropped[key] = ()
+                        ov.session_gen[key] = None
+                    plan.append(step)
+                elif op.op == "put_session":
+                    if not exists:
+                        raise ApiError(404, "no such peer (put the peer first)", "public_key")
+                    plan.append(self._check_session(op.spec, key, ov, rec, ""))
+                else:  # delete_session
+                    if not exists:
+                        raise ApiError(404, "no such peer", "public_key")
+                    sg = ov.session_gen[key] if key in ov.session_gen else _session_gen(rec)
+                    g = op.spec.generation
+                    if g is not None and sg is not None and g < sg:
+                        raise _stale(g, sg)
+                    ov.session_gen[key] = max(g if g is not None else 0, sg or 0)
+                    plan.append(_Step("drop_session", sgen=ov.session_gen[key]))
+            except ApiError as e:
+                raise _Refused(op.line, e) from None
+        return plan
+
+    def _check_put(self, op: BulkOp, ov: _Overlay, exists: bool, rec, held, stone) -> "_Step":
+        spec: PeerSpec = op.spec
+        key = op.public_key
+        own = self.iface.private_key
+        if own is not None and key == own.public_key():
+            raise model.bad("public_key", "this is the interface's own public key")
+        g = spec.generation
+        same = False
+        if exists:
+            same = rec is not None and rec.settings is not None and rec.settings.same_as(spec) \
+                and key not in ov.touched
+            if g is not None and held is not None:
+                if g < held:
+                    raise _stale(g, held)
+                if g == held and not same and rec is not None and rec.settings is not None:
+                    raise ApiError(409, f"generation {g} is already held with other settings; "
+                                        f"push a newer one", "generation", held=held)
+        else:
+            if stone is not None and g is not None and g <= stone:
+                raise ApiError(409, f"generation {g} is not newer than the peer's deletion "
+                                    f"(generation {stone})", "generation", held=stone)
+            if ov.peers >= self.iface.device.max_peers:
+                raise ApiError(507, f"no room for another peer ([DataPlane] MaxPeers is "
+                                    f"{self.iface.device.max_peers})", "public_key")
+            ov.peers += 1
+        for i, p in enumerate(spec.allowed_ips):
+            holder = ov.owner[p] if p in ov.owner else self._owner(p)
+            if holder is not None and holder != key and not spec.replace:
+                raise ApiError(409, f"allowed_ips[{i}]: {model.format_prefix(p)} is held by "
+                                    f"another peer; set \"replace\": true to move it",
+                               f"allowed_ips[{i}]", held_by=holder.base64())
+        for p in self._prefixes_of(key, ov):
+            if ov.owner.get(p, self._owner(p)) == key:
+                ov.owner[p] = None
+        for p in spec.allowed_ips:
+            holder = ov.owner[p] if p in ov.owner else self._owner(p)
+            if holder is not None and holder != key:
+                ov.dropped[holder] = tuple(q for q in self._prefixes_of(holder, ov) if q != p)
+            ov.owner[p] = key
+        ov.dropped[key] = spec.allowed_ips
+        ov.exists[key] = True
+        ov.touched.add(key)
+        base = held if held is not None else (stone if stone is not None else 0)
+        gen = g if g is not None else base + (0 if same else 1)
+        ov.generation[key] = gen
+        step = _Step("keep" if same else ("update" if exists else "create"), gen=gen)
+        if spec.session is not None:
+            s = self._check_session(spec.session, key, ov, rec if exists else None, "session.")
+            step.install, step.sgen = s.install, s.sgen
+        return step
+
+    def _check_session(self, spec: SessionSpec, key, ov: _Overlay, rec, prefix: str) -> "_Step":
+        if key in ov.session_gen:
+            sg, held = ov.session_gen[key], None
+        else:
+            sg, held = _session_gen(rec), (rec.session if rec is not None else None)
+        g = spec.generation
+        if held is not None and self._same_session(held, spec) and \
+                (g is None or g == held.generation):
+            return _Step("same_session", sgen=held.generation)
+        if g is not None and sg is not None and g <= sg:
+            raise ApiError(409, f"{prefix}generation {g} is not newer than the session held "
+                                f"(generation {sg})", prefix + "generation", held=sg)
+        if spec.receiver_index in ov.indices:
+            raise ApiError(409, f"{prefix}receiver_index is used twice in this batch",
+                           prefix + "receiver_index")
+        ov.indices.add(spec.receiver_index)
+        ov.session_gen[key] = g if g is not None else (sg if sg is not None else 0) + 1
+        return _Step("install", install=True, sgen=ov.session_gen[key])
+
+    def _same_session(self, held: SessionRecord, spec: SessionSpec) -> bool:
+        return (held.receiver_index, held.sender_index, held.lifetime, held.activate) == \
+            (spec.receiver_index, spec.sender_index, spec.lifetime, spec.activate) and \
+            hmac.compare_digest(held.digest, self._digest(spec))
+
+    def _digest(self, spec: SessionSpec) -> bytes:
+        return hmac.digest(self._digest_key, spec.send_key.reveal() + spec.receive_key.reveal(),
+                           "sha256")
+
+    def _owner(self, p) -> Optional[PublicKey]:
+        holder = self.iface.prefix_owner.get(p)
+        return holder.public_key if holder is not None else None
+
+    def _prefixes_of(self, key, ov: _Overlay):
+        if key in ov.dropped:
+            return ov.dropped[key]
+        peer = self.iface.peers.get(key)
+        return tuple(peer.prefixes) if peer is not None else ()
+
+    # ---------------------------------------------------------------- applying
+
+    def _apply_one(self, op: BulkOp, step: "_Step", undo: list, installed: dict,
+                   added: list, removed: list) -> dict:
+        iface = self.iface
+        key = op.public_key
+        out = {"line": op.line, "op": op.op}
+        if op.op == "put_peer":
+            spec: PeerSpec = op.spec
+            created = key not in iface.peers
+            peer = iface.add_peer(key, checked=True)
+            if created:
+                self.records.pop(key, None)
+                undo.append(lambda: self._undo_create(key))
+            rec = self.record(key)
+            if not created:
+                undo.append(self._snapshot(peer, rec))
+            if step.kind != "keep":
+                self._configure(peer, spec, added, removed)
+            rec.settings = spec
+            rec.generation = step.gen
+            if key in self.tombstones:
+                stone = self.tombstones.pop(key)
+                undo.append(lambda: self.tombstones.__setitem__(key, stone))
+            if step.install:
+                self._install(peer, rec, spec.session, step.sgen)
+                installed[spec.session.receiver_index] = key
+            out["status"] = 201 if created else 200
+            out["generation"] = rec.generation
+            if rec.session is not None:
+                out["session_generation"] = rec.session.generation
+        elif op.op == "delete_peer":
+            if step.kind == "absent":
+                out["status"] = 404
+                out["result"] = "no such peer"
+                return out
+            peer = iface.peers[key]
+            rec = self.records.pop(key, None) or PeerRecord()
+            g = op.spec.generation
+            removed.extend(peer.prefixes)
+            iface.remove_peer(key)
+            self.tombstones[key] = max(g if g is not None else 0, rec.generation)
+            self.tombstones.move_to_end(key)
+            while len(self.tombstones) > TOMBSTONES_MAX:
+                self.tombstones.popitem(last=False)
+            out["status"] = 204
+        elif op.op == "put_session":
+            peer = iface.peers[key]
+            rec = self.record(key)
+            if step.install:
+                saved = (rec.session, rec.session_floor)
+                undo.append(lambda: self._restore_session(key, saved))
+                self._install(peer, rec, op.spec, step.sgen)
+                installed[op.spec.receiver_index] = key
+                out["status"] = 201
+            else:
+                out["status"] = 200
+            out["session_generation"] = rec.session.generation
+        else:
+            peer = iface.peers[key]
+            rec = self.record(key)
+            iface.drop_sessions(peer)
+            rec.session = None
+            rec.session_floor = step.sgen
+            out["status"] = 204
+        return out
+
+    def _restore_session(self, key: PublicKey, saved) -> None:
+        rec = self.records.get(key)
+        if rec is not None:
+            rec.session, rec.session_floor = saved
+
+    def _configure(self, peer: Peer, spec: PeerSpec, added: list, removed: list) -> None:
+        iface = self.iface
+        peer.preshared_key = spec.preshared_key
+        ep = None
+        if spec.endpoint is not None:
+            ep = Endpoint(ipaddress.ip_address(spec.endpoint[0]), spec.endpoint[1])
+        iface.set_endpoint(peer, ep)
+        was = peer.persistent_keepalive
+        peer.persistent_keepalive = spec.persistent_keepalive
+        old = set(peer.prefixes)
+        new = set(spec.allowed_ips)
+        if old != new:
+            for p in old - new:
+                iface.device.allowed_ip_remove_packed(*p)
+                peer.prefixes.discard(p)
+                if iface.prefix_owner.get(p) is peer:
+                    del iface.prefix_owner[p]
+            for p in spec.allowed_ips:
+                if p not in old:
+                    iface.add_allowed_prefix(peer, p)
+            added.extend(new - old)
+            removed.extend(old - new)
+        if spec.persistent_keepalive and not was:
+            if not iface.device.keepalive(peer.id):
+                iface.initiate(peer)
+
+    def _install(self, peer: Peer, rec: PeerRecord, spec: SessionSpec, gen: int) -> None:
+        now = self.iface.clock()
+        lifetime_ns = int(spec.lifetime * NS)
+        self.iface.install_session(peer, spec.receiver_index, spec.sender_index,
+                                   spec.send_key.reveal(), spec.receive_key.reveal(),
+                                   lifetime_ns, spec.activate == "now", claimed=True)
+        rec.session = SessionRecord(
+            generation=gen, receiver_index=spec.receiver_index,
+            sender_index=spec.sender_index, lifetime=spec.lifetime, activate=spec.activate,
+            digest=self._digest(spec), installed_ns=now, installed_wall=time.time(),
+            expires_ns=now + lifetime_ns)
+        self.counters["sessions_installed"] += 1
+        heapq.heappush(self._deadlines, (now + lifetime_ns - REKEY_MARGIN_NS, 0, gen,
+                                         peer.public_key))
+        heapq.heappush(self._deadlines, (now + lifetime_ns, 1, gen, peer.public_key))
+
+    def _snapshot(self, peer: Peer, rec: PeerRecord) -> Callable[[], None]:
+        """An undo of a peer's settings (sessions installed since are dropped)."""
+        iface = self.iface
+        psk, keepalive = peer.preshared_key, peer.persistent_keepalive
+        ep = iface.device.endpoint(peer.id)
+        prefixes = {p: iface.prefix_owner.get(p) for p in peer.prefixes}
+        saved = (rec.generation, rec.settings, rec.session)
+        key = peer.public_key
+
+        def undo():
+            p = iface.peers.get(key)
+            if p is None:
+                return
+            p.preshared_key, p.persistent_keepalive = psk, keepalive
+            iface.set_endpoint(p, ep)
+            iface.clear_allowed_ips(p)
+            for prefix, owner in prefixes.items():
+                iface.add_allowed_prefix(owner if owner is not None else p, prefix)
+            r = self.record(key)
+            r.generation, r.settings, r.session = saved
+        return undo
+
+    def _undo_create(self, key: PublicKey) -> None:
+        self.iface.remove_peer(key)
+        self.records.pop(key, None)
+
+    # ---------------------------------------------------------------- events
+
+    def tick(self) -> None:
+        """Sessions due for replacement or expired: tell the control plane."""
+        now = self.iface.clock()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, kind, gen, key = heapq.heappop(self._deadlines)
+            rec = self.records.get(key)
+            s = rec.session if rec is not None else None
+            if s is None or s.generation != gen or key not in self.iface.peers:
+                continue
+            if kind == 0 and not s.rekey_sent:
+                s.rekey_sent = True
+                self.emit("rekey_needed", key, reason="age", session=s)
+            elif kind == 1 and not s.expired_sent:
+                s.expired_sent = True
+                self.emit("expired", key, session=s)
+
+    def _rekey_needed(self, peer: Peer) -> None:
+        """The data path wants keys for a managed peer (traffic without a
+        usable session, or a session near its limits)."""
+        rec = self.record(peer.public_key)
+        s = rec.session
+        if s is not None and not s.expired_sent and self.iface.clock() < s.expires_ns:
+            if s.rekey_sent:
+                return
+            s.rekey_sent = True
+            self.emit("rekey_needed", peer.public_key, reason="data path", session=s)
+            return
+        now = self.iface.clock()
+        if now - rec.asked_ns < REASK_NS:
+            return
+        rec.asked_ns = now
+        self.emit("rekey_needed", peer.public_key, reason="no session", session=None)
+
+    def emit(self, kind: str, key: PublicKey, reason: Optional[str] = None,
+             session: Optional[SessionRecord] = None) -> None:
+        data = {"public_key": key.base64()}
+        if reason is not None:
+            data["reason"] = reason
+        if session is not None:
+            data["session_generation"] = session.generation
+            data["receiver_index"] = session.receiver_index
+            data["expires_at"] = session.installed_wall + session.lifetime
+        ev = Event(self._next_event, kind, data)
+        self._next_event += 1
+        self.history.append(ev)
+        self.counters[f"events_{kind}"] += 1
+        for queue in list(self.subscribers):
+            try:
+                queue.put_nowait(ev)
+            except Exception:  # noqa: BLE001 - a full queue: that reader is too slow
+                self.subscribers.discard(queue)
+                queue.lagged = True
+
+    def events_since(self, last_id: int) -> list[Event]:
+        return [e for e in self.history if e.id > last_id]
+
+
+class _Refused(Exception):
+    def __init__(self, line: int, error: ApiError):
+        super().__init__(error.message)
+        self.line, self.error = line, error
+
+
+def _stale(given: int, held: int) -> ApiError:
+    return ApiError(409, f"generation {given} is older than the one held ({held})",
+                    "generation", held=held)
+
+
+def _session_gen(rec: Optional[PeerRecord]) -> Optional[int]:
+    if rec is None:
+        return None
+    if rec.session is not None:
+        return rec.session.generation
+    return rec.session_floor if rec.session_floor >= 0 else None
+
+
+def _session_of(op: BulkOp) -> Optional[SessionSpec]:
+    if op.op == "put_session":
+        return op.spec
+    if op.op == "put_peer":
+        return op.spec.session
+    return None
+
+
+def _session_field(op: BulkOp) -> str:
+    return "session." if op.op == "put_peer" else ""
+
+
+def _format_endpoint(ep) -> Optional[str]:
+    if ep is None:
+        return None
+    return f"[{ep.address}]:{ep.port}" if ep.address.version == 6 else f"{ep.address}:{ep.port}"
