@@ -4,7 +4,7 @@ Each subcommand lives in its own module, which provides add_parser(subparsers)
 (registering itself and setting `run`) and run(args) -> int; this file only
 wires them together: up/down/show (dataplane.commands), demo, and bench:
 `dataplane bench` itself runs the packet benchmark (dataplane.bench.packets),
-and other scenarios (crypto, tunnel) are its subcommands, listed in
+and other scenarios (crypto, tunnel, api) are its subcommands, listed in
 BENCH_SCENARIOS.
 """
 from __future__ import annotations
@@ -18,12 +18,13 @@ from typing import Optional, Sequence
 from dataplane import __version__
 from dataplane import commands as operator_commands
 from dataplane import demo
+from dataplane.bench import api as bench_api
 from dataplane.bench import crypto as bench_crypto
 from dataplane.bench import packets as bench_packets
 from dataplane.bench import tunnel as bench_tunnel
 
 # `dataplane bench <scenario>`: one module per scenario.
-BENCH_SCENARIOS = (bench_crypto, bench_tunnel)
+BENCH_SCENARIOS = (bench_crypto, bench_tunnel, bench_api)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -197,6 +197,8 @@ class Interface:
         current = getattr(self, "private_key", None)
         if current is not None and key is not None and current == key:
             return
+        if current is not None and current is not key:
+            current.wipe()  # the identity retired: its key goes from memory
         self.private_key = key if key is not None and not key.is_zero() else None
         # TAI64N timestamps are wall-clock time: peers refuse any initiation
         # not newer than the last one they saw from us, across our restarts

@@ -134,11 +134,8 @@ async def get_interface(request: web.Request) -> web.Response:
 async def patch_interface(request: web.Request) -> web.Response:
     _no_query(request)
     patch = model.interface_patch(await _body(request))
-    try:
-        return _json(request.app[CONTROLLER].patch_interface(patch))
-    finally:
-        if patch.private_key is not None:
-            patch.private_key.wipe()
+    # the interface keeps the key object (and wipes it when it goes)
+    return _json(request.app[CONTROLLER].patch_interface(patch))
 
 
 async def list_peers(request: web.Request) -> web.Response:

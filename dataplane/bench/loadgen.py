@@ -12,7 +12,10 @@ when closed); Python drops its copies as soon as they are installed.
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
+import os
+import secrets
 import socket
 import struct
 import threading
@@ -135,6 +138,39 @@ class EmulatedPeers:
         finally:
             sock.settimeout(None)
         self.handshake_at = time.monotonic()
+
+    def session_ops(self, activate: str = "now", lifetime: Optional[float] = None,
+                    generation: Optional[int] = None, taken: Optional[set] = None,
+                    put_peer: bool = True) -> list[dict]:
+        """New sessions for every peer, made here as a control plane makes
+        them, and set in the generator's table: the control-plane API's
+        bulk operations (`put_peer` with the peer's inner /32 and its
+        session, or `put_session` alone) that give the tunnel under test
+        the other half. The generator may send with them once the batch is
+        applied. `taken`: receiver indices not to use (grows)."""
+        taken = taken if taken is not None else set()
+        ops = []
+        for i in range(self.n):
+            send, recv = os.urandom(32), os.urandom(32)
+            index = 0
+            while index == 0 or index in taken:
+                index = secrets.randbits(32)
+            taken.add(index)
+            lib.dp_lg_peer_set(self.table, i, send, recv, index, 0, _ip4(self.inner[i]))
+            sess = {"receiver_index": index, "sender_index": INDEX_BASE + i,
+                    "send_key": base64.b64encode(recv).decode(),
+                    "receive_key": base64.b64encode(send).decode(), "activate": activate}
+            if lifetime is not None:
+                sess["lifetime"] = lifetime
+            if generation is not None:
+                sess["generation"] = generation
+            key = str(self.keys[i].public_key())
+            if put_peer:
+                ops.append({"op": "put_peer", "public_key": key,
+                            "allowed_ips": [f"{self.inner[i]}/32"], "session": sess})
+            else:
+                ops.append({"op": "put_session", "public_key": key, **sess})
+        return ops
 
     def counter(self, i: int) -> int:
         return lib.dp_lg_peer_counter(self.table, i)

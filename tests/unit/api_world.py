@@ -55,7 +55,8 @@ class ApiWorld:
         self.client = Client(self.path)
 
     def info(self) -> dict:
-        return {"name": "apitest", "public_key": self.key.public_key().base64(),
+        key = self.iface.private_key
+        return {"name": "apitest", "public_key": key.public_key().base64() if key else None,
                 "listen_port": self.iface.listen_port, "fwmark": self.iface.fwmark,
                 "backend": "socket", "workers": 1, "peers": len(self.iface.peers),
                 "max_peers": self.device.max_peers, "status": {}}
