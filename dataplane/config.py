@@ -19,6 +19,7 @@
     Queues = 2
     Interfaces = eth0                     # WAN interfaces, comma list
     MaxPeers = 100000                     # room for peers added at run time
+    ReplayWindow = 2048                   # anti-replay bits a keypair: 1024..8192, default 8192
 
 Keys are case-insensitive, '#' starts a comment, whitespace around '=' is
 free, as in wg-quick. Values follow `wg`: keys are 44-character base64,
@@ -44,6 +45,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Union
 
+from dataplane._native import lib
 from dataplane.keys import PresharedKey, PrivateKey, PublicKey, is_low_order
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,10 @@ MTU_MIN, MTU_MAX = 68, 65535      # Linux's range for a device MTU
 WORKERS_MAX = QUEUES_MAX = 1024
 MAX_PEERS_MAX = 1 << 19  # the receiver index table holds two keypairs a peer, 2^20 at most
 BACKENDS = ("auto", "xdp", "socket")
+# The anti-replay window of a keypair, in bits (native/tables/dp_tables.h).
+REPLAY_WINDOW_MIN = lib.DP_REPLAY_BITS_MIN
+REPLAY_WINDOW_MAX = lib.DP_REPLAY_BITS_MAX
+REPLAY_WINDOW_DEFAULT = lib.DP_REPLAY_BITS_DEFAULT
 WG_QUICK_ONLY = ("DNS", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")
 
 # wg-quick's rule for the name in NAME.conf; Linux's own rule is looser.
@@ -245,6 +251,7 @@ class DataPlaneConfig:
     queues: Optional[int] = None
     interfaces: tuple[str, ...] = ()              # WAN interfaces; () = chosen at bring-up
     max_peers: Optional[int] = None               # None: the file's peers, with headroom
+    replay_window: int = REPLAY_WINDOW_DEFAULT    # anti-replay bits per keypair
 
 
 @dataclass(frozen=True)
@@ -291,6 +298,8 @@ class Config:
                 out.append(f"Interfaces = {', '.join(d.interfaces)}")
             if d.max_peers is not None:
                 out.append(f"MaxPeers = {d.max_peers}")
+            if d.replay_window != REPLAY_WINDOW_DEFAULT:
+                out.append(f"ReplayWindow = {d.replay_window}")
         return "\n".join(out) + "\n"
 
 
@@ -358,6 +367,20 @@ def _backend(key, value):
     if value.lower() not in BACKENDS:
         raise ValueError(f"{key}: expected one of {', '.join(BACKENDS)}, got {value!r}")
     return value.lower()
+
+
+def _replay_window(key, value):
+    sizes = []
+    bits = REPLAY_WINDOW_MIN
+    while bits <= REPLAY_WINDOW_MAX:
+        sizes.append(bits)
+        bits *= 2
+    if not _DIGITS.fullmatch(value) or int(value) not in sizes:
+        raise ValueError(f"{key}: expected a window in bits, a power of two from "
+                         f"{REPLAY_WINDOW_MIN} to {REPLAY_WINDOW_MAX} "
+                         f"({', '.join(map(str, sizes))}; {REPLAY_WINDOW_DEFAULT} as the kernel's "
+                         f"WireGuard), got {value!r}")
+    return int(value)
 
 
 def _count(maximum):
@@ -436,6 +459,7 @@ _KEYS: dict[str, dict[str, tuple[_Handler, bool]]] = {
         "Queues": (_set(_count(QUEUES_MAX)), False),
         "Interfaces": (_interfaces, False),
         "MaxPeers": (_set(_count(MAX_PEERS_MAX)), False),
+        "ReplayWindow": (_set(_replay_window), False),
     },
 }
 _SECTIONS = {name.lower(): name for name in _KEYS}
@@ -559,7 +583,8 @@ class _Parser:
             workers=d.get("Workers"),
             queues=d.get("Queues"),
             interfaces=d.get("Interfaces", ()),
-            max_peers=d.get("MaxPeers"))
+            max_peers=d.get("MaxPeers"),
+            replay_window=d.get("ReplayWindow", REPLAY_WINDOW_DEFAULT))
         return Config(name, interface, tuple(peers), dataplane, tuple(self.warnings))
 
 
