@@ -93,10 +93,12 @@ def test_insert_and_remove_host_route(benchmark, version):
     benchmark(churn)
 
 
+@pytest.mark.parametrize("bits", [2048, lib.DP_REPLAY_BITS_DEFAULT])
 @pytest.mark.parametrize("pattern", ["in-order", "reordered"])
-def test_replay_check(benchmark, pattern):
-    r = ffi.new("struct dp_replay *")
-    lib.dp_replay_init(r)
+def test_replay_check(benchmark, pattern, bits):
+    buf = ffi.new("uint64_t[]", lib.dp_replay_size(bits) // 8)
+    r = ffi.cast("struct dp_replay *", buf)
+    lib.dp_replay_init(r, bits)
     if pattern == "in-order":
         counters = itertools.count()
     else:

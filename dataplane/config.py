@@ -23,6 +23,7 @@
     ApiCertificate = /etc/dataplane/api.pem       # server certificate chain (PEM)
     ApiCertificateKey = /etc/dataplane/api.key    # its private key (PEM)
     ApiClientCA = /etc/dataplane/clients-ca.pem   # CA that signs client certificates
+    ReplayWindow = 2048                   # anti-replay bits a keypair: 1024..8192, default 8192
 
 Keys are case-insensitive, '#' starts a comment, whitespace around '=' is
 free, as in wg-quick. Values follow `wg`: keys are 44-character base64,
@@ -48,6 +49,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Union
 
+from dataplane._native import lib
 from dataplane.keys import PresharedKey, PrivateKey, PublicKey, is_low_order
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ MTU_MIN, MTU_MAX = 68, 65535      # Linux's range for a device MTU
 WORKERS_MAX = QUEUES_MAX = 1024
 MAX_PEERS_MAX = 1 << 19  # the receiver index table holds two keypairs a peer, 2^20 at most
 BACKENDS = ("auto", "xdp", "socket")
+# The anti-replay window of a keypair, in bits (native/tables/dp_tables.h).
+REPLAY_WINDOW_MIN = lib.DP_REPLAY_BITS_MIN
+REPLAY_WINDOW_MAX = lib.DP_REPLAY_BITS_MAX
+REPLAY_WINDOW_DEFAULT = lib.DP_REPLAY_BITS_DEFAULT
 WG_QUICK_ONLY = ("DNS", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")
 
 # wg-quick's rule for the name in NAME.conf; Linux's own rule is looser.
@@ -253,6 +259,7 @@ class DataPlaneConfig:
     api_certificate: Optional[str] = None
     api_certificate_key: Optional[str] = None
     api_client_ca: Optional[str] = None
+    replay_window: int = REPLAY_WINDOW_DEFAULT    # anti-replay bits per keypair
 
 
 @dataclass(frozen=True)
@@ -307,6 +314,8 @@ class Config:
                                 ("ApiClientCA", d.api_client_ca)):
                 if value is not None:
                     out.append(f"{name} = {value}")
+            if d.replay_window != REPLAY_WINDOW_DEFAULT:
+                out.append(f"ReplayWindow = {d.replay_window}")
         return "\n".join(out) + "\n"
 
 
@@ -374,6 +383,20 @@ def _backend(key, value):
     if value.lower() not in BACKENDS:
         raise ValueError(f"{key}: expected one of {', '.join(BACKENDS)}, got {value!r}")
     return value.lower()
+
+
+def _replay_window(key, value):
+    sizes = []
+    bits = REPLAY_WINDOW_MIN
+    while bits <= REPLAY_WINDOW_MAX:
+        sizes.append(bits)
+        bits *= 2
+    if not _DIGITS.fullmatch(value) or int(value) not in sizes:
+        raise ValueError(f"{key}: expected a window in bits, a power of two from "
+                         f"{REPLAY_WINDOW_MIN} to {REPLAY_WINDOW_MAX} "
+                         f"({', '.join(map(str, sizes))}; {REPLAY_WINDOW_DEFAULT} as the kernel's "
+                         f"WireGuard), got {value!r}")
+    return int(value)
 
 
 def _count(maximum):
@@ -478,6 +501,7 @@ _KEYS: dict[str, dict[str, tuple[_Handler, bool]]] = {
         "ApiCertificate": (_set(_path), False),
         "ApiCertificateKey": (_set(_path), False),
         "ApiClientCA": (_set(_path), False),
+        "ReplayWindow": (_set(_replay_window), False),
     },
 }
 _SECTIONS = {name.lower(): name for name in _KEYS}
@@ -605,7 +629,8 @@ class _Parser:
             api_listen=d.get("ApiListen"),
             api_certificate=d.get("ApiCertificate"),
             api_certificate_key=d.get("ApiCertificateKey"),
-            api_client_ca=d.get("ApiClientCA"))
+            api_client_ca=d.get("ApiClientCA"),
+            replay_window=d.get("ReplayWindow", REPLAY_WINDOW_DEFAULT))
         tls = {"ApiCertificate": dataplane.api_certificate,
                "ApiCertificateKey": dataplane.api_certificate_key,
                "ApiClientCA": dataplane.api_client_ca}

@@ -220,7 +220,8 @@ class Daemon:
                 raise UpError(f"{len(conf.peers)} peers in the file, but [DataPlane] MaxPeers "
                               f"is {max_peers}")
             device = Device(tun_fds, _dup(v4), _dup(v6), mtu, max_peers=max_peers,
-                            keypair_slots_log2=slots_log2, tun_vnet_hdr=vnet)
+                            index_table_log2=slots_log2, tun_vnet_hdr=vnet,
+                            replay_window=conf.dataplane.replay_window)
             if self.xdp is not None:
                 try:
                     for w in range(workers):

@@ -16,6 +16,10 @@ from dataplane._native import ffi, lib
 
 BURST: int = lib.DP_DEVICE_BURST
 PEER_NONE: int = lib.DP_PEER_NONE
+REPLAY_WINDOW_DEFAULT: int = lib.DP_REPLAY_BITS_DEFAULT
+REPLAY_WINDOW_MIN: int = lib.DP_REPLAY_BITS_MIN
+REPLAY_WINDOW_MAX: int = lib.DP_REPLAY_BITS_MAX
+INDEX_TABLE_LOG2_MAX: int = lib.DP_DEVICE_INDEX_LOG2_MAX
 
 DROP_REASONS = {
     lib.DP_DROP_MALFORMED: "malformed",
@@ -46,6 +50,19 @@ def _check(rc: int, what: str) -> int:
     if rc < 0:
         raise DeviceError(-rc, f"{what}: {os.strerror(-rc)}")
     return rc
+
+
+def replay_window_error(bits: int) -> Optional[str]:
+    """Why `bits` cannot be a replay window size, or None if it can."""
+    if not REPLAY_WINDOW_MIN <= bits <= REPLAY_WINDOW_MAX or bits & (bits - 1):
+        sizes = []
+        b = REPLAY_WINDOW_MIN
+        while b <= REPLAY_WINDOW_MAX:
+            sizes.append(str(b))
+            b *= 2
+        return (f"the replay window must be a power of two from {REPLAY_WINDOW_MIN} to "
+                f"{REPLAY_WINDOW_MAX} bits ({', '.join(sizes)}), got {bits}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -137,20 +154,39 @@ class Device:
     (also when construction fails)."""
 
     def __init__(self, tun_fds: list[int], udp4_fds: list[int], udp6_fds: list[int], mtu: int,
-                 max_peers: int = 1024, keypair_slots_log2: int = 12, event_ring_log2: int = 10,
-                 tun_vnet_hdr: bool = False):
+                 max_peers: int = 1024, index_table_log2: int = 12, event_ring_log2: int = 10,
+                 tun_vnet_hdr: bool = False, replay_window: int = REPLAY_WINDOW_DEFAULT,
+                 max_keypairs: int = 0):
         """One worker per entry of the fd lists (TUN queues and UDP sockets
-        sharing a port; -1 for a family not served)."""
+        sharing a port; -1 for a family not served). The receiver index
+        table has 2**index_table_log2 entries and holds half as many
+        indices; every keypair has an anti-replay window of replay_window
+        bits; keypairs are allocated (in locked memory, as needed) up to
+        max_keypairs (0: 3 a peer and 1024 more)."""
         workers = len(tun_fds)
+        problem = None
         if not (len(udp4_fds) == len(udp6_fds) == workers):
-            raise ValueError("one TUN queue and one UDP socket of each family per worker")
+            problem = "one TUN queue and one UDP socket of each family per worker"
+        elif replay_window_error(replay_window):
+            problem = replay_window_error(replay_window)
+        elif not 4 <= index_table_log2 <= INDEX_TABLE_LOG2_MAX:
+            problem = (f"index_table_log2 must be 4..{INDEX_TABLE_LOG2_MAX}, "
+                       f"got {index_table_log2}")
+        elif not 0 <= max_keypairs <= lib.DP_DEVICE_MAX_KEYPAIRS:
+            problem = f"max_keypairs must be 0..{lib.DP_DEVICE_MAX_KEYPAIRS}, got {max_keypairs}"
+        if problem:
+            for fd in (*tun_fds, *udp4_fds, *udp6_fds):
+                if fd >= 0:
+                    os.close(fd)
+            raise ValueError(problem)
         cfg = ffi.new("struct dp_device_config *")
         cfg.workers = workers
         for i in range(workers):
             cfg.tun_fd[i], cfg.udp4_fd[i], cfg.udp6_fd[i] = tun_fds[i], udp4_fds[i], udp6_fds[i]
         cfg.tun_vnet_hdr = int(tun_vnet_hdr)
         cfg.mtu, cfg.max_peers = mtu, max_peers
-        cfg.keypair_slots_log2, cfg.event_ring_log2 = keypair_slots_log2, event_ring_log2
+        cfg.index_table_log2, cfg.event_ring_log2 = index_table_log2, event_ring_log2
+        cfg.replay_window_bits, cfg.max_keypairs = replay_window, max_keypairs
         ptr = lib.dp_device_new(cfg)
         if ptr == ffi.NULL:
             err = ffi.errno or errno_mod.ENOMEM
@@ -161,6 +197,7 @@ class Device:
         self._d = ptr
         self.max_peers = max_peers
         self.workers = workers
+        self.replay_window = replay_window
         self._aip = lib.dp_device_allowedips(ptr)
         self._events = ffi.new("struct dp_event[]", 64)
 
@@ -324,10 +361,35 @@ class Device:
     # -- keypairs
 
     def index_reserve(self) -> int:
-        return _check(lib.dp_device_index_reserve(self._dev), "reserve a receiver index")
+        """A random free receiver index, now ours (for a handshake)."""
+        rc = lib.dp_device_index_reserve(self._dev)
+        if rc == -errno_mod.ENOSPC:
+            raise DeviceError(errno_mod.ENOSPC, f"reserve a receiver index: {self._index_full()}")
+        return _check(rc, "reserve a receiver index")
 
-    def index_release(self, index: int) -> None:
-        lib.dp_device_index_release(self._dev, index)
+    def index_claim(self, index: int) -> None:
+        """Take exactly `index` (one a control plane chose for a session)."""
+        if not 0 < index <= 0xFFFFFFFF:
+            raise ValueError(f"a receiver index is 1..0xffffffff, got {index}")
+        rc = lib.dp_device_index_claim(self._dev, index)
+        what = f"claim receiver index {index:#010x}"
+        if rc == -errno_mod.EEXIST:
+            raise DeviceError(errno_mod.EEXIST,
+                              f"{what}: taken (reserved, or in use by a keypair); "
+                              f"choose another index or retire that keypair first")
+        if rc == -errno_mod.ENOSPC:
+            raise DeviceError(errno_mod.ENOSPC, f"{what}: {self._index_full()}")
+        _check(rc, what)
+
+    def index_release(self, index: int) -> bool:
+        """Give back a reserved index that got no keypair; False if it was
+        not reserved."""
+        return lib.dp_device_index_release(self._dev, index) == 0
+
+    def _index_full(self) -> str:
+        m = self.memory()
+        return (f"the receiver index table is full ({m['indices_used']} of "
+                f"{m['indices_max']} indices; a bigger max_peers sizes a bigger table)")
 
     def keypair_install(self, peer_id: int, local_index: int, remote_index: int,
                         send_key: bytes, recv_key: bytes, is_initiator: bool,
@@ -338,7 +400,23 @@ class Device:
         ffi.memmove(p.send_key, send_key, 32)
         ffi.memmove(p.recv_key, recv_key, 32)
         try:
-            _check(lib.dp_device_keypair_install(self._dev, p), f"install a keypair for peer {peer_id}")
+            rc = lib.dp_device_keypair_install(self._dev, p)
+            what = f"install a keypair for peer {peer_id} on index {local_index:#010x}"
+            if rc == -errno_mod.ENOMEM:
+                raise DeviceError(errno_mod.ENOMEM,
+                                  f"{what}: no more locked memory for keys (raise "
+                                  f"RLIMIT_MEMLOCK, e.g. systemd's LimitMEMLOCK=, or run as "
+                                  f"root)")
+            if rc == -errno_mod.ENOSPC:
+                m = self.memory()
+                raise DeviceError(errno_mod.ENOSPC,
+                                  f"{what}: {m['keypairs_allocated']} keypairs allocated, the "
+                                  f"most this device takes (max_keypairs)")
+            if rc == -errno_mod.EEXIST:
+                raise DeviceError(errno_mod.EEXIST,
+                                  f"{what}: the index is not reserved or claimed, or has a "
+                                  f"keypair already")
+            _check(rc, what)
         finally:
             ffi.memmove(p, bytes(ffi.sizeof(p[0])), ffi.sizeof(p[0]))
 
@@ -347,6 +425,18 @@ class Device:
 
     def maintain(self) -> int:
         return lib.dp_device_maintain(self._dev)
+
+    def memory(self) -> dict[str, int]:
+        """Native bytes allocated by table (peers, index_table, keypairs,
+        allowed_ips, event_ring, bursts, routes, device; total; locked),
+        with keypair_bytes (one keypair with its replay window) and how
+        full the tables are (keypairs_live, keypairs_allocated,
+        keypairs_mapped, keypairs_max, indices_used, indices_max,
+        index_max_probe, replay_window_bits)."""
+        st = ffi.new("struct dp_device_memory *")
+        lib.dp_device_memory(self._dev, st)
+        return {name: getattr(st, name)
+                for name, _ in ffi.typeof("struct dp_device_memory").fields}
 
     # -- I/O and counters
 

@@ -58,14 +58,17 @@ def prefix_key(net) -> tuple[int, bytes, int]:
 
 
 def table_sizes(configured_peers: int, max_peers: Optional[int] = None) -> tuple[int, int]:
-    """(max_peers, keypair_slots_log2) for a device: MaxPeers if set, else
+    """(max_peers, index_table_log2) for a device: MaxPeers if set, else
     room for the configured peers and a quarter more (at least MAX_PEERS);
-    and a receiver index table with two slots a peer (a current and a next
-    or previous keypair each; the third is rare and finds a free slot)."""
+    and a receiver index table of four entries a peer, so that it holds two
+    indices a peer (a current and a next or previous keypair, or a
+    handshake in flight; at most half the entries are used, which keeps
+    probes short). Keypair memory is not sized here: it grows with the
+    keypairs installed."""
     if max_peers is None:
         max_peers = max(MAX_PEERS, 1 << (configured_peers * 5 // 4 - 1).bit_length())
-    slots_log2 = min(20, max(12, (2 * max_peers - 1).bit_length()))
-    return max_peers, slots_log2
+    index_log2 = min(lib.DP_DEVICE_INDEX_LOG2_MAX, max(12, (4 * max_peers - 1).bit_length()))
+    return max_peers, index_log2
 
 
 @dataclass

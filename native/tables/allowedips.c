@@ -758,6 +758,14 @@ int64_t dp_allowedips_nodes(const struct dp_allowedips *t)
     return t ? t->nodes : -DP_TABLES_EINVAL;
 }
 
+int64_t dp_allowedips_bytes(const struct dp_allowedips *t)
+{
+    if (!t)
+        return -DP_TABLES_EINVAL;
+    return (int64_t)sizeof(*t) + (t->nodes + t->limbo_len) * (int64_t)sizeof(struct node) +
+           (int64_t)(t->owners.cap * sizeof(struct owner));
+}
+
 int64_t dp_allowedips_list_peer(const struct dp_allowedips *t, uint32_t peer_id,
                                 struct dp_allowedips_entry *out, size_t max)
 {

@@ -1,5 +1,6 @@
 /* dataplane per-packet tables: the anti-replay window of a receiving
- * keypair and the allowed-IPs longest-prefix-match table.
+ * keypair, the receiver index table and the allowed-IPs longest-prefix-match
+ * table.
  *
  * This header is also the cffi cdef: keep it to plain declarations and
  * integer #defines (the build strips the include guard and #include lines).
@@ -8,7 +9,9 @@
  * Error codes are returned negated: -DP_TABLES_EINVAL for a bad argument
  * (NULL pointer, unknown family, prefix length too long, DP_PEER_NONE as an
  * owner), -DP_TABLES_ENOMEM when an allocation failed (the table is then
- * unchanged), -DP_TABLES_ENOSPC when every reader slot is taken.
+ * unchanged), -DP_TABLES_ENOSPC when every reader slot is taken (or the
+ * receiver index table is full), -DP_TABLES_EEXIST and -DP_TABLES_ENOENT
+ * for an index that is there already or is not. They are errno values.
  */
 #ifndef DP_TABLES_H
 #define DP_TABLES_H
@@ -22,37 +25,133 @@
 
 /* ---- Anti-replay window (RFC 6479, with WireGuard's parameters) ----
  *
- * A ring of DP_REPLAY_BITMAP_WORDS 64-bit words, one bit per counter. One
- * word is kept spare, so that clearing the word a new highest counter moves
- * into never forgets a counter still inside the window: a counter is
- * accepted when it is below DP_REPLAY_REJECT_AFTER_MESSAGES, was not accepted
- * before, and is at most DP_REPLAY_WINDOW below the highest counter accepted
- * so far (anything above the highest is new).
+ * A ring of 64-bit words, one bit per counter; its size in bits is chosen
+ * per window (a power of two, DP_REPLAY_BITS_MIN .. DP_REPLAY_BITS_MAX;
+ * the Linux kernel and wireguard-go use 8192, our default). One word is
+ * kept spare, so that clearing the word a new highest counter moves into
+ * never forgets a counter still inside the window: a counter is accepted
+ * when it is below DP_REPLAY_REJECT_AFTER_MESSAGES, was not accepted
+ * before, and is at most `bits - 64` (the window) below the highest counter
+ * accepted so far (anything above the highest is new). A smaller ring
+ * costs less memory per keypair (bits / 8 bytes) and tolerates less
+ * reordering.
+ *
+ * struct dp_replay ends in a flexible array: allocate dp_replay_size(bits)
+ * bytes (8-byte aligned) and dp_replay_init them.
  *
  * No locking inside: each struct dp_replay has a single writer, the worker
  * that decrypts for that keypair. Callers that share one between threads
  * must serialise dp_replay_check themselves.
  */
 #define DP_REPLAY_WORD_BITS 64
-#define DP_REPLAY_BITMAP_BITS 8192
-#define DP_REPLAY_BITMAP_WORDS 128
-/* DP_REPLAY_BITMAP_BITS - DP_REPLAY_WORD_BITS */
-#define DP_REPLAY_WINDOW 8128
+#define DP_REPLAY_BITS_MIN 1024
+#define DP_REPLAY_BITS_MAX 8192
+#define DP_REPLAY_BITS_DEFAULT 8192
 /* WireGuard's REJECT_AFTER_MESSAGES, 2^64 - 2^13 - 1: counters at or above
- * it are never accepted (whitepaper section 6.1). */
+ * it are never accepted (whitepaper section 6.1), whatever the window. */
 #define DP_REPLAY_REJECT_AFTER_MESSAGES 0xffffffffffffdfff
 
 struct dp_replay {
     uint64_t counter; /* highest accepted counter + 1; 0 before the first */
-    uint64_t bitmap[DP_REPLAY_BITMAP_WORDS];
+    uint32_t words;   /* ring length: bits / 64 */
+    uint32_t reserved;
+    uint64_t bitmap[];
 };
 
-/* Forget everything: the next counter below the reject limit is accepted. */
-void dp_replay_init(struct dp_replay *r);
+/* Bytes of a window of `bits` (a power of two in DP_REPLAY_BITS_MIN ..
+ * DP_REPLAY_BITS_MAX), or 0 if bits is not one. */
+size_t dp_replay_size(uint32_t bits);
+/* How far below the highest accepted counter a counter may still be
+ * accepted: bits - 64; 0 for bad bits. */
+uint64_t dp_replay_window(uint32_t bits);
+/* Size r for `bits` and forget everything: the next counter below the
+ * reject limit is accepted. 0, or -DP_TABLES_EINVAL for bad bits or NULL. */
+int dp_replay_init(struct dp_replay *r, uint32_t bits);
+/* Forget everything, keeping the size. */
+void dp_replay_reset(struct dp_replay *r);
 /* 1 if counter is accepted (and now recorded as seen), 0 if it is a replay,
  * too old, at or above the reject limit, or r is NULL. O(1), except that a
- * jump forward clears the skipped words (at most DP_REPLAY_BITMAP_WORDS). */
+ * jump forward clears the skipped words (at most the ring's length). */
 int dp_replay_check(struct dp_replay *r, uint64_t counter);
+
+/* ---- Receiver index table: a 32-bit index to a 32-bit value ----
+ *
+ * WireGuard's receiver indices are chosen by whoever runs the handshake:
+ * us (at random), or a control plane that pushes sessions with indices of
+ * its own. Any index but 0 can be stored. Open addressing with linear
+ * probing in a power-of-two array of 64-bit entries (index and value in
+ * one word, so a reader never sees one without the other); removal leaves
+ * a tombstone.
+ *
+ * Bounds: at most half of the entries are in use (-DP_TABLES_ENOSPC
+ * beyond), no stored index is more than DP_INDEX_PROBE_LIMIT entries from
+ * its home, and a lookup stops after the longest probe any insert into
+ * the current array needed (so a miss costs as much as the worst hit,
+ * never a walk over a long run of tombstones). When tombstones and entries
+ * together pass 5/8 of the array, or an insert would go past the probe
+ * limit, the writer rebuilds the array without tombstones under a fresh
+ * hash seed and publishes it with one release store.
+ *
+ * Concurrency: one writer (calls other than lookup are serialised by the
+ * caller) and lock-free readers (lookup). A lookup concurrent with a change
+ * sees the table before or after it. A replaced array is freed once the
+ * readers are done with it: the caller's reclamation scheme says when,
+ * through struct dp_index_reclaim (retire returns an epoch for the array
+ * just replaced; passed says whether every reader has gone through a
+ * quiescent state since that epoch). Without it, replaced arrays are freed
+ * at once, which is safe only when no lookup runs concurrently.
+ */
+#define DP_INDEX_LOG2_MIN 4
+#define DP_INDEX_LOG2_MAX 24
+#define DP_INDEX_PROBE_LIMIT 128
+/* Values are 1 .. DP_INDEX_VALUE_MAX; lookup returns 0 for "absent". */
+#define DP_INDEX_VALUE_MAX 0xfffffffe
+#define DP_TABLES_EEXIST 17
+#define DP_TABLES_ENOENT 2
+
+struct dp_index_table;
+
+struct dp_index_reclaim {
+    uint64_t (*retire)(void *ctx);
+    int (*passed)(void *ctx, uint64_t epoch);
+    void *ctx;
+};
+
+/* An empty table of 2^log2 entries (DP_INDEX_LOG2_MIN .. DP_INDEX_LOG2_MAX)
+ * holding up to half as many indices; NULL if log2 is out of range or out
+ * of memory. reclaim may be NULL (see above); it is copied. */
+struct dp_index_table *dp_index_table_new(uint32_t log2, const struct dp_index_reclaim *reclaim);
+/* Free it and every replaced array, once no reader uses it any more. */
+void dp_index_table_free(struct dp_index_table *t);
+
+/* Store index -> value. 0, -DP_TABLES_EINVAL (index 0, value 0 or above
+ * DP_INDEX_VALUE_MAX), -DP_TABLES_EEXIST (the index is there already),
+ * -DP_TABLES_ENOSPC (half full, or no place within the probe limit even
+ * after a rebuild), -DP_TABLES_ENOMEM (a rebuild could not allocate). */
+int dp_index_table_insert(struct dp_index_table *t, uint32_t index, uint32_t value);
+/* Change the value of a stored index if it is `expected` (0: any value).
+ * 0 or -DP_TABLES_ENOENT. */
+int dp_index_table_replace(struct dp_index_table *t, uint32_t index, uint32_t expected,
+                           uint32_t value);
+/* Remove index if its value is `expected` (0: any). 0 or -DP_TABLES_ENOENT. */
+int dp_index_table_remove(struct dp_index_table *t, uint32_t index, uint32_t expected);
+/* The value stored for index, or 0. Reader-safe, lock-free, at most
+ * DP_INDEX_PROBE_LIMIT + 1 entries read. */
+uint32_t dp_index_table_lookup(const struct dp_index_table *t, uint32_t index);
+
+/* Free replaced arrays the readers are done with; returns how many wait. */
+int dp_index_table_reclaim(struct dp_index_table *t);
+
+struct dp_index_table_stats {
+    uint32_t used;       /* indices stored */
+    uint32_t capacity;   /* indices it can hold: half the entries */
+    uint32_t entries;    /* the array's length */
+    uint32_t tombstones;
+    uint32_t max_probe;  /* longest probe of the current array: what a miss costs */
+    uint32_t rebuilds;   /* since the table was made */
+    uint64_t bytes;      /* the table, its array and arrays awaiting reclamation */
+};
+void dp_index_table_stats(const struct dp_index_table *t, struct dp_index_table_stats *out);
 
 /* ---- Allowed IPs: longest-prefix match from an address to a peer id ----
  *
@@ -139,6 +238,9 @@ int64_t dp_allowedips_count(const struct dp_allowedips *t, int family);
 /* Trie nodes in use (prefixes plus the branch nodes where prefixes
  * diverge; never more than twice the prefixes), for memory metrics. */
 int64_t dp_allowedips_nodes(const struct dp_allowedips *t);
+/* Bytes the table allocated: nodes (also those awaiting reclamation), the
+ * per-peer index and the table itself. */
+int64_t dp_allowedips_bytes(const struct dp_allowedips *t);
 /* Write up to max of peer_id's prefixes to out, in the order they were
  * (last) inserted; returns how many the peer has (which may be more than
  * max: call again with a bigger buffer), or -error. out may be NULL when

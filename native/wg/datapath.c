@@ -108,6 +108,12 @@ struct burst *dp_burst_new(size_t buf_size)
     return b;
 }
 
+size_t dp_burst_bytes(const struct burst *b)
+{
+    return sizeof(*b) + 2 * (size_t)(VNET_HDR_LEN + TUN_SUPER_MAX) +
+           DP_DEVICE_BURST * ((b->buf_size + 63) & ~(size_t)63);
+}
+
 void dp_burst_bind(struct burst *b, const struct dp_device *d, int w)
 {
     b->tun_fd = d->cfg.tun_fd[w];
@@ -389,9 +395,8 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
         memcpy(&counter, m + 8, 8);
         index = le32toh(index);
         counter = le64toh(counter);
-        struct keypair *kp = atomic_load_explicit(&d->by_slot[index & d->slot_mask],
-                                                  memory_order_acquire);
-        if (!kp || kp->local_index != index) {
+        struct keypair *kp = dp_keypair_by_index(d, index);
+        if (!kp) {
             count_drop(d, DP_DROP_UNKNOWN_INDEX, 1);
             continue;
         }
@@ -430,7 +435,7 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
             continue;
         }
         spin_lock(&kp->replay_lock);
-        ok = dp_replay_check(&kp->replay, b->aead[j].counter);
+        ok = dp_replay_check(kp_replay(kp), b->aead[j].counter);
         spin_unlock(&kp->replay_lock);
         if (!ok) {
             count_drop(d, DP_DROP_REPLAY, 1);

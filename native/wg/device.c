@@ -133,18 +133,108 @@ static bool qs_passed(struct dp_device *d, uint64_t epoch)
     return true;
 }
 
-static void keypair_wipe_free(struct keypair *kp)
+/* Hooks of the receiver index table into our quiescent states. */
+static uint64_t index_retire_epoch(void *ctx)
 {
-    dp_wipe(kp, sizeof(*kp));
-    atomic_store(&kp->state, KP_FREE);
+    return qs_advance(ctx);
 }
 
-/* Control side: kp is already unlinked from by_slot and its peer. */
+static int index_epoch_passed(void *ctx, uint64_t epoch)
+{
+    return qs_passed(ctx, epoch);
+}
+
+/* ---------------------------------------------------------------- keypair memory */
+
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
+/* A chunk of keypairs is about this big (whole keypairs, at least 4). */
+#define KP_CHUNK_TARGET_BYTES (128u << 10)
+#define KP_ALIGN 64
+
+/* Map, lock and thread one more chunk onto the free list: 0 or -errno
+ * (mlock fails past RLIMIT_MEMLOCK). Keys live only in locked memory,
+ * kept out of core dumps and out of forked children. */
+static int kp_chunk_map(struct dp_device *d)
+{
+    uint32_t c = d->kp_chunks_mapped, per = 1u << d->kp_chunk_shift;
+    uint8_t *base;
+
+    if (c == d->kp_chunks_max)
+        return -ENOSPC;
+    base = mmap(NULL, d->kp_chunk_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                -1, 0);
+    if (base == MAP_FAILED)
+        return -errno;
+    if (mlock(base, d->kp_chunk_bytes) < 0) {
+        int err = errno == EAGAIN ? ENOMEM : errno;
+
+        munmap(base, d->kp_chunk_bytes);
+        return -err;
+    }
+    madvise(base, d->kp_chunk_bytes, MADV_DONTDUMP);
+    madvise(base, d->kp_chunk_bytes, MADV_WIPEONFORK);
+    d->kp_chunks[c] = base;
+    d->kp_chunks_mapped++;
+    for (uint32_t i = per; i-- > 0;) {
+        struct keypair *kp = (struct keypair *)(base + (size_t)i * d->kp_stride);
+
+        kp->handle = c * per + i + 1;
+        kp->next_retired = d->kp_free;
+        d->kp_free = kp;
+    }
+    return 0;
+}
+
+/* A wiped keypair, or NULL with *err set (-ENOSPC at cfg.max_keypairs,
+ * or why a new chunk could not be mapped and locked). */
+static struct keypair *keypair_alloc(struct dp_device *d, int *err)
+{
+    struct keypair *kp;
+
+    if (d->kp_allocated >= d->cfg.max_keypairs) {
+        *err = -ENOSPC;
+        return NULL;
+    }
+    if (!d->kp_free && (*err = kp_chunk_map(d)) != 0)
+        return NULL;
+    kp = d->kp_free;
+    d->kp_free = kp->next_retired;
+    kp->next_retired = NULL;
+    d->kp_allocated++;
+    return kp;
+}
+
+static void keypair_wipe_free(struct dp_device *d, struct keypair *kp)
+{
+    uint32_t handle = kp->handle;
+
+    dp_wipe(kp, d->kp_stride);
+    kp->handle = handle;
+    atomic_store(&kp->state, KP_FREE);
+    kp->next_retired = d->kp_free;
+    d->kp_free = kp;
+    d->kp_allocated--;
+}
+
+static void kp_chunks_free(struct dp_device *d)
+{
+    for (uint32_t c = 0; c < d->kp_chunks_mapped; c++) {
+        dp_wipe(d->kp_chunks[c], d->kp_chunk_bytes);
+        munlock(d->kp_chunks[c], d->kp_chunk_bytes);
+        munmap(d->kp_chunks[c], d->kp_chunk_bytes);
+    }
+    free(d->kp_chunks);
+    d->kp_chunks = NULL;
+    d->kp_chunks_mapped = 0;
+}
+
+/* Control side: kp is out of use (no index leads to it, no peer holds it). */
 static void retire(struct dp_device *d, struct keypair *kp)
 {
-    if (!kp)
-        return;
-    atomic_store(&kp->state, KP_RETIRED);
+    dp_index_table_remove(d->indices, kp->local_index, kp->handle);
+    d->kp_live--;
     kp->retired_epoch = qs_advance(d);
     kp->next_retired = d->retired;
     d->retired = kp;
@@ -152,29 +242,32 @@ static void retire(struct dp_device *d, struct keypair *kp)
 
 static void unlink_retire(struct dp_device *d, struct keypair *kp)
 {
+    uint8_t live = KP_LIVE;
+
     if (!kp)
         return;
     /* A worker may have orphaned it already (a confirmation displaced it):
-     * then it is on the orphan list and must not be retired twice. */
-    if (atomic_exchange(&d->by_slot[kp->local_index & d->slot_mask], NULL) == kp)
+     * then it is on the orphan list, and reclaim retires it. */
+    if (atomic_compare_exchange_strong(&kp->state, &live, KP_RETIRED))
         retire(d, kp);
 }
 
 void dp_orphan_keypair(struct dp_device *d, struct keypair *kp)
 {
     struct keypair *head;
+    uint8_t live = KP_LIVE;
 
-    atomic_store(&d->by_slot[kp->local_index & d->slot_mask], NULL);
+    if (!atomic_compare_exchange_strong(&kp->state, &live, KP_ORPHANED))
+        return; /* the control plane retired it meanwhile */
     head = atomic_load(&d->orphans);
     do {
         kp->next_retired = head;
     } while (!atomic_compare_exchange_weak(&d->orphans, &head, kp));
 }
 
-static int reclaim(struct dp_device *d)
+static void adopt_orphans(struct dp_device *d)
 {
-    struct keypair *orphan = atomic_exchange(&d->orphans, NULL), **pp = &d->retired;
-    int waiting = 0;
+    struct keypair *orphan = atomic_exchange(&d->orphans, NULL);
 
     while (orphan) {
         struct keypair *next = orphan->next_retired;
@@ -182,18 +275,26 @@ static int reclaim(struct dp_device *d)
         retire(d, orphan);
         orphan = next;
     }
+}
+
+static int reclaim(struct dp_device *d)
+{
+    struct keypair **pp = &d->retired;
+    int waiting = 0;
+
+    adopt_orphans(d);
     while (*pp) {
         struct keypair *kp = *pp;
 
         if (qs_passed(d, kp->retired_epoch)) {
             *pp = kp->next_retired;
-            keypair_wipe_free(kp);
+            keypair_wipe_free(d, kp);
         } else {
             pp = &kp->next_retired;
             waiting++;
         }
     }
-    return waiting;
+    return waiting + dp_index_table_reclaim(d->indices);
 }
 
 int dp_device_maintain(struct dp_device *d)
@@ -249,14 +350,22 @@ static void close_fds(int *fds, uint32_t n)
     }
 }
 
+static bool sizes_valid(const struct dp_device_config *cfg)
+{
+    return cfg->mtu >= 68 && cfg->mtu <= INNER_MAX_BYTES && cfg->max_peers > 0 &&
+           cfg->max_peers <= (1u << 24) && cfg->index_table_log2 >= DP_INDEX_LOG2_MIN &&
+           cfg->index_table_log2 <= DP_DEVICE_INDEX_LOG2_MAX && cfg->event_ring_log2 >= 2 &&
+           cfg->event_ring_log2 <= 16 && cfg->max_keypairs <= DP_DEVICE_MAX_KEYPAIRS &&
+           (cfg->replay_window_bits == 0 || dp_replay_size(cfg->replay_window_bits) != 0);
+}
+
 struct dp_device *dp_device_new(const struct dp_device_config *cfg)
 {
     struct dp_device *d;
-    size_t slots;
+    uint32_t per_chunk;
+    long page = sysconf(_SC_PAGESIZE);
 
-    if (!cfg || !fds_valid(cfg) || cfg->mtu < 68 || cfg->mtu > INNER_MAX_BYTES || cfg->max_peers == 0 ||
-        cfg->max_peers > (1u << 24) || cfg->keypair_slots_log2 < 4 ||
-        cfg->keypair_slots_log2 > 20 || cfg->event_ring_log2 < 2 || cfg->event_ring_log2 > 16) {
+    if (!cfg || !fds_valid(cfg) || !sizes_valid(cfg)) {
         errno = EINVAL;
         return NULL;
     }
@@ -264,38 +373,46 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
     if (!d)
         return NULL;
     d->cfg = *cfg;
+    if (!d->cfg.replay_window_bits)
+        d->cfg.replay_window_bits = DP_REPLAY_BITS_DEFAULT;
+    if (!d->cfg.max_keypairs) {
+        uint64_t n = 3ull * cfg->max_peers + 1024;
+
+        d->cfg.max_keypairs = n < DP_DEVICE_MAX_KEYPAIRS ? (uint32_t)n : DP_DEVICE_MAX_KEYPAIRS;
+    }
     d->ev_fd = d->stop_fd = -1;
     for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++)
         d->aip_reader[i] = -1;
-    slots = (size_t)1 << cfg->keypair_slots_log2;
-    d->slot_mask = (uint32_t)(slots - 1);
     d->buf_size = PACKET_BUF_BYTES;
     atomic_store(&d->mtu, cfg->mtu);
     pthread_mutex_init(&d->control, NULL);
     pthread_mutex_init(&d->ev_lock, NULL);
     atomic_store(&d->qs_epoch, 1);
     d->peers = calloc(cfg->max_peers, sizeof(*d->peers));
-    d->by_slot = calloc(slots, sizeof(*d->by_slot));
+    d->indices = dp_index_table_new(cfg->index_table_log2,
+                                    &(struct dp_index_reclaim){.retire = index_retire_epoch,
+                                                               .passed = index_epoch_passed,
+                                                               .ctx = d});
     d->ev_ring = calloc((size_t)1 << cfg->event_ring_log2, sizeof(*d->ev_ring));
     d->ev_mask = (1u << cfg->event_ring_log2) - 1;
-    /* Keys live in locked memory, kept out of core dumps. */
-    d->pool_bytes = slots * sizeof(struct keypair);
-    d->pool = mmap(NULL, d->pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    if (d->pool == MAP_FAILED) {
-        d->pool = NULL;
+    /* keypairs: chunks of locked memory, mapped as installs need them */
+    d->kp_stride = (sizeof(struct keypair) + dp_replay_size(d->cfg.replay_window_bits) +
+                    KP_ALIGN - 1) & ~(size_t)(KP_ALIGN - 1);
+    d->kp_chunk_shift = 2;
+    while (((size_t)2 << d->kp_chunk_shift) * d->kp_stride <= KP_CHUNK_TARGET_BYTES)
+        d->kp_chunk_shift++;
+    per_chunk = 1u << d->kp_chunk_shift;
+    d->kp_chunk_bytes = ((size_t)per_chunk * d->kp_stride + (size_t)page - 1) & ~((size_t)page - 1);
+    d->kp_chunks_max = (d->cfg.max_keypairs + per_chunk - 1) / per_chunk;
+    d->kp_chunks = calloc(d->kp_chunks_max, sizeof(*d->kp_chunks));
+    if (!d->peers || !d->indices || !d->ev_ring || !d->kp_chunks)
         goto fail;
-    }
-    if (mlock(d->pool, d->pool_bytes) < 0)
-        goto fail;
-    madvise(d->pool, d->pool_bytes, MADV_DONTDUMP);
     d->allowedips = dp_allowedips_new();
     if (dp_routes_init(d))
         goto fail;
     d->ev_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     d->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!d->peers || !d->by_slot || !d->ev_ring || !d->allowedips || d->ev_fd < 0 ||
-        d->stop_fd < 0)
+    if (!d->allowedips || d->ev_fd < 0 || d->stop_fd < 0)
         goto fail;
     d->bursts[POLL_READER] = dp_burst_new(d->buf_size);
     if (!d->bursts[POLL_READER] || dp_readers_register(d, POLL_READER))
@@ -481,11 +598,8 @@ void dp_device_free(struct dp_device *d)
             dp_readers_unregister(d, i);
     for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++)
         dp_burst_free(d->bursts[i]);
-    if (d->pool) {
-        dp_wipe(d->pool, d->pool_bytes);
-        munlock(d->pool, d->pool_bytes);
-        munmap(d->pool, d->pool_bytes);
-    }
+    kp_chunks_free(d);
+    dp_index_table_free(d->indices);
     if (d->allowedips)
         dp_allowedips_free(d->allowedips);
     for (int *fd = (int[]){d->ev_fd, d->stop_fd, -2}; *fd != -2; fd++)
@@ -496,7 +610,6 @@ void dp_device_free(struct dp_device *d)
     close_fds(d->cfg.udp6_fd, d->cfg.workers);
     dp_routes_free(d);
     free(d->peers);
-    free(d->by_slot);
     free(d->ev_ring);
     pthread_mutex_destroy(&d->control);
     pthread_mutex_destroy(&d->ev_lock);
@@ -714,54 +827,63 @@ int64_t dp_device_peer_stats_all(struct dp_device *d, struct dp_peer_stats *out,
 
 /* ---------------------------------------------------------------- keypairs */
 
+/* The table's error codes are errno values (dp_tables.h). */
+_Static_assert(DP_TABLES_EEXIST == EEXIST && DP_TABLES_ENOENT == ENOENT &&
+                   DP_TABLES_ENOSPC == ENOSPC && DP_TABLES_ENOMEM == ENOMEM &&
+                   DP_TABLES_EINVAL == EINVAL,
+               "dp_tables.h error codes are errno values");
+
 int64_t dp_device_index_reserve(struct dp_device *d)
 {
     int64_t result = -ENOSPC;
 
     pthread_mutex_lock(&d->control);
-    for (int tries = 0; tries < 64 && result < 0; tries++) {
+    adopt_orphans(d);
+    /* At most half the table is in use, so a random index is free with
+     * odds of at least one half each try. */
+    for (int tries = 0; tries < 64; tries++) {
         uint32_t r;
+        int err;
 
-        if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+        if (getrandom(&r, sizeof(r), 0) != sizeof(r)) {
+            result = -errno;
             break;
-        struct keypair *kp = &d->pool[r & d->slot_mask];
-        uint8_t e = KP_FREE;
-
-        if (atomic_compare_exchange_strong(&kp->state, &e, KP_RESERVED)) {
-            kp->local_index = r;
-            result = r;
         }
-    }
-    if (result < 0) {
-        /* nearly full: scan for a free slot */
-        for (uint32_t s = 0; s <= d->slot_mask && result < 0; s++) {
-            uint8_t e = KP_FREE;
-
-            if (atomic_compare_exchange_strong(&d->pool[s].state, &e, KP_RESERVED)) {
-                uint32_t r = 0;
-
-                if (getrandom(&r, sizeof(r), 0) != sizeof(r))
-                    r = 0;
-                r = (r & ~d->slot_mask) | s;
-                d->pool[s].local_index = r;
-                result = r;
-            }
+        if (r == 0)
+            continue;
+        err = dp_index_table_insert(d->indices, r, INDEX_RESERVED);
+        if (err == 0) {
+            result = r;
+            break;
+        }
+        if (err != -EEXIST) {
+            result = err;
+            break;
         }
     }
     pthread_mutex_unlock(&d->control);
     return result;
 }
 
+int dp_device_index_claim(struct dp_device *d, uint32_t local_index)
+{
+    int err;
+
+    if (local_index == 0)
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    adopt_orphans(d); /* a displaced keypair lets go of its index */
+    err = dp_index_table_insert(d->indices, local_index, INDEX_RESERVED);
+    pthread_mutex_unlock(&d->control);
+    return err;
+}
+
 int dp_device_index_release(struct dp_device *d, uint32_t local_index)
 {
-    struct keypair *kp = &d->pool[local_index & d->slot_mask];
-    int err = 0;
+    int err;
 
     pthread_mutex_lock(&d->control);
-    if (atomic_load(&kp->state) == KP_RESERVED && kp->local_index == local_index)
-        atomic_store(&kp->state, KP_FREE);
-    else
-        err = -ENOENT;
+    err = dp_index_table_remove(d->indices, local_index, INDEX_RESERVED);
     pthread_mutex_unlock(&d->control);
     return err;
 }
@@ -771,30 +893,38 @@ int dp_device_keypair_install(struct dp_device *d, const struct dp_keypair_param
     struct keypair *kp, *dropped[2] = {NULL, NULL};
     struct peer *p;
     bool flush = false;
+    int err = 0;
 
     if (!prm)
         return -EINVAL;
     pthread_mutex_lock(&d->control);
     p = peer_get(d, prm->peer_id);
-    kp = &d->pool[prm->local_index & d->slot_mask];
     if (!p) {
         pthread_mutex_unlock(&d->control);
         return -ENOENT;
     }
-    if (atomic_load(&kp->state) != KP_RESERVED || kp->local_index != prm->local_index) {
+    if (dp_index_table_lookup(d->indices, prm->local_index) != INDEX_RESERVED) {
         pthread_mutex_unlock(&d->control);
-        return -EEXIST; /* not a reserved index, or someone else's */
+        return -EEXIST; /* not a reserved index, or it has a keypair already */
     }
+    reclaim(d); /* retired keypairs the workers let go of are reusable */
+    kp = keypair_alloc(d, &err);
+    if (!kp) {
+        pthread_mutex_unlock(&d->control);
+        return err;
+    }
+    kp->local_index = prm->local_index;
     kp->remote_index = prm->remote_index;
     kp->peer_id = prm->peer_id;
     kp->is_initiator = prm->is_initiator ? 1 : 0;
     kp->created_ns = prm->created_ns;
     atomic_store(&kp->send_counter, 0);
     atomic_flag_clear(&kp->replay_lock);
-    dp_replay_init(&kp->replay);
+    dp_replay_init(kp_replay(kp), d->cfg.replay_window_bits);
     memcpy(kp->send_key, prm->send_key, sizeof(kp->send_key));
     memcpy(kp->recv_key, prm->recv_key, sizeof(kp->recv_key));
     atomic_store(&kp->state, KP_LIVE);
+    d->kp_live++;
 
     /* Rotation as the kernel does it (noise.c, add_new_keypair). */
     spin_lock(&p->lock);
@@ -820,7 +950,8 @@ int dp_device_keypair_install(struct dp_device *d, const struct dp_keypair_param
         p->previous = NULL;
     }
     spin_unlock(&p->lock);
-    atomic_store(&d->by_slot[kp->local_index & d->slot_mask], kp);
+    /* the reservation becomes the keypair: receivable from here on */
+    dp_index_table_replace(d->indices, kp->local_index, INDEX_RESERVED, kp->handle);
     for (int i = 0; i < 2; i++)
         unlink_retire(d, dropped[i]);
     atomic_store(&p->handshake_wanted, false);
@@ -833,11 +964,14 @@ int dp_device_keypair_install(struct dp_device *d, const struct dp_keypair_param
 
 int dp_device_keypair_retire(struct dp_device *d, uint32_t local_index)
 {
-    struct keypair *kp = &d->pool[local_index & d->slot_mask];
+    struct keypair *kp;
     struct peer *p;
+    uint32_t h;
 
     pthread_mutex_lock(&d->control);
-    if (atomic_load(&kp->state) != KP_LIVE || kp->local_index != local_index) {
+    h = dp_index_table_lookup(d->indices, local_index);
+    kp = h && h != INDEX_RESERVED ? kp_at(d, h) : NULL;
+    if (!kp || atomic_load(&kp->state) != KP_LIVE || kp->local_index != local_index) {
         pthread_mutex_unlock(&d->control);
         return -ENOENT;
     }
@@ -856,6 +990,43 @@ int dp_device_keypair_retire(struct dp_device *d, uint32_t local_index)
     reclaim(d);
     pthread_mutex_unlock(&d->control);
     return 0;
+}
+
+void dp_device_memory(struct dp_device *d, struct dp_device_memory *out)
+{
+    struct dp_index_table_stats ix;
+    int64_t aip;
+
+    if (!out)
+        return;
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&d->control);
+    dp_index_table_stats(d->indices, &ix);
+    out->peers = (uint64_t)d->cfg.max_peers * sizeof(struct peer);
+    out->index_table = ix.bytes;
+    out->keypairs = (uint64_t)d->kp_chunks_mapped * d->kp_chunk_bytes +
+                    (uint64_t)d->kp_chunks_max * sizeof(*d->kp_chunks);
+    aip = dp_allowedips_bytes(d->allowedips);
+    out->allowed_ips = aip > 0 ? (uint64_t)aip : 0;
+    out->event_ring = ((uint64_t)d->ev_mask + 1) * sizeof(*d->ev_ring);
+    for (int i = 0; i <= DP_DEVICE_MAX_WORKERS; i++)
+        if (d->bursts[i])
+            out->bursts += dp_burst_bytes(d->bursts[i]);
+    out->routes = 2 * DP_ROUTES_MAX * sizeof(struct route_slot); /* routes.c: SLOTS */
+    out->device = sizeof(*d);
+    out->total = out->peers + out->index_table + out->keypairs + out->allowed_ips +
+                 out->event_ring + out->bursts + out->routes + out->device;
+    out->locked = (uint64_t)d->kp_chunks_mapped * d->kp_chunk_bytes;
+    out->keypair_bytes = (uint32_t)d->kp_stride;
+    out->keypairs_live = d->kp_live;
+    out->keypairs_allocated = d->kp_allocated;
+    out->keypairs_mapped = d->kp_chunks_mapped << d->kp_chunk_shift;
+    out->keypairs_max = d->cfg.max_keypairs;
+    out->indices_used = ix.used;
+    out->indices_max = ix.capacity;
+    out->index_max_probe = ix.max_probe;
+    out->replay_window_bits = d->cfg.replay_window_bits;
+    pthread_mutex_unlock(&d->control);
 }
 
 int dp_device_drops(struct dp_device *d, uint64_t *out, size_t n)

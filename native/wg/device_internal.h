@@ -21,22 +21,33 @@
 /* Reader slot used by dp_device_poll_once. */
 #define POLL_READER DP_DEVICE_MAX_WORKERS
 
-enum kp_state { KP_FREE = 0, KP_RESERVED, KP_LIVE, KP_RETIRED };
+/* A keypair's life: FREE in its chunk's free list; LIVE while its receiver
+ * index leads to it; then RETIRED by the control plane, or ORPHANED by a
+ * worker (a confirmation displaced it; the control plane retires it
+ * later), until the readers let go of it and it is wiped and FREE again.
+ * Whoever moves it out of LIVE (one compare-and-swap) owns that step. */
+enum kp_state { KP_FREE = 0, KP_LIVE, KP_RETIRED, KP_ORPHANED };
+
+/* Receiver index table values: a keypair's handle (its number + 1), or
+ * an index reserved for a handshake that has no keypair yet. */
+#define INDEX_RESERVED DP_INDEX_VALUE_MAX
 
 struct keypair {
     uint32_t local_index;
     uint32_t remote_index;
     uint32_t peer_id;
+    uint32_t handle;       /* its value in the index table; kept across wipes */
     uint8_t is_initiator;
     _Atomic uint8_t state;
+    atomic_flag replay_lock;
     uint64_t created_ns;
     uint64_t retired_epoch;
-    struct keypair *next_retired;
+    struct keypair *next_retired; /* retired, orphan or free list */
     _Atomic uint64_t send_counter;
-    atomic_flag replay_lock;
-    struct dp_replay replay;
     uint8_t send_key[DP_WG_KEY_LEN];
     uint8_t recv_key[DP_WG_KEY_LEN];
+    /* followed by its struct dp_replay, sized for the device's window
+     * (kp_replay) */
 };
 
 struct staged {
@@ -78,16 +89,24 @@ struct route_slot {
 
 struct dp_device {
     struct dp_device_config cfg;
-    uint32_t slot_mask;
     size_t buf_size;           /* PACKET_BUF_BYTES */
     _Atomic uint32_t mtu;      /* the TUN's, for padding; follows dp_device_set_mtu */
     bool no_udp_gso;           /* set once the kernel refused UDP_SEGMENT */
     pthread_mutex_t control;   /* serialises control-plane calls */
 
     struct peer *peers;
-    _Atomic(struct keypair *) *by_slot;
-    struct keypair *pool;      /* locked memory, one keypair per slot */
-    size_t pool_bytes;
+    /* receiver index -> keypair handle or INDEX_RESERVED */
+    struct dp_index_table *indices;
+    /* Keypairs live in chunks of locked memory mapped as needed, up to
+     * cfg.max_keypairs; handle h is keypair h-1: chunk (h-1) >> kp_chunk_shift. */
+    uint8_t **kp_chunks;
+    uint32_t kp_chunks_max, kp_chunks_mapped;
+    uint32_t kp_chunk_shift;
+    size_t kp_stride;           /* bytes of one keypair with its replay window */
+    size_t kp_chunk_bytes;      /* mapped per chunk (whole pages) */
+    struct keypair *kp_free;    /* wiped, ready for reuse */
+    uint32_t kp_allocated;      /* live, retired and orphaned */
+    uint32_t kp_live;
     struct dp_allowedips *allowedips;
     int aip_reader[DP_DEVICE_MAX_WORKERS + 1];
 
@@ -121,6 +140,36 @@ struct dp_device {
     struct burst *bursts[DP_DEVICE_MAX_WORKERS + 1];
 };
 
+static inline struct keypair *kp_at(const struct dp_device *d, uint32_t handle)
+{
+    uint32_t n = handle - 1;
+
+    return (struct keypair *)(d->kp_chunks[n >> d->kp_chunk_shift] +
+                              (size_t)(n & ((1u << d->kp_chunk_shift) - 1)) * d->kp_stride);
+}
+
+static inline struct dp_replay *kp_replay(struct keypair *kp)
+{
+    return (struct dp_replay *)(kp + 1);
+}
+
+/* The data path's lookup: the live keypair of a receiver index, or NULL.
+ * Lock-free; the caller is an online reader (the keypair stays valid
+ * until its next quiescent state). */
+static inline struct keypair *dp_keypair_by_index(const struct dp_device *d, uint32_t index)
+{
+    uint32_t h = dp_index_table_lookup(d->indices, index);
+    struct keypair *kp;
+
+    if (h == 0 || h == INDEX_RESERVED)
+        return NULL;
+    kp = kp_at(d, h);
+    if (kp->local_index != index ||
+        atomic_load_explicit(&kp->state, memory_order_acquire) != KP_LIVE)
+        return NULL;
+    return kp;
+}
+
 static inline void spin_lock(atomic_flag *f)
 {
     while (atomic_flag_test_and_set_explicit(f, memory_order_acquire))
@@ -151,7 +200,8 @@ uint64_t dp_now_ns(void);
 /* false when the ring had no room (counted as DP_DROP_EVENTS_FULL) */
 bool dp_event_push(struct dp_device *d, const struct dp_event *ev);
 void dp_want_handshake(struct dp_device *d, struct peer *p, uint32_t peer_id);
-/* Worker side: unlink kp from its slot and hand it to the control plane. */
+/* Worker side: take kp out of use (its index finds it no more) and hand
+ * it to the control plane, which removes the index and retires it. */
 void dp_orphan_keypair(struct dp_device *d, struct keypair *kp);
 /* Encrypt and send the peer's staged packets with its current keypair. */
 void dp_flush_staged(struct dp_device *d, uint32_t peer_id);
@@ -160,6 +210,8 @@ bool dp_keypair_can_send(const struct keypair *kp, uint64_t now);
 
 /* Per-thread buffers and the worker passes (datapath.c). */
 struct burst *dp_burst_new(size_t buf_size);
+/* Bytes a burst allocated (for dp_device_memory). */
+size_t dp_burst_bytes(const struct burst *b);
 /* The fds of worker w (POLL_READER and the control plane use worker 0's). */
 void dp_burst_bind(struct burst *b, const struct dp_device *d, int w);
 void dp_burst_free(struct burst *b);

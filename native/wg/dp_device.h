@@ -24,6 +24,10 @@ struct dp_device;
 /* Packets kept per peer while it has no keypair to send with. */
 #define DP_DEVICE_STAGED_MAX 64
 #define DP_DEVICE_MAX_WORKERS 16
+/* The receiver index table has 2^index_table_log2 entries, at most half of
+ * them in use (dp_tables.h); keypairs are allocated up to max_keypairs. */
+#define DP_DEVICE_INDEX_LOG2_MAX 22
+#define DP_DEVICE_MAX_KEYPAIRS 67108864
 
 /* Drop reasons, counted per device. */
 #define DP_DROP_MALFORMED 0       /* too short, bad type or size for its type */
@@ -82,14 +86,25 @@ struct dp_device_config {
     int tun_vnet_hdr;         /* 1: the TUN fds have IFF_VNET_HDR (and TSO/CSUM offloads) */
     uint32_t mtu;             /* of the TUN device, 68 .. 65500 */
     uint32_t max_peers;       /* peer ids are 0 .. max_peers-1 */
-    uint32_t keypair_slots_log2; /* receiver index table size; up to 20 */
+    /* Receiver index table: 2^n entries (4 .. DP_DEVICE_INDEX_LOG2_MAX),
+     * holding up to 2^(n-1) indices, reserved or with a keypair. */
+    uint32_t index_table_log2;
     uint32_t event_ring_log2;    /* event ring size; up to 16 */
+    /* Keypairs allocated at most: live ones plus retired ones the workers
+     * have not let go of yet. Memory for them is mapped (and locked) in
+     * chunks as installs need it. 0: 3 a peer and 1024 more. */
+    uint32_t max_keypairs;
+    /* Anti-replay window of every keypair, in bits: a power of two,
+     * DP_REPLAY_BITS_MIN .. DP_REPLAY_BITS_MAX (1024 .. 8192); 0: 8192, as
+     * the Linux kernel and wireguard-go. A keypair takes about 128 bytes
+     * plus bits / 8. */
+    uint32_t replay_window_bits;
 };
 
 /* The control plane installs keypairs that Noise derived. */
 struct dp_keypair_params {
     uint32_t peer_id;
-    uint32_t local_index;  /* its low keypair_slots_log2 bits pick the slot */
+    uint32_t local_index;  /* reserved or claimed beforehand */
     uint32_t remote_index;
     uint8_t is_initiator;  /* initiator: current at once; responder: next until confirmed */
     uint8_t reserved[3];
@@ -206,15 +221,24 @@ int dp_device_peer_clear_keypairs(struct dp_device *d, uint32_t peer_id);
  * -ENOKEY without a usable keypair, -errno. */
 int dp_device_peer_keepalive(struct dp_device *d, uint32_t peer_id);
 
-/* Install a keypair: an initiator's becomes current (the old current
- * becomes previous) and staged packets go out with it; a responder's
- * becomes next until the first data arrives on it. 0 or -errno
- * (-EEXIST: local_index's slot is taken). The caller wipes its copy. */
+/* Install a keypair on a reserved or claimed receiver index: an
+ * initiator's becomes current (the old current becomes previous) and
+ * staged packets go out with it; a responder's becomes next until the
+ * first data arrives on it. 0 or -errno: -ENOENT (no such peer), -EEXIST
+ * (local_index is not reserved, or has a keypair already), -ENOSPC
+ * (max_keypairs allocated), -ENOMEM (no more locked memory: see
+ * RLIMIT_MEMLOCK). On failure the reservation stays. The caller wipes its
+ * copy of the keys. */
 int dp_device_keypair_install(struct dp_device *d, const struct dp_keypair_params *p);
 
-/* Reserve a free receiver index for a handshake (its slot stays ours until
- * a keypair is installed with it or it is released); -ENOSPC when full. */
+/* Receiver indices. reserve picks a random free one for our own handshake;
+ * claim takes the one a control plane chose (any but 0): 0, -EINVAL for
+ * 0, -EEXIST when it is reserved or has a keypair, -ENOSPC when the table
+ * is full. Either way the index stays taken until a keypair installed on
+ * it is retired, or it is released (0, or -ENOENT if it is not reserved
+ * or already has a keypair). */
 int64_t dp_device_index_reserve(struct dp_device *d);
+int dp_device_index_claim(struct dp_device *d, uint32_t local_index);
 int dp_device_index_release(struct dp_device *d, uint32_t local_index);
 /* Retire one keypair now (unlinked at once, keys wiped after the workers
  * let go of it). */
@@ -225,6 +249,32 @@ int dp_device_peer_rearm(struct dp_device *d, uint32_t peer_id);
 /* Housekeeping for the control plane's timer: frees and wipes retired
  * keypairs the workers are done with; returns how many still wait. */
 int dp_device_maintain(struct dp_device *d);
+
+/* Native memory the device allocated, in bytes, by table (what was
+ * allocated: pages never written may not be resident), and how full the
+ * keypair and index tables are. */
+struct dp_device_memory {
+    uint64_t peers;       /* the peer table, max_peers entries */
+    uint64_t index_table; /* receiver index table (and arrays awaiting reclamation) */
+    uint64_t keypairs;    /* keypair chunks mapped, and the chunk directory */
+    uint64_t allowed_ips; /* trie nodes and the per-peer index */
+    uint64_t event_ring;
+    uint64_t bursts;      /* packet buffers of the workers and of poll_once */
+    uint64_t routes;      /* the XDP backend's outer route table */
+    uint64_t device;      /* the device structure itself */
+    uint64_t total;       /* the sum of the above (staged packets and AF_XDP umems not counted) */
+    uint64_t locked;      /* of total, mlock'd: the keypair chunks */
+    uint32_t keypair_bytes;      /* one keypair with its replay window */
+    uint32_t keypairs_live;      /* installed (reachable by a receiver index) */
+    uint32_t keypairs_allocated; /* live plus retired ones not yet wiped */
+    uint32_t keypairs_mapped;    /* room in the chunks mapped so far */
+    uint32_t keypairs_max;       /* the config's max_keypairs */
+    uint32_t indices_used;       /* receiver indices reserved or with a keypair */
+    uint32_t indices_max;
+    uint32_t index_max_probe;    /* longest probe of a lookup now */
+    uint32_t replay_window_bits;
+};
+void dp_device_memory(struct dp_device *d, struct dp_device_memory *out);
 
 /* Send a handshake message through the device's sockets. */
 int dp_device_send_to(struct dp_device *d, const struct dp_endpoint *ep, const uint8_t *data,
