@@ -14,6 +14,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from dataplane.interface import NS
 
 
+MEMORY_TABLES = ("peers", "index_table", "keypairs", "allowed_ips", "event_ring", "bursts",
+                 "routes", "device", "total", "locked")
+
+
 class _Collector:
     def __init__(self, name: str, iface_fn: Callable, status_fn: Callable,
                  api_counters: Callable[[], dict]):
@@ -86,8 +90,9 @@ class _Collector:
             mem = GaugeMetricFamily("dataplane_native_memory_bytes",
                                     "Native memory of the device, by table",
                                     labels=["interface", "table"])
-            for table_name, value in memory.items():
-                mem.add_metric([n, table_name], float(value))
+            for table_name in MEMORY_TABLES:
+                if table_name in memory:
+                    mem.add_metric([n, table_name], float(memory[table_name]))
             yield mem
 
 

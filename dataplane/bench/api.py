@@ -139,8 +139,8 @@ def measure(n_peers: int, single_puts: int, background: int, say=print) -> dict:
                 out["rss_bytes_per_peer"] = (rss1 - rss0) / n_peers
                 if native1:
                     out["native_memory"] = native1
-                    total0 = sum(v for k, v in native0.items() if k != "total") if native0 else 0
-                    total1 = sum(v for k, v in native1.items() if k != "total")
+                    total0 = native0.get("total", 0)
+                    total1 = native1["total"]
                     out["native_bytes_per_peer_total"] = total1 / n_peers
                     out["native_bytes_per_peer_added"] = (total1 - total0) / n_peers
                 say(f"  memory: RSS +{(rss1 - rss0) / 1e6:.0f} MB "

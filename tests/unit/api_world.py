@@ -27,7 +27,7 @@ class ApiWorld:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
         self.device = Device([null], [os.dup(self.udp.fileno())], [-1], 1420,
-                             max_peers=max_peers, keypair_slots_log2=slots_log2)
+                             max_peers=max_peers, index_table_log2=slots_log2)
         self.key = PrivateKey.generate()
         self.iface = Interface("apitest", self.key, self.device, self.udp.getsockname()[1])
         self.route_calls: list[tuple[list, list]] = []
