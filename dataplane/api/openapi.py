@@ -99,6 +99,9 @@ _SCHEMAS = {
         "listen_port": {"type": "integer", "minimum": 0, "maximum": model.PORT_MAX},
         "fwmark": {"type": "integer", "minimum": 0, "maximum": model.FWMARK_MAX},
         "generation": _GEN}},
+    "BulkOperation": {"type": "object", "required": ["op", "public_key"],
+                      "properties": {"op": {"type": "string", "enum": list(model.BULK_OPS)},
+                                     **_PEER_PUT_PROPS, **_SESSION_PROPS}},
     "BulkResult": {"type": "object", "properties": {
         "applied": {"type": "boolean"},
         "results": {"type": "array", "items": {"type": "object", "properties": {
@@ -162,7 +165,8 @@ _PATHS = {
                        "fields of PeerPut or SessionPut (or generation for the deletes)}",
         "operationId": "bulk",
         "requestBody": {"required": True, "content": {"application/x-ndjson": {
-            "schema": {"type": "string"}}}},
+            "schema": {"type": "array", "description": "The lines of the body, in order",
+                       "items": _ref("BulkOperation")}}}},
         "responses": {"200": _resp("Applied", _ref("BulkResult")),
                       **{k: _resp(v["description"], _ref("BulkResult"))
                          for k, v in _ERRORS.items()}}}},

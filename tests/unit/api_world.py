@@ -67,6 +67,10 @@ class ApiWorld:
             return fn(*args)
         return asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
 
+    def call_async(self, coro_fn, *args):
+        """Await coro_fn(*args) on the server's loop."""
+        return asyncio.run_coroutine_threadsafe(coro_fn(*args), self.loop).result(10)
+
     def close(self) -> None:
         self.client.close()
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
