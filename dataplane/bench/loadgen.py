@@ -63,6 +63,7 @@ class EmulatedPeers:
         self.inner = [str(first + i) for i in range(n)]
         self.keys = [PrivateKey.generate() for _ in range(n)]
         self.handshake_at: Optional[float] = None
+        self._staged: list = []
         for i in range(n):
             lib.dp_lg_peer_set(self.table, i, ffi.NULL, ffi.NULL, 0, 0, _ip4(self.inner[i]))
 
@@ -141,22 +142,28 @@ class EmulatedPeers:
 
     def session_ops(self, activate: str = "now", lifetime: Optional[float] = None,
                     generation: Optional[int] = None, taken: Optional[set] = None,
-                    put_peer: bool = True) -> list[dict]:
+                    put_peer: bool = True, stage: bool = False) -> list[dict]:
         """New sessions for every peer, made here as a control plane makes
         them, and set in the generator's table: the control-plane API's
         bulk operations (`put_peer` with the peer's inner /32 and its
         session, or `put_session` alone) that give the tunnel under test
         the other half. The generator may send with them once the batch is
-        applied. `taken`: receiver indices not to use (grows)."""
+        applied. `taken`: receiver indices not to use (grows). With
+        `stage`, the generator keeps sending with its current keys until
+        use_staged() (a client switching once its control plane told it)."""
         taken = taken if taken is not None else set()
         ops = []
+        self._staged = []
         for i in range(self.n):
             send, recv = os.urandom(32), os.urandom(32)
             index = 0
             while index == 0 or index in taken:
                 index = secrets.randbits(32)
             taken.add(index)
-            lib.dp_lg_peer_set(self.table, i, send, recv, index, 0, _ip4(self.inner[i]))
+            if stage:
+                self._staged.append((i, send, recv, index))
+            else:
+                lib.dp_lg_peer_set(self.table, i, send, recv, index, 0, _ip4(self.inner[i]))
             sess = {"receiver_index": index, "sender_index": INDEX_BASE + i,
                     "send_key": base64.b64encode(recv).decode(),
                     "receive_key": base64.b64encode(send).decode(), "activate": activate}
@@ -171,6 +178,13 @@ class EmulatedPeers:
             else:
                 ops.append({"op": "put_session", "public_key": key, **sess})
         return ops
+
+    def use_staged(self) -> None:
+        """Send with the sessions session_ops(stage=True) made (not while
+        a Sender runs)."""
+        for i, send, recv, index in self._staged:
+            lib.dp_lg_peer_set(self.table, i, send, recv, index, 0, _ip4(self.inner[i]))
+        self._staged = []
 
     def counter(self, i: int) -> int:
         return lib.dp_lg_peer_counter(self.table, i)
