@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno as errno_mod
 import ipaddress
 import os
+import struct
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -16,6 +17,12 @@ from dataplane._native import ffi, lib
 
 BURST: int = lib.DP_DEVICE_BURST
 PEER_NONE: int = lib.DP_PEER_NONE
+# struct dp_keypair_params, packed from Python (checked against C below)
+_KP_PARAMS = struct.Struct("<IIIB3xQ32s32s")
+assert _KP_PARAMS.size == ffi.sizeof("struct dp_keypair_params") and \
+    ffi.offsetof("struct dp_keypair_params", "created_ns") == 16 and \
+    ffi.offsetof("struct dp_keypair_params", "send_key") == 24 and \
+    ffi.offsetof("struct dp_keypair_params", "recv_key") == 56, "dp_keypair_params changed"
 REPLAY_WINDOW_DEFAULT: int = lib.DP_REPLAY_BITS_DEFAULT
 REPLAY_WINDOW_MIN: int = lib.DP_REPLAY_BITS_MIN
 REPLAY_WINDOW_MAX: int = lib.DP_REPLAY_BITS_MAX
@@ -195,6 +202,8 @@ class Device:
                     os.close(fd)
             raise DeviceError(err, f"cannot create the device: {os.strerror(err)}")
         self._d = ptr
+        self._kp_buf = bytearray(_KP_PARAMS.size)
+        self._kp_params = ffi.cast("struct dp_keypair_params *", ffi.from_buffer(self._kp_buf))
         self.max_peers = max_peers
         self.workers = workers
         self.replay_window = replay_window
@@ -394,11 +403,13 @@ class Device:
     def keypair_install(self, peer_id: int, local_index: int, remote_index: int,
                         send_key: bytes, recv_key: bytes, is_initiator: bool,
                         created_ns: int) -> None:
-        p = ffi.new("struct dp_keypair_params *")
-        p.peer_id, p.local_index, p.remote_index = peer_id, local_index, remote_index
-        p.is_initiator, p.created_ns = int(is_initiator), created_ns
-        ffi.memmove(p.send_key, send_key, 32)
-        ffi.memmove(p.recv_key, recv_key, 32)
+        # One parameter block for the device's life, packed in place and
+        # wiped after each call (a fresh cffi struct per keypair costs more
+        # than the install itself when a control plane pushes thousands).
+        buf = self._kp_buf
+        _KP_PARAMS.pack_into(buf, 0, peer_id, local_index, remote_index, int(is_initiator),
+                             created_ns, send_key, recv_key)
+        p = self._kp_params
         try:
             rc = lib.dp_device_keypair_install(self._dev, p)
             what = f"install a keypair for peer {peer_id} on index {local_index:#010x}"
@@ -418,7 +429,7 @@ class Device:
                                   f"keypair already")
             _check(rc, what)
         finally:
-            ffi.memmove(p, bytes(ffi.sizeof(p[0])), ffi.sizeof(p[0]))
+            buf[:] = bytes(len(buf))  # in place: the keys go
 
     def keypair_retire(self, local_index: int) -> bool:
         return lib.dp_device_keypair_retire(self._dev, local_index) == 0

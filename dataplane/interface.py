@@ -71,7 +71,7 @@ def table_sizes(configured_peers: int, max_peers: Optional[int] = None) -> tuple
     return max_peers, index_log2
 
 
-@dataclass
+@dataclass(slots=True)
 class Peer:
     id: int
     public_key: PublicKey
@@ -287,13 +287,14 @@ class Interface:
 
     def install_session(self, peer: Peer, receiver_index: int, sender_index: int,
                         send_key: bytes, recv_key: bytes, lifetime_ns: int,
-                        activate_now: bool, claimed: bool = False) -> None:
+                        activate_now: bool, claimed: bool = False,
+                        now: Optional[int] = None, wall_ns: Optional[int] = None) -> None:
         """A keypair a control plane derived, used like a handshake's: it
         expires `lifetime_ns` from now (at most REJECT_AFTER_TIME). With
         `activate_now` it is current at once (as an initiator's); otherwise
         it is next and becomes current when the peer first uses it (as a
         responder's), so the keys it replaces keep working meanwhile."""
-        now = self.clock()
+        now = self.clock() if now is None else now
         if not claimed:  # else the caller claimed receiver_index already
             self.device.index_claim(receiver_index)
         try:
@@ -304,11 +305,14 @@ class Interface:
             self.device.index_release(receiver_index)
             raise
         peer.indices.add(receiver_index)
+        if not peer.managed or peer.pending is not None:
+            self._cancel_pending(peer)
         peer.managed = True
-        self._cancel_pending(peer)
         self.device.rearm(peer.id)
         if activate_now:
-            self._handshake_complete(peer)
+            peer.last_handshake_ns = now
+            peer.last_handshake_wall_ns = self.wallclock() if wall_ns is None else wall_ns
+            peer.attempt_started_ns = 0
 
     def drop_sessions(self, peer: Peer) -> None:
         """Every keypair of the peer wiped at once."""

@@ -201,8 +201,7 @@ class Secret:
         return not any(self._key)
 
     def wipe(self) -> None:
-        for i in range(len(self._key)):
-            self._key[i] = 0
+        self._key[:] = bytes(len(self._key))  # in place: same length, same buffer
 
     def __eq__(self, other) -> bool:
         if type(other) is not type(self):

@@ -9,6 +9,7 @@ an index taken by a handshake in between, memory) is undone."""
 from __future__ import annotations
 
 import collections
+import hashlib
 import heapq
 import hmac
 import ipaddress
@@ -37,7 +38,7 @@ EVENT_HISTORY = 4096
 TOMBSTONES_MAX = 1 << 20
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionRecord:
     generation: int
     receiver_index: int
@@ -52,7 +53,7 @@ class SessionRecord:
     expired_sent: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerRecord:
     """What the API knows of a peer beyond the native tables."""
     generation: int = 0
@@ -82,6 +83,7 @@ class _Overlay:
     session_gen: dict = field(default_factory=dict)  # key -> generation or None
     indices: set = field(default_factory=set)
     peers: int = 0
+    own_public: Optional[PublicKey] = None
 
 
 @dataclass
@@ -112,6 +114,7 @@ class Controller:
         self.history: collections.deque[Event] = collections.deque(maxlen=EVENT_HISTORY)
         self.subscribers: set = set()
         self.counters = collections.Counter()
+        self._now = (0, 0)  # (data path clock, Unix ns) of the batch being applied
         iface.on_rekey_needed = self._rekey_needed
 
     # ---------------------------------------------------------------- reading
@@ -239,6 +242,7 @@ class Controller:
                         return self._refusal(ops, _Refused(op.line, err)), 409
                     claimed.append(index)
             results: list[dict] = []
+            self._now = (self.iface.clock(), time.time_ns())
             undo: list[Callable[[], None]] = []
             installed: dict[int, PublicKey] = {}
             added, removed = [], []
@@ -290,7 +294,9 @@ class Controller:
 
     def _check(self, ops: list[BulkOp]) -> list["_Step"]:
         iface = self.iface
-        ov = _Overlay(peers=len(iface.peers))
+        own = iface.private_key
+        ov = _Overlay(peers=len(iface.peers),
+                      own_public=own.public_key() if own is not None else None)
         plan = []
         for op in ops:
             key = op.public_key
@@ -338,8 +344,7 @@ class Controller:
     def _check_put(self, op: BulkOp, ov: _Overlay, exists: bool, rec, held, stone) -> "_Step":
         spec: PeerSpec = op.spec
         key = op.public_key
-        own = self.iface.private_key
-        if own is not None and key == own.public_key():
+        if key == ov.own_public:
             raise model.bad("public_key", "this is the interface's own public key")
         g = spec.generation
         same = False
@@ -411,8 +416,9 @@ class Controller:
             hmac.compare_digest(held.digest, self._digest(spec))
 
     def _digest(self, spec: SessionSpec) -> bytes:
-        return hmac.digest(self._digest_key, spec.send_key.reveal() + spec.receive_key.reveal(),
-                           "sha256")
+        h = hashlib.blake2b(spec.send_key.reveal(), key=self._digest_key, digest_size=16)
+        h.update(spec.receive_key.reveal())
+        return h.digest()
 
     def _owner(self, p) -> Optional[PublicKey]:
         holder = self.iface.prefix_owner.get(p)
@@ -442,7 +448,7 @@ class Controller:
             if not created:
                 undo.append(self._snapshot(peer, rec))
             if step.kind != "keep":
-                self._configure(peer, spec, added, removed)
+                self._configure(peer, spec, added, removed, created)
             rec.settings = spec
             rec.generation = step.gen
             if key in self.tombstones:
@@ -496,13 +502,15 @@ class Controller:
         if rec is not None:
             rec.session, rec.session_floor = saved
 
-    def _configure(self, peer: Peer, spec: PeerSpec, added: list, removed: list) -> None:
+    def _configure(self, peer: Peer, spec: PeerSpec, added: list, removed: list,
+                   created: bool = False) -> None:
         iface = self.iface
         peer.preshared_key = spec.preshared_key
-        ep = None
         if spec.endpoint is not None:
-            ep = Endpoint(ipaddress.ip_address(spec.endpoint[0]), spec.endpoint[1])
-        iface.set_endpoint(peer, ep)
+            iface.set_endpoint(peer, Endpoint(ipaddress.ip_address(spec.endpoint[0]),
+                                              spec.endpoint[1]))
+        elif not created:  # a new peer has none
+            iface.set_endpoint(peer, None)
         was = peer.persistent_keepalive
         peer.persistent_keepalive = spec.persistent_keepalive
         old = set(peer.prefixes)
@@ -523,15 +531,16 @@ class Controller:
                 iface.initiate(peer)
 
     def _install(self, peer: Peer, rec: PeerRecord, spec: SessionSpec, gen: int) -> None:
-        now = self.iface.clock()
+        now, wall = self._now
         lifetime_ns = int(spec.lifetime * NS)
         self.iface.install_session(peer, spec.receiver_index, spec.sender_index,
                                    spec.send_key.reveal(), spec.receive_key.reveal(),
-                                   lifetime_ns, spec.activate == "now", claimed=True)
+                                   lifetime_ns, spec.activate == "now", claimed=True,
+                                   now=now, wall_ns=wall)
         rec.session = SessionRecord(
             generation=gen, receiver_index=spec.receiver_index,
             sender_index=spec.sender_index, lifetime=spec.lifetime, activate=spec.activate,
-            digest=self._digest(spec), installed_ns=now, installed_wall=time.time(),
+            digest=self._digest(spec), installed_ns=now, installed_wall=wall / NS,
             expires_ns=now + lifetime_ns)
         self.counters["sessions_installed"] += 1
         heapq.heappush(self._deadlines, (now + lifetime_ns - REKEY_MARGIN_NS, 0, gen,

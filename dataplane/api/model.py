@@ -56,20 +56,28 @@ class SessionKey(Secret):
 
     __slots__ = ()
 
+    @classmethod
+    def adopt(cls, raw: bytes) -> "SessionKey":
+        """From 32 bytes already checked (the bulk path makes many)."""
+        key = cls.__new__(cls)
+        key._key = bytearray(raw)
+        return key
+
     def __repr__(self) -> str:
         return "SessionKey(<hidden>)"
 
 
 # ---------------------------------------------------------------- scalars
 
-def _object(value: Any, field: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
-            ) -> dict:
+def _object(value: Any, field: str, allowed: tuple[str, ...], required: tuple[str, ...] = (),
+            known: frozenset = frozenset()) -> dict:
     if not isinstance(value, dict):
         raise bad(field or "body", f"must be a JSON object, not {_kind(value)}")
-    for key in value:
-        if key not in allowed:
-            name = f"{field}.{key}" if field else key
-            raise ApiError(400, f"{name}: unknown field (known: {', '.join(allowed)})", name)
+    if not (known or frozenset(allowed)).issuperset(value):
+        for key in value:
+            if key not in allowed:
+                name = f"{field}.{key}" if field else key
+                raise ApiError(400, f"{name}: unknown field (known: {', '.join(allowed)})", name)
     for key in required:
         if key not in value:
             name = f"{field}.{key}" if field else key
@@ -113,7 +121,7 @@ def key_bytes(value: Any, field: str) -> bytes:
     if not isinstance(value, str):
         raise bad(field, f"must be a base64 key string, not {_kind(value)}")
     if _KEY_TEXT.fullmatch(value):
-        return base64.b64decode(value)
+        return binascii.a2b_base64(value)
     try:
         raw = base64.b64decode(value, validate=True)
         why = f"decodes to {len(raw)} bytes, not {KEY_BYTES}" if len(raw) != KEY_BYTES else \
@@ -184,7 +192,7 @@ def endpoint(value: Any, field: str = "endpoint") -> Optional[tuple[str, int]]:
 
 # ---------------------------------------------------------------- resources
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SessionSpec:
     receiver_index: int
     sender_index: int
@@ -206,28 +214,29 @@ class SessionSpec:
 
 SESSION_FIELDS = ("receiver_index", "sender_index", "send_key", "receive_key", "lifetime",
                   "activate", "generation")
+_SESSION_FIELDS = frozenset(SESSION_FIELDS)
 
 
 def session(body: Any, field: str = "") -> SessionSpec:
     d = _object(body, field, SESSION_FIELDS,
-                ("receiver_index", "sender_index", "send_key", "receive_key"))
+                ("receiver_index", "sender_index", "send_key", "receive_key"), _SESSION_FIELDS)
     f = (lambda k: f"{field}.{k}") if field else (lambda k: k)
     activate = d.get("activate", "on_receive")
     if activate not in ACTIVATE:
         raise bad(f("activate"), f"must be one of {', '.join(ACTIVATE)}")
-    send = key_bytes(d["send_key"], f("send_key"))
-    recv = key_bytes(d["receive_key"], f("receive_key"))
+    send = SessionKey.adopt(key_bytes(d["send_key"], f("send_key")))
+    recv = SessionKey.adopt(key_bytes(d["receive_key"], f("receive_key")))
     return SessionSpec(
         receiver_index=_int(d["receiver_index"], f("receiver_index"), 1, INDEX_MAX),
         sender_index=_int(d["sender_index"], f("sender_index"), 0, INDEX_MAX),
-        send_key=SessionKey(send), receive_key=SessionKey(recv),
+        send_key=send, receive_key=recv,
         lifetime=_number(d.get("lifetime", SESSION_LIFETIME_MAX), f("lifetime"), 0,
                          SESSION_LIFETIME_MAX),
         activate=activate,
         generation=generation(d.get("generation"), f("generation")))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PeerSpec:
     public_key: PublicKey
     preshared_key: Optional[PresharedKey]
@@ -248,11 +257,13 @@ class PeerSpec:
 
 PEER_FIELDS = ("public_key", "preshared_key", "allowed_ips", "endpoint", "persistent_keepalive",
                "generation", "replace", "session")
+_PEER_FIELDS = frozenset(PEER_FIELDS)
 
 
 def peer(body: Any, key: Optional[PublicKey] = None, field: str = "") -> PeerSpec:
     """A PUT body; `key` is the one in the path (the body may repeat it)."""
-    d = _object(body, field, PEER_FIELDS, () if key is not None else ("public_key",))
+    d = _object(body, field, PEER_FIELDS, () if key is not None else ("public_key",),
+                _PEER_FIELDS)
     f = (lambda k: f"{field}.{k}") if field else (lambda k: k)
     if "public_key" in d:
         pk = public_key(d["public_key"], f("public_key"))
@@ -287,7 +298,7 @@ def peer(body: Any, key: Optional[PublicKey] = None, field: str = "") -> PeerSpe
         session=None if sess is None else session(sess, f("session")))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InterfacePatch:
     private_key: Optional[PrivateKey]
     set_private_key: bool
@@ -313,13 +324,13 @@ def interface_patch(body: Any) -> InterfacePatch:
         generation=generation(d.get("generation")))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DeleteOp:
     public_key: PublicKey
     generation: Optional[int]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class BulkOp:
     line: int
     op: str
