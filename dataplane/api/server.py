@@ -29,9 +29,13 @@ from dataplane.api.model import ApiError
 from dataplane.api.openapi import openapi_document
 
 try:  # several times faster than json on the bulk path
+    from orjson import dumps as _dumps
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - orjson is a dependency
     _loads = json.loads
+
+    def _dumps(data) -> bytes:
+        return json.dumps(data, separators=(",", ":")).encode()
 
 log = logging.getLogger("dataplane.api")
 
@@ -45,8 +49,7 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 def _json(data, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, separators=(",", ":")), status=status,
-                        content_type="application/json")
+    return web.Response(body=_dumps(data), status=status, content_type="application/json")
 
 
 def _error(err: ApiError) -> web.Response:
