@@ -470,3 +470,63 @@ def test_the_openapi_document_describes_every_route(world):
     served = {(r.method, r.resource.canonical) for r in world.server.app.router.routes()
               if r.method != "HEAD"}
     assert served == routes
+
+
+# ---------------------------------------------------------------- concurrency
+
+def test_many_clients_pushing_at_once_leave_the_tables_as_the_api_reports(world):
+    """Clients race PUTs, DELETEs and bulk batches over a shared set of
+    keys and prefixes (refusals are expected); afterwards every prefix the
+    API reports routes, in the native trie, to the peer the API names, and
+    nothing else is there."""
+    import random
+    import threading
+
+    from dataplane.client import Client
+
+    keys = [new_key() for _ in range(12)]
+    prefixes = [f"10.8.{i}.0/24" for i in range(16)]
+    errors = []
+
+    def client(seed: int) -> None:
+        rnd = random.Random(seed)
+        with Client(world.path) as c:
+            for _ in range(60):
+                key = rnd.choice(keys)
+                try:
+                    roll = rnd.random()
+                    if roll < 0.6:
+                        c.put_peer(key, allowed_ips=rnd.sample(prefixes, rnd.randint(0, 3)),
+                                   replace=rnd.random() < 0.5)
+                    elif roll < 0.8:
+                        c.delete_peer(key)
+                    else:
+                        c.bulk([{"op": "put_peer", "public_key": k,
+                                 "allowed_ips": rnd.sample(prefixes, 1)}
+                                for k in rnd.sample(keys, 3)])
+                except ApiRequestError as e:
+                    if e.status not in (404, 409):
+                        errors.append(e)
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    reported = {p["public_key"]: p for p in world.client.peers()}
+    assert len(reported) == len(world.iface.peers)
+    holder = {}
+    for key, p in reported.items():
+        for prefix in p["allowed_ips"]:
+            assert prefix not in holder, f"{prefix} reported for two peers"
+            holder[prefix] = key
+    for prefix in prefixes:
+        addr = ipaddress.ip_network(prefix).network_address + 1
+        native = world.device.lookup(addr)
+        if prefix in holder:
+            assert native == world.iface.peers[base64.b64decode(holder[prefix])].id
+        else:
+            assert native is None, prefix
+    for key, p in reported.items():
+        pid = world.iface.peers[base64.b64decode(key)].id
+        assert sorted(str(n) for n in world.device.allowed_ips(pid)) == sorted(p["allowed_ips"])
