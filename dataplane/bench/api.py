@@ -112,10 +112,13 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def measure(n_peers: int, single_puts: int, background: int, say=print) -> dict:
-    out: dict = {"peers": n_peers}
+def measure(n_peers: int, single_puts: int, background: int, replay_window: int = 0,
+            say=print) -> dict:
+    out: dict = {"peers": n_peers, "replay_window": replay_window or "default"}
+    extra = f"ReplayWindow = {replay_window}\n" if replay_window else ""
     with Topology("dpb") as topo, tempfile.TemporaryDirectory(prefix="dp-bench-api-") as tmp:
-        world = PushWorld(topo, Path(tmp), max_peers=max(1024, n_peers + single_puts * 2))
+        world = PushWorld(topo, Path(tmp), max_peers=max(1024, n_peers + single_puts * 2),
+                          extra_dataplane=extra)
         try:
             pid = world.daemon.pid
             time.sleep(0.5)
@@ -210,6 +213,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--puts", type=int, default=1000, help="timed single PUTs (default 1000)")
     p.add_argument("--background", type=int, default=2,
                    help="clients pushing at the same time (default 2)")
+    p.add_argument("--replay-window", type=int, default=0, metavar="BITS",
+                   help="[DataPlane] ReplayWindow of the node (default: its default, 8192)")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     p.set_defaults(run=run)
     return p
@@ -224,7 +229,7 @@ def run(args) -> int:
         return 2
     print(f"dataplane bench api: {args.peers} peers, {args.puts} timed PUTs, "
           f"{args.background} background clients")
-    out = measure(args.peers, args.puts, args.background)
+    out = measure(args.peers, args.puts, args.background, args.replay_window)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     t = out["traffic"]
