@@ -4,8 +4,10 @@ generator's traffic; a session replaced under traffic loses nothing; the
 socket is root's alone; TCP serves only clients with a certificate."""
 import datetime
 import ipaddress
+import json
 import os
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -193,3 +195,18 @@ def test_a_plain_tcp_listener_is_refused(topo, tmp_path):
     assert out.returncode != 0
     assert "mutual TLS" in out.stderr + out.stdout
 
+
+
+def test_bench_api_reports_its_figures(tmp_path):
+    out = tmp_path / "api.json"
+    run = subprocess.run([dataplane_exe(), "bench", "api", "--peers", "300", "--puts", "30",
+                          "--background", "1", "--replay-window", "2048", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    figures = json.loads(out.read_text())
+    assert figures["peers"] == 300 and figures["replay_window"] == 2048
+    assert figures["bulk_seconds"] > 0
+    assert figures["traffic"]["received"] == figures["traffic"]["sent"] > 250
+    assert figures["native_memory"]["keypairs_live"] >= 300
+    assert 0 < figures["put_latency_ms"]["p50"] <= figures["put_latency_ms"]["p99"]
+    assert "bulk push of 300 peers" in run.stdout
