@@ -116,13 +116,24 @@ def _query_generation(request: web.Request) -> Optional[int]:
 async def _body(request: web.Request):
     if request.content_length is not None and request.content_length > BODY_MAX:
         raise ApiError(413, f"the body is larger than {BODY_MAX} bytes")
-    raw = await request.content.read(BODY_MAX + 1)
-    if len(raw) > BODY_MAX:
-        raise ApiError(413, f"the body is larger than {BODY_MAX} bytes")
+    raw = await _read_all(request, BODY_MAX)
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the body is not JSON ({e.__class__.__name__})") from None
+
+
+async def _read_all(request: web.Request, limit: int) -> bytes:
+    """The whole body (read() returns what has arrived so far), or 413."""
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
 
 
 def _no_query(request: web.Request) -> None:
@@ -195,9 +206,7 @@ async def bulk(request: web.Request) -> web.Response:
     _no_query(request)
     if request.content_length is not None and request.content_length > BULK_BODY_MAX:
         raise ApiError(413, f"the batch is larger than {BULK_BODY_MAX} bytes")
-    body = await request.content.read(BULK_BODY_MAX + 1)
-    if len(body) > BULK_BODY_MAX:
-        raise ApiError(413, f"the batch is larger than {BULK_BODY_MAX} bytes")
+    body = await _read_all(request, BULK_BODY_MAX)
     with _no_gc():
         return _bulk(request.app[CONTROLLER], body)
 

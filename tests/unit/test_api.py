@@ -530,3 +530,21 @@ def test_many_clients_pushing_at_once_leave_the_tables_as_the_api_reports(world)
     for key, p in reported.items():
         pid = world.iface.peers[base64.b64decode(key)].id
         assert sorted(str(n) for n in world.device.allowed_ips(pid)) == sorted(p["allowed_ips"])
+
+
+def test_a_large_batch_arrives_whole():
+    """Bodies come in pieces over the socket; the batch is read to its end."""
+    world = ApiWorld(max_peers=4096, slots_log2=14)
+    try:
+        _large_batch(world)
+    finally:
+        world.close()
+
+
+def _large_batch(world):
+    keys = [new_key() for _ in range(3000)]
+    out = world.client.bulk([{"op": "put_peer", "public_key": k,
+                              "allowed_ips": [f"10.{9 + i // 65536}.{i // 256 % 256}.{i % 256}/32"]}
+                             for i, k in enumerate(keys)])
+    assert out["applied"] and len(out["results"]) == 3000
+    assert len(world.iface.peers) == 3000
