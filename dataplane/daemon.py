@@ -254,7 +254,7 @@ class Daemon:
         iface = self.iface
         peer = iface.add_peer(pc.public_key)
         peer.preshared_key = pc.preshared_key
-        peer.persistent_keepalive = pc.persistent_keepalive
+        iface.set_persistent_keepalive(peer, pc.persistent_keepalive)
         iface.replace_allowed_ips(peer, pc.allowed_ips)
         if pc.endpoint is not None:
             iface.set_endpoint(peer, resolve(pc.endpoint))
@@ -620,7 +620,7 @@ class Daemon:
                 iface.set_endpoint(peer, resolve(op.endpoint))
             elif isinstance(op, uapi.SetPersistentKeepalive):
                 was = peer.persistent_keepalive
-                peer.persistent_keepalive = op.interval
+                iface.set_persistent_keepalive(peer, op.interval)
                 if op.interval and not was and not iface.device.keepalive(peer.id):
                     iface.initiate(peer)
             elif isinstance(op, uapi.ReplaceAllowedIPs):

@@ -184,6 +184,8 @@ class Interface:
         # who holds each allowed IP (the trie's exact prefixes, for the API's
         # conflict check and listings without a native walk)
         self.prefix_owner: dict[tuple[int, bytes, int], Peer] = {}
+        # ids of peers with a persistent keepalive (the tick looks at them)
+        self.keepalive_ids: set[int] = set()
         self.counters = {"handshake_bad_mac1": 0, "handshake_bad_mac2": 0,
                          "handshake_ratelimited": 0, "handshake_invalid": 0,
                          "handshake_replayed": 0, "handshake_unknown_index": 0,
@@ -251,9 +253,17 @@ class Interface:
         if peer is None:
             return
         del self.by_id[peer.id]
+        self.keepalive_ids.discard(peer.id)
         self._cancel_pending(peer)
         self._forget_prefixes(peer)
         self.device.peer_remove(peer.id)  # allowed IPs and keys go with it, wiped
+
+    def set_persistent_keepalive(self, peer: Peer, interval: int) -> None:
+        peer.persistent_keepalive = interval
+        if interval:
+            self.keepalive_ids.add(peer.id)
+        else:
+            self.keepalive_ids.discard(peer.id)
 
     def set_endpoint(self, peer: Peer, endpoint: Optional[Endpoint]) -> None:
         self.device.set_endpoint(peer.id, endpoint)
@@ -551,8 +561,8 @@ class Interface:
             due |= ((t["keypairs"] > 0)
                     & (n - t["current_created_ns"] >= np.uint64(ZERO_KEYS_NS - NS)))
         ids = set(np.flatnonzero(due).tolist())
-        ids.update(p.id for p in self.peers.values()
-                   if p.pending is not None or p.persistent_keepalive)
+        ids.update(p.id for p in self.pending_by_index.values())
+        ids.update(self.keepalive_ids)
         return sorted(ids)
 
     def _peer_timers(self, peer: Peer, st: PeerStats, now: int) -> None:

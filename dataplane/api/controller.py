@@ -141,8 +141,11 @@ class Controller:
         return [self._peer_view(p, table[p.id]) for p in self.iface.peers.values()]
 
     def _peer_view(self, p: Peer, row=None) -> dict:
-        if row is None:
-            row = self.iface.device.stats_table()[p.id]
+        if row is None:  # one peer's counters (the table has every peer's)
+            st = self.iface.device.stats(p.id)
+            row = {"rx_bytes": st.rx_bytes, "tx_bytes": st.tx_bytes,
+                   "rx_packets": st.rx_packets, "tx_packets": st.tx_packets,
+                   "keypairs": st.keypairs}
         rec = self.records.get(p.public_key) or PeerRecord()
         ep = self.iface.device.endpoint(p.id)
         sess = None
@@ -512,7 +515,7 @@ class Controller:
         elif not created:  # a new peer has none
             iface.set_endpoint(peer, None)
         was = peer.persistent_keepalive
-        peer.persistent_keepalive = spec.persistent_keepalive
+        iface.set_persistent_keepalive(peer, spec.persistent_keepalive)
         old = set(peer.prefixes)
         new = set(spec.allowed_ips)
         if old != new:
@@ -560,7 +563,8 @@ class Controller:
             p = iface.peers.get(key)
             if p is None:
                 return
-            p.preshared_key, p.persistent_keepalive = psk, keepalive
+            p.preshared_key = psk
+            iface.set_persistent_keepalive(p, keepalive)
             iface.set_endpoint(p, ep)
             iface.clear_allowed_ips(p)
             for prefix, owner in prefixes.items():

@@ -151,7 +151,7 @@ def measure(n_peers: int, single_puts: int, background: int, replay_window: int 
                     + (f"; native tables {out['native_bytes_per_peer_total']:.0f} B/peer"
                        if native1 else ""))
                 sample = min(n_peers, 20000)
-                sent, got, bad = world.send(peers, sample, rate=20000)
+                sent, got, bad = world.send(peers, sample, rate=5000)
                 out["traffic"] = {"sent": sent, "received": got, "rejected": bad}
                 say(f"  traffic through the pushed sessions: {got}/{sent} arrived")
             out["put_latency_ms"] = _put_latency(world, single_puts, background, say)
