@@ -76,7 +76,6 @@ class Peer:
     id: int
     public_key: PublicKey
     preshared_key: Optional[PresharedKey] = None
-    allowed_ips: list = field(default_factory=list)
     persistent_keepalive: int = 0
     # handshake state
     pending: Optional[noise.InitiatorState] = None
@@ -90,7 +89,6 @@ class Peer:
     last_handshake_ns: int = 0         # monotonic, of the last completed handshake
     last_handshake_wall_ns: int = 0    # Unix time, for `wg show`
     last_keepalive_sent_ns: int = 0
-    indices: set = field(default_factory=set)  # local indices of installed keypairs
     prefixes: set = field(default_factory=set)  # allowed IPs, as prefix_key() tuples
     # Sessions come from a control plane (the API): we never initiate a
     # handshake for this peer; a rekey is asked of the control plane.
@@ -314,7 +312,6 @@ class Interface:
         except BaseException:
             self.device.index_release(receiver_index)
             raise
-        peer.indices.add(receiver_index)
         if not peer.managed or peer.pending is not None:
             self._cancel_pending(peer)
         peer.managed = True
@@ -332,7 +329,6 @@ class Interface:
     def _drop_session(self, peer: Peer) -> None:
         self._cancel_pending(peer)
         self.device.clear_keypairs(peer.id)
-        peer.indices.clear()
 
     def _cancel_pending(self, peer: Peer) -> None:
         if peer.pending is not None:
@@ -460,7 +456,6 @@ class Interface:
         except BaseException:
             self.device.index_release(index)
             raise
-        peer.indices.add(index)
         self.set_endpoint(peer, src)
         self.device.send_to(src, resp)
 
@@ -477,7 +472,6 @@ class Interface:
         self.set_endpoint(peer, src)
         self.device.keypair_install(peer.id, state.sender_index, keys.remote_index, keys.send_key,
                                     keys.recv_key, True, self.clock())
-        peer.indices.add(state.sender_index)
         self._handshake_complete(peer)
         if not had_staged:
             # confirms the session to the responder at once (as the kernel does)

@@ -57,7 +57,7 @@ class SessionRecord:
 class PeerRecord:
     """What the API knows of a peer beyond the native tables."""
     generation: int = 0
-    settings: Optional[PeerSpec] = None  # as last PUT (None: from the config or UAPI)
+    settings: Optional[bytes] = None  # digest of the last PUT (None: config or UAPI made it)
     session: Optional[SessionRecord] = None
     session_floor: int = -1  # a deleted session's generation: older pushes are stale
     asked_ns: int = -(1 << 62)
@@ -93,6 +93,7 @@ class _Step:
     gen: int = 0
     install: bool = False
     sgen: Optional[int] = None
+    digest: Optional[bytes] = None
 
 
 class Controller:
@@ -351,9 +352,10 @@ class Controller:
             raise model.bad("public_key", "this is the interface's own public key")
         g = spec.generation
         same = False
+        digest = self._settings_digest(spec)
         if exists:
-            same = rec is not None and rec.settings is not None and rec.settings.same_as(spec) \
-                and key not in ov.touched
+            same = rec is not None and rec.settings is not None and \
+                key not in ov.touched and hmac.compare_digest(rec.settings, digest)
             if g is not None and held is not None:
                 if g < held:
                     raise _stale(g, held)
@@ -388,7 +390,8 @@ class Controller:
         base = held if held is not None else (stone if stone is not None else 0)
         gen = g if g is not None else base + (0 if same else 1)
         ov.generation[key] = gen
-        step = _Step("keep" if same else ("update" if exists else "create"), gen=gen)
+        step = _Step("keep" if same else ("update" if exists else "create"), gen=gen,
+                     digest=digest)
         if spec.session is not None:
             s = self._check_session(spec.session, key, ov, rec if exists else None, "session.")
             step.install, step.sgen = s.install, s.sgen
@@ -417,6 +420,14 @@ class Controller:
         return (held.receiver_index, held.sender_index, held.lifetime, held.activate) == \
             (spec.receiver_index, spec.sender_index, spec.lifetime, spec.activate) and \
             hmac.compare_digest(held.digest, self._digest(spec))
+
+    def _settings_digest(self, spec: PeerSpec) -> bytes:
+        """Tells a repeated PUT from a change, without keeping the body (or
+        its preshared key) around."""
+        h = hashlib.blake2b(spec.preshared_key.reveal() if spec.preshared_key else b"-",
+                            key=self._digest_key, digest_size=16)
+        h.update(repr((spec.allowed_ips, spec.endpoint, spec.persistent_keepalive)).encode())
+        return h.digest()
 
     def _digest(self, spec: SessionSpec) -> bytes:
         h = hashlib.blake2b(spec.send_key.reveal(), key=self._digest_key, digest_size=16)
@@ -452,7 +463,7 @@ class Controller:
                 undo.append(self._snapshot(peer, rec))
             if step.kind != "keep":
                 self._configure(peer, spec, added, removed, created)
-            rec.settings = spec
+            rec.settings = step.digest
             rec.generation = step.gen
             if key in self.tombstones:
                 stone = self.tombstones.pop(key)
