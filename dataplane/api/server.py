@@ -118,8 +118,8 @@ async def _body(request: web.Request):
         raise ApiError(413, f"the body is larger than {BODY_MAX} bytes")
     raw = await _read_all(request, BODY_MAX)
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        return _loads(raw)
+    except (ValueError, RecursionError) as e:
         raise ApiError(400, f"the body is not JSON ({e.__class__.__name__})") from None
 
 
@@ -237,7 +237,7 @@ def _bulk(ctrl: Controller, body: bytes) -> web.Response:
         except ApiError as e:
             error = (line, e)
             break
-        except ValueError as e:  # orjson.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
             error = (line, ApiError(400, f"line {line} is not JSON ({type(e).__name__})"))
             break
     if error is not None:

@@ -155,6 +155,10 @@ def test_bodies_that_are_not_json_too_large_or_not_objects_are_refused(world):
     refused(lambda: world.client.request("PUT", path, b"[1, 2]"), 400, "body")
     refused(lambda: world.client.request("PUT", path, b" " * (64 * 1024 + 10)), 413)
     refused(lambda: world.client.request("PUT", path, {"x": "y" * 70000}), 413)
+    refused(lambda: world.client.request("PUT", path, b"[" * 60000), 400)
+    refused(lambda: world.client.request("PUT", path, b'"\xff\xfe"'), 400)
+    refused(lambda: world.client.request("POST", "/v1/bulk", b"[" * 60000 + b"\n",
+                                         content_type="application/x-ndjson"), 400)
     assert not world.iface.peers
 
 
