@@ -464,6 +464,12 @@ def test_metrics_follow_the_common_exporter_names(world):
         == 1
     assert any(k.startswith("dataplane_drops_total{") for k in lines)
     assert any(k.startswith('dataplane_api_requests_total{code="201"') for k in lines)
+    # the whole page parses as Prometheus text, each family once
+    from prometheus_client.parser import text_string_to_metric_families
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["wireguard_sent_bytes"].type == "counter"
+    assert families["wireguard_latest_handshake_seconds"].type == "gauge"
+    assert families["wireguard_latest_handshake_seconds"].samples[0].value > 1.7e9
 
 
 def test_the_openapi_document_describes_every_route(world):
