@@ -22,12 +22,13 @@ from dataplane.keys import PrivateKey
 
 
 class ApiWorld:
-    def __init__(self, max_peers: int = 1024, slots_log2: int = 12):
+    def __init__(self, max_peers: int = 1024, slots_log2: int = 12, max_keypairs: int = 0):
         null = os.open("/dev/null", os.O_WRONLY)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.bind(("127.0.0.1", 0))
         self.device = Device([null], [os.dup(self.udp.fileno())], [-1], 1420,
-                             max_peers=max_peers, index_table_log2=slots_log2)
+                             max_peers=max_peers, index_table_log2=slots_log2,
+                             max_keypairs=max_keypairs)
         self.key = PrivateKey.generate()
         self.iface = Interface("apitest", self.key, self.device, self.udp.getsockname()[1])
         self.route_calls: list[tuple[list, list]] = []

@@ -558,3 +558,59 @@ def _large_batch(world):
                              for i, k in enumerate(keys)])
     assert out["applied"] and len(out["results"]) == 3000
     assert len(world.iface.peers) == 3000
+
+
+def test_a_batch_sees_its_own_earlier_lines(world):
+    a, b = new_key(), new_key()
+    s = Session(0xF1)
+    out = world.client.bulk([
+        {"op": "put_peer", "public_key": a, "allowed_ips": ["10.8.0.2/32"], "generation": 3},
+        {"op": "put_session", "public_key": a, **s.body(generation=1)},
+        {"op": "delete_peer", "public_key": a, "generation": 4},
+        {"op": "put_peer", "public_key": a, "allowed_ips": ["10.8.0.9/32"], "generation": 5},
+        {"op": "put_peer", "public_key": b, "allowed_ips": ["10.8.0.2/32"]},
+    ])
+    assert [r["status"] for r in out["results"]] == [201, 201, 204, 201, 201]
+    view = world.client.peer(a)
+    assert view["generation"] == 5 and view["allowed_ips"] == ["10.8.0.9/32"]
+    assert view["session"] is None and view["keypairs"] == 0  # went with the deletion
+    assert world.client.peer(b)["allowed_ips"] == ["10.8.0.2/32"]
+    # within a batch, an older generation after a newer one is stale too
+    body = refused(lambda: world.client.bulk([
+        {"op": "put_peer", "public_key": b, "generation": 9},
+        {"op": "put_peer", "public_key": b, "generation": 8}]), 409, "generation")
+    assert body["line"] == 2
+    assert world.client.peer(b)["generation"] == 1
+    # a session for a peer the same batch deletes first is refused
+    refused(lambda: world.client.bulk([
+        {"op": "delete_peer", "public_key": b},
+        {"op": "put_session", "public_key": b, **Session(0xF2).body()}]), 404, "public_key")
+    assert b in {p["public_key"] for p in world.client.peers()}
+
+
+def test_a_batch_that_fails_while_applying_is_undone():
+    """Checks cannot see every limit (here: the device's keypair cap); when
+    applying fails half-way, what the batch did is undone and its claimed
+    indices are free again."""
+    world = ApiWorld(max_keypairs=64)
+    try:
+        old = new_key()
+        world.client.put_peer(old, allowed_ips=["10.8.9.9/32"], generation=2)
+        sessions = [Session(0x5000 + i) for i in range(100)]
+        ops = [{"op": "put_peer", "public_key": new_key(), "allowed_ips": [f"10.8.1.{i}/32"],
+                "session": s.body()} for i, s in enumerate(sessions)]
+        ops.insert(10, {"op": "put_peer", "public_key": old, "allowed_ips": ["10.8.9.10/32"],
+                        "generation": 3})
+        body = refused(lambda: world.client.bulk(ops), 507)
+        assert body["applied"] is False
+        assert [p["public_key"] for p in world.client.peers()] == [old]
+        view = world.client.peer(old)
+        assert view["generation"] == 2 and view["allowed_ips"] == ["10.8.9.9/32"]
+        assert world.device.lookup(ipaddress.ip_address("10.8.9.9")) is not None
+        assert world.device.lookup(ipaddress.ip_address("10.8.1.5")) is None
+        assert world.device.memory()["keypairs_live"] == 0
+        # the indices the batch claimed can be claimed again
+        out = world.client.bulk(ops[:11])
+        assert out["applied"]
+    finally:
+        world.close()
