@@ -181,8 +181,8 @@ static int kp_chunk_map(struct dp_device *d)
         struct keypair *kp = (struct keypair *)(base + (size_t)i * d->kp_stride);
 
         kp->handle = c * per + i + 1;
-        kp->next_retired = d->kp_free;
-        d->kp_free = kp;
+        kp->next = d->kp_free;
+        d->kp_free = kp->handle;
     }
     return 0;
 }
@@ -199,9 +199,9 @@ static struct keypair *keypair_alloc(struct dp_device *d, int *err)
     }
     if (!d->kp_free && (*err = kp_chunk_map(d)) != 0)
         return NULL;
-    kp = d->kp_free;
-    d->kp_free = kp->next_retired;
-    kp->next_retired = NULL;
+    kp = kp_at(d, d->kp_free);
+    d->kp_free = kp->next;
+    kp->next = 0;
     d->kp_allocated++;
     return kp;
 }
@@ -213,8 +213,8 @@ static void keypair_wipe_free(struct dp_device *d, struct keypair *kp)
     dp_wipe(kp, d->kp_stride);
     kp->handle = handle;
     atomic_store(&kp->state, KP_FREE);
-    kp->next_retired = d->kp_free;
-    d->kp_free = kp;
+    kp->next = d->kp_free;
+    d->kp_free = handle;
     d->kp_allocated--;
 }
 
@@ -236,8 +236,8 @@ static void retire(struct dp_device *d, struct keypair *kp)
     dp_index_table_remove(d->indices, kp->local_index, kp->handle);
     d->kp_live--;
     kp->retired_epoch = qs_advance(d);
-    kp->next_retired = d->retired;
-    d->retired = kp;
+    kp->next = d->retired;
+    d->retired = kp->handle;
 }
 
 static void unlink_retire(struct dp_device *d, struct keypair *kp)
@@ -254,43 +254,44 @@ static void unlink_retire(struct dp_device *d, struct keypair *kp)
 
 void dp_orphan_keypair(struct dp_device *d, struct keypair *kp)
 {
-    struct keypair *head;
+    uint32_t head;
     uint8_t live = KP_LIVE;
 
     if (!atomic_compare_exchange_strong(&kp->state, &live, KP_ORPHANED))
         return; /* the control plane retired it meanwhile */
+    /* workers only push and the control plane takes the whole list: no ABA */
     head = atomic_load(&d->orphans);
     do {
-        kp->next_retired = head;
-    } while (!atomic_compare_exchange_weak(&d->orphans, &head, kp));
+        kp->next = head;
+    } while (!atomic_compare_exchange_weak(&d->orphans, &head, kp->handle));
 }
 
 static void adopt_orphans(struct dp_device *d)
 {
-    struct keypair *orphan = atomic_exchange(&d->orphans, NULL);
+    uint32_t h = atomic_exchange(&d->orphans, 0);
 
-    while (orphan) {
-        struct keypair *next = orphan->next_retired;
+    while (h) {
+        struct keypair *orphan = kp_at(d, h);
 
+        h = orphan->next;
         retire(d, orphan);
-        orphan = next;
     }
 }
 
 static int reclaim(struct dp_device *d)
 {
-    struct keypair **pp = &d->retired;
+    uint32_t *pp = &d->retired;
     int waiting = 0;
 
     adopt_orphans(d);
     while (*pp) {
-        struct keypair *kp = *pp;
+        struct keypair *kp = kp_at(d, *pp);
 
         if (qs_passed(d, kp->retired_epoch)) {
-            *pp = kp->next_retired;
+            *pp = kp->next;
             keypair_wipe_free(d, kp);
         } else {
-            pp = &kp->next_retired;
+            pp = &kp->next;
             waiting++;
         }
     }
