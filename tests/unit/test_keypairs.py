@@ -323,3 +323,36 @@ def test_memory_parts_add_up_and_follow_the_config():
         assert m2["total"] == sum(m2[p] for p in parts)
     finally:
         d.close()
+
+
+def _memlock_allows(nbytes: int) -> bool:
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return os.geteuid() == 0 or soft == resource.RLIM_INFINITY or soft >= nbytes
+
+
+@pytest.mark.skipif(not _memlock_allows(64 << 20),
+                    reason="needs 64 MiB of locked memory (RLIMIT_MEMLOCK) for 100k keypairs")
+def test_100k_peers_with_a_2048_bit_window_fit_in_1_kib_each():
+    """Issue 6's target: 100 000 peers, each with a /32 and a keypair on a
+    claimed index, in at most 1 KiB of native memory a peer, everything
+    the device allocated counted (bench/peer_memory.py prints the parts)."""
+    peers = 100_000
+    max_peers, log2 = table_sizes(peers)
+    d = make_device(max_peers=max_peers, index_table_log2=log2, replay_window=2048)
+    try:
+        rnd = random.Random(7)
+        now = lib.dp_device_now_ns()
+        base = int(ipaddress.IPv4Address("10.0.0.0"))
+        for i, index in enumerate(rnd.sample(range(1, 2**32), peers)):
+            d.peer_add(i)
+            d.allowed_ip_add(i, ipaddress.IPv4Network((base + i, 32)))
+            d.index_claim(index)
+            d.keypair_install(i, index, i, KEY_A, KEY_B, True, now)
+        m = d.memory()
+        assert m["keypairs_live"] == m["indices_used"] == peers
+        assert m["total"] / peers <= 1024, m
+        assert 384 <= m["keypairs"] / peers <= 1.02 * 384
+        assert m["locked"] / peers <= 1.02 * 384
+    finally:
+        d.close()
