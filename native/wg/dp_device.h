@@ -247,7 +247,8 @@ int dp_device_keypair_retire(struct dp_device *d, uint32_t local_index);
  * plane gave up on a handshake). */
 int dp_device_peer_rearm(struct dp_device *d, uint32_t peer_id);
 /* Housekeeping for the control plane's timer: frees and wipes retired
- * keypairs the workers are done with; returns how many still wait. */
+ * keypairs the workers are done with (and frees replaced arrays of the
+ * receiver index table); returns how many still wait. */
 int dp_device_maintain(struct dp_device *d);
 
 /* Native memory the device allocated, in bytes, by table (what was

@@ -167,3 +167,70 @@ def test_random_operations_match_a_dict(plan, salt):
         assert t.lookup(index) == ref.get(index, 0)
     assert all(t.lookup(i) == v for i, v in ref.items())
     assert t.stats()["used"] == len(ref)
+
+
+def test_lookups_during_churn_and_rebuilds_never_see_a_wrong_value():
+    """Reader threads look up while the writer inserts, removes and
+    rebuilds (cffi drops the GIL in each call, so they overlap). Indices
+    that stay in the table are always found with their value; churned ones
+    read as their value or absent, never as another's. Replaced arrays are
+    kept until the end (the reclaim hook never says the readers are done),
+    as the device's quiescent states would keep them while readers look."""
+    import threading
+
+    epochs = []
+
+    @ffi.callback("uint64_t(void *)")
+    def retire(ctx):
+        epochs.append(len(epochs) + 1)
+        return epochs[-1]
+
+    @ffi.callback("int(void *, uint64_t)")
+    def passed(ctx, epoch):
+        return 0
+
+    hooks = ffi.new("struct dp_index_reclaim *", {"retire": retire, "passed": passed})
+    t = lib.dp_index_table_new(8, hooks)  # 256 entries: churn rebuilds it often
+    rnd = random.Random(9)
+    stable = {i: (i % 1000) + 1 for i in rnd.sample(range(1, 2**32), 40)}
+    churn = {i: (i % 1000) + 2000 for i in rnd.sample(range(1, 2**32), 200)}
+    for i, v in stable.items():
+        assert lib.dp_index_table_insert(t, i, v) == 0
+    stop = threading.Event()
+    wrong = []
+
+    def reader(seed):
+        r = random.Random(seed)
+        keys_s, keys_c = list(stable), list(churn)
+        while not stop.is_set():
+            i = r.choice(keys_s)
+            if lib.dp_index_table_lookup(t, i) != stable[i]:
+                wrong.append(("stable", i))
+            i = r.choice(keys_c)
+            got = lib.dp_index_table_lookup(t, i)
+            if got not in (0, churn[i]):
+                wrong.append(("churn", i, got))
+
+    readers = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+    for th in readers:
+        th.start()
+    try:
+        present = set()
+        for _ in range(30_000):
+            i = rnd.choice(list(churn))
+            if i in present:
+                assert lib.dp_index_table_remove(t, i, 0) == 0
+                present.discard(i)
+            elif len(present) < 80:
+                assert lib.dp_index_table_insert(t, i, churn[i]) == 0
+                present.add(i)
+    finally:
+        stop.set()
+        for th in readers:
+            th.join()
+    st_ = ffi.new("struct dp_index_table_stats *")
+    lib.dp_index_table_stats(t, st_)
+    rebuilds = st_.rebuilds
+    lib.dp_index_table_free(t)
+    assert wrong == []
+    assert rebuilds > 20 and len(epochs) == rebuilds
