@@ -356,3 +356,17 @@ def test_100k_peers_with_a_2048_bit_window_fit_in_1_kib_each():
         assert m["locked"] / peers <= 1.02 * 384
     finally:
         d.close()
+
+
+@pytest.mark.parametrize("configured,max_peers,want", [
+    (0, None, (1024, 12)),            # room for peers added at run time, 4096 entries
+    (3, None, (1024, 12)),
+    (100_000, None, (131_072, 19)),   # 2^19 entries: up to 2^18 indices, two a peer
+    (10, 5000, (5000, 15)),           # MaxPeers given: 20 000 entries rounded up
+    (0, 1 << 19, (1 << 19, 21)),      # the config's largest MaxPeers
+])
+def test_table_sizes_give_two_indices_a_peer_at_half_load(configured, max_peers, want):
+    got = table_sizes(configured, max_peers)
+    assert got == want
+    peers, log2 = got
+    assert (1 << log2) // 2 >= 2 * peers and log2 <= lib.DP_DEVICE_INDEX_LOG2_MAX
