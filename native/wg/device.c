@@ -158,9 +158,11 @@ static int index_epoch_passed(void *ctx, uint64_t epoch)
  * kept out of core dumps and out of forked children. */
 static int kp_chunk_map(struct dp_device *d)
 {
-    uint32_t c = d->kp_chunks_mapped, per = 1u << d->kp_chunk_shift;
+    uint32_t c = 0, per = 1u << d->kp_chunk_shift;
     uint8_t *base;
 
+    while (c < d->kp_chunks_max && d->kp_chunks[c])
+        c++; /* the first unmapped number: handles stay low and dense */
     if (c == d->kp_chunks_max)
         return -ENOSPC;
     base = mmap(NULL, d->kp_chunk_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -177,6 +179,7 @@ static int kp_chunk_map(struct dp_device *d)
     madvise(base, d->kp_chunk_bytes, MADV_WIPEONFORK);
     d->kp_chunks[c] = base;
     d->kp_chunks_mapped++;
+    d->kp_chunks_empty++;
     for (uint32_t i = per; i-- > 0;) {
         struct keypair *kp = (struct keypair *)(base + (size_t)i * d->kp_stride);
 
@@ -203,6 +206,8 @@ static struct keypair *keypair_alloc(struct dp_device *d, int *err)
     d->kp_free = kp->next;
     kp->next = 0;
     d->kp_allocated++;
+    if (d->kp_chunk_used[(kp->handle - 1) >> d->kp_chunk_shift]++ == 0)
+        d->kp_chunks_empty--;
     return kp;
 }
 
@@ -216,18 +221,58 @@ static void keypair_wipe_free(struct dp_device *d, struct keypair *kp)
     kp->next = d->kp_free;
     d->kp_free = handle;
     d->kp_allocated--;
+    if (--d->kp_chunk_used[(handle - 1) >> d->kp_chunk_shift] == 0)
+        d->kp_chunks_empty++;
+}
+
+static void kp_chunk_unmap(struct dp_device *d, uint32_t c)
+{
+    dp_wipe(d->kp_chunks[c], d->kp_chunk_bytes);
+    munlock(d->kp_chunks[c], d->kp_chunk_bytes);
+    munmap(d->kp_chunks[c], d->kp_chunk_bytes);
+    d->kp_chunks[c] = NULL;
+    d->kp_chunks_mapped--;
+}
+
+/* Give back chunks whose keypairs are all free (wiped, no reader can reach
+ * them: every keypair a reader may still hold counts as allocated until
+ * the readers let go), keeping one empty chunk so that a peer coming and
+ * going at a chunk's edge does not map and unmap each time. */
+static void kp_chunks_trim(struct dp_device *d)
+{
+    uint32_t spare = UINT32_MAX, *link = &d->kp_free;
+
+    if (d->kp_chunks_empty < 2)
+        return;
+    for (uint32_t c = 0; c < d->kp_chunks_max && spare == UINT32_MAX; c++)
+        if (d->kp_chunks[c] && d->kp_chunk_used[c] == 0)
+            spare = c;
+    /* unthread the free keypairs of the chunks going away */
+    while (*link) {
+        uint32_t c = (*link - 1) >> d->kp_chunk_shift;
+
+        if (d->kp_chunk_used[c] == 0 && c != spare)
+            *link = kp_at(d, *link)->next;
+        else
+            link = &kp_at(d, *link)->next;
+    }
+    for (uint32_t c = 0; c < d->kp_chunks_max; c++) {
+        if (d->kp_chunks[c] && d->kp_chunk_used[c] == 0 && c != spare) {
+            kp_chunk_unmap(d, c);
+            d->kp_chunks_empty--;
+        }
+    }
 }
 
 static void kp_chunks_free(struct dp_device *d)
 {
-    for (uint32_t c = 0; c < d->kp_chunks_mapped; c++) {
-        dp_wipe(d->kp_chunks[c], d->kp_chunk_bytes);
-        munlock(d->kp_chunks[c], d->kp_chunk_bytes);
-        munmap(d->kp_chunks[c], d->kp_chunk_bytes);
-    }
+    for (uint32_t c = 0; d->kp_chunks && c < d->kp_chunks_max; c++)
+        if (d->kp_chunks[c])
+            kp_chunk_unmap(d, c);
     free(d->kp_chunks);
+    free(d->kp_chunk_used);
     d->kp_chunks = NULL;
-    d->kp_chunks_mapped = 0;
+    d->kp_chunk_used = NULL;
 }
 
 /* Control side: kp is out of use (no index leads to it, no peer holds it). */
@@ -295,6 +340,7 @@ static int reclaim(struct dp_device *d)
             waiting++;
         }
     }
+    kp_chunks_trim(d);
     return waiting + dp_index_table_reclaim(d->indices);
 }
 
@@ -406,7 +452,8 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
     d->kp_chunk_bytes = ((size_t)per_chunk * d->kp_stride + (size_t)page - 1) & ~((size_t)page - 1);
     d->kp_chunks_max = (d->cfg.max_keypairs + per_chunk - 1) / per_chunk;
     d->kp_chunks = calloc(d->kp_chunks_max, sizeof(*d->kp_chunks));
-    if (!d->peers || !d->indices || !d->ev_ring || !d->kp_chunks)
+    d->kp_chunk_used = calloc(d->kp_chunks_max, sizeof(*d->kp_chunk_used));
+    if (!d->peers || !d->indices || !d->ev_ring || !d->kp_chunks || !d->kp_chunk_used)
         goto fail;
     d->allowedips = dp_allowedips_new();
     if (dp_routes_init(d))
@@ -1006,7 +1053,7 @@ void dp_device_memory(struct dp_device *d, struct dp_device_memory *out)
     out->peers = (uint64_t)d->cfg.max_peers * sizeof(struct peer);
     out->index_table = ix.bytes;
     out->keypairs = (uint64_t)d->kp_chunks_mapped * d->kp_chunk_bytes +
-                    (uint64_t)d->kp_chunks_max * sizeof(*d->kp_chunks);
+                    (uint64_t)d->kp_chunks_max * (sizeof(*d->kp_chunks) + sizeof(*d->kp_chunk_used));
     aip = dp_allowedips_bytes(d->allowedips);
     out->allowed_ips = aip > 0 ? (uint64_t)aip : 0;
     out->event_ring = ((uint64_t)d->ev_mask + 1) * sizeof(*d->ev_ring);
@@ -1022,6 +1069,7 @@ void dp_device_memory(struct dp_device *d, struct dp_device_memory *out)
     out->keypairs_live = d->kp_live;
     out->keypairs_allocated = d->kp_allocated;
     out->keypairs_mapped = d->kp_chunks_mapped << d->kp_chunk_shift;
+    out->keypair_chunk_bytes = (uint32_t)d->kp_chunk_bytes;
     out->keypairs_max = d->cfg.max_keypairs;
     out->indices_used = ix.used;
     out->indices_max = ix.capacity;

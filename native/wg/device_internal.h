@@ -101,9 +101,12 @@ struct dp_device {
     /* receiver index -> keypair handle or INDEX_RESERVED */
     struct dp_index_table *indices;
     /* Keypairs live in chunks of locked memory mapped as needed, up to
-     * cfg.max_keypairs; handle h is keypair h-1: chunk (h-1) >> kp_chunk_shift. */
+     * cfg.max_keypairs, and unmapped when all their keypairs are free;
+     * handle h is keypair h-1: chunk (h-1) >> kp_chunk_shift (NULL while
+     * unmapped). */
     uint8_t **kp_chunks;
-    uint32_t kp_chunks_max, kp_chunks_mapped;
+    uint32_t *kp_chunk_used;    /* allocated keypairs per chunk */
+    uint32_t kp_chunks_max, kp_chunks_mapped, kp_chunks_empty;
     uint32_t kp_chunk_shift;
     size_t kp_stride;           /* bytes of one keypair with its replay window */
     size_t kp_chunk_bytes;      /* mapped per chunk (whole pages) */

@@ -268,7 +268,8 @@ struct dp_device_memory {
     uint32_t keypair_bytes;      /* one keypair with its replay window */
     uint32_t keypairs_live;      /* installed (reachable by a receiver index) */
     uint32_t keypairs_allocated; /* live plus retired ones not yet wiped */
-    uint32_t keypairs_mapped;    /* room in the chunks mapped so far */
+    uint32_t keypairs_mapped;    /* room in the chunks mapped now */
+    uint32_t keypair_chunk_bytes; /* one chunk: whole keypairs in whole pages, about 128 KiB */
     uint32_t keypairs_max;       /* the config's max_keypairs */
     uint32_t indices_used;       /* receiver indices reserved or with a keypair */
     uint32_t indices_max;

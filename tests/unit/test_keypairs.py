@@ -370,3 +370,69 @@ def test_table_sizes_give_two_indices_a_peer_at_half_load(configured, max_peers,
     assert got == want
     peers, log2 = got
     assert (1 << log2) // 2 >= 2 * peers and log2 <= lib.DP_DEVICE_INDEX_LOG2_MAX
+
+
+def test_chunks_go_back_when_their_keypairs_are_gone():
+    """Memory follows the keypairs in use both ways: removing peers wipes
+    their keypairs and unmaps the chunks that emptied (one stays spare);
+    new installs map again and work."""
+    d = make_device(max_peers=4096, index_table_log2=14, replay_window=2048)
+    try:
+        d.peer_add(4000)
+        d.allowed_ip_add(4000, ipaddress.ip_network(f"{PEER_INNER}/32"))
+        for p in range(3000):
+            d.peer_add(p)
+            d.index_claim(p + 1)
+            install(d, p + 1, peer=p)
+        full = d.memory()
+        chunk = full["keypair_chunk_bytes"]
+        assert 64 << 10 <= chunk <= 160 << 10 and chunk % 4096 == 0
+        assert full["locked"] >= 3000 * full["keypair_bytes"] and full["locked"] % chunk == 0
+        for p in range(3000):
+            d.peer_remove(p)
+        d.maintain()
+        m = d.memory()
+        assert m["keypairs_allocated"] == m["keypairs_live"] == 0
+        assert m["locked"] == chunk  # every chunk emptied: all but the spare went back
+        assert full["keypairs"] - m["keypairs"] == full["locked"] - chunk
+        d.index_claim(0xABCD)
+        install(d, 0xABCD, KEY_B, peer=4000)
+        assert decap(d, 0xABCD, 0, KEY_B, peer=4000) == {"delivered": 1}
+        for p in range(600):
+            d.peer_add(p)
+            d.index_claim(p + 1)
+            install(d, p + 1, peer=p)
+        again = d.memory()
+        assert again["keypairs_live"] == 601
+        assert 601 * again["keypair_bytes"] <= again["locked"] <= 601 * again["keypair_bytes"] + 2 * chunk
+        assert decap(d, 0xABCD, 1, KEY_B, peer=4000) == {"delivered": 1}
+    finally:
+        d.close()
+
+
+def test_a_chunk_partly_in_use_stays():
+    """One live keypair keeps its chunk: only wholly free chunks go."""
+    d = make_device(max_peers=2048, index_table_log2=13, replay_window=8192)
+    try:
+        for p in range(1000):
+            d.peer_add(p)
+            d.index_claim(p + 1)
+            install(d, p + 1, peer=p)
+        chunk = d.memory()["keypair_chunk_bytes"]
+        mapped = d.memory()["locked"] // chunk
+        assert mapped >= 8
+        keep = {1, 500, 1000}
+        for p in range(1000):
+            if p + 1 not in keep:
+                d.peer_remove(p)
+        d.maintain()
+        m = d.memory()
+        assert m["keypairs_live"] == 3
+        # the chunks of the three survivors (two or three) and the spare
+        assert 3 * chunk <= m["locked"] <= 4 * chunk
+        for i in keep:
+            assert d.keypair_retire(i)
+        d.maintain()
+        assert d.memory()["locked"] == chunk
+    finally:
+        d.close()
