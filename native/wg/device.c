@@ -275,7 +275,8 @@ static void kp_chunks_free(struct dp_device *d)
     d->kp_chunk_used = NULL;
 }
 
-/* Control side: kp is out of use (no index leads to it, no peer holds it). */
+/* Control side: kp is out of use (moved out of LIVE, no peer holds it):
+ * its index goes, and it waits for the readers to let go before the wipe. */
 static void retire(struct dp_device *d, struct keypair *kp)
 {
     dp_index_table_remove(d->indices, kp->local_index, kp->handle);
