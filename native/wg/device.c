@@ -158,9 +158,11 @@ static int index_epoch_passed(void *ctx, uint64_t epoch)
  * kept out of core dumps and out of forked children. */
 static int kp_chunk_map(struct dp_device *d)
 {
-    uint32_t c = d->kp_chunks_mapped, per = 1u << d->kp_chunk_shift;
+    uint32_t c = 0, per = 1u << d->kp_chunk_shift;
     uint8_t *base;
 
+    while (c < d->kp_chunks_max && d->kp_chunks[c])
+        c++; /* the first unmapped number: handles stay low and dense */
     if (c == d->kp_chunks_max)
         return -ENOSPC;
     base = mmap(NULL, d->kp_chunk_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -177,12 +179,13 @@ static int kp_chunk_map(struct dp_device *d)
     madvise(base, d->kp_chunk_bytes, MADV_WIPEONFORK);
     d->kp_chunks[c] = base;
     d->kp_chunks_mapped++;
+    d->kp_chunks_empty++;
     for (uint32_t i = per; i-- > 0;) {
         struct keypair *kp = (struct keypair *)(base + (size_t)i * d->kp_stride);
 
         kp->handle = c * per + i + 1;
-        kp->next_retired = d->kp_free;
-        d->kp_free = kp;
+        kp->next = d->kp_free;
+        d->kp_free = kp->handle;
     }
     return 0;
 }
@@ -199,10 +202,12 @@ static struct keypair *keypair_alloc(struct dp_device *d, int *err)
     }
     if (!d->kp_free && (*err = kp_chunk_map(d)) != 0)
         return NULL;
-    kp = d->kp_free;
-    d->kp_free = kp->next_retired;
-    kp->next_retired = NULL;
+    kp = kp_at(d, d->kp_free);
+    d->kp_free = kp->next;
+    kp->next = 0;
     d->kp_allocated++;
+    if (d->kp_chunk_used[(kp->handle - 1) >> d->kp_chunk_shift]++ == 0)
+        d->kp_chunks_empty--;
     return kp;
 }
 
@@ -213,31 +218,72 @@ static void keypair_wipe_free(struct dp_device *d, struct keypair *kp)
     dp_wipe(kp, d->kp_stride);
     kp->handle = handle;
     atomic_store(&kp->state, KP_FREE);
-    kp->next_retired = d->kp_free;
-    d->kp_free = kp;
+    kp->next = d->kp_free;
+    d->kp_free = handle;
     d->kp_allocated--;
+    if (--d->kp_chunk_used[(handle - 1) >> d->kp_chunk_shift] == 0)
+        d->kp_chunks_empty++;
+}
+
+static void kp_chunk_unmap(struct dp_device *d, uint32_t c)
+{
+    dp_wipe(d->kp_chunks[c], d->kp_chunk_bytes);
+    munlock(d->kp_chunks[c], d->kp_chunk_bytes);
+    munmap(d->kp_chunks[c], d->kp_chunk_bytes);
+    d->kp_chunks[c] = NULL;
+    d->kp_chunks_mapped--;
+}
+
+/* Give back chunks whose keypairs are all free (wiped, no reader can reach
+ * them: every keypair a reader may still hold counts as allocated until
+ * the readers let go), keeping one empty chunk so that a peer coming and
+ * going at a chunk's edge does not map and unmap each time. */
+static void kp_chunks_trim(struct dp_device *d)
+{
+    uint32_t spare = UINT32_MAX, *link = &d->kp_free;
+
+    if (d->kp_chunks_empty < 2)
+        return;
+    for (uint32_t c = 0; c < d->kp_chunks_max && spare == UINT32_MAX; c++)
+        if (d->kp_chunks[c] && d->kp_chunk_used[c] == 0)
+            spare = c;
+    /* unthread the free keypairs of the chunks going away */
+    while (*link) {
+        uint32_t c = (*link - 1) >> d->kp_chunk_shift;
+
+        if (d->kp_chunk_used[c] == 0 && c != spare)
+            *link = kp_at(d, *link)->next;
+        else
+            link = &kp_at(d, *link)->next;
+    }
+    for (uint32_t c = 0; c < d->kp_chunks_max; c++) {
+        if (d->kp_chunks[c] && d->kp_chunk_used[c] == 0 && c != spare) {
+            kp_chunk_unmap(d, c);
+            d->kp_chunks_empty--;
+        }
+    }
 }
 
 static void kp_chunks_free(struct dp_device *d)
 {
-    for (uint32_t c = 0; c < d->kp_chunks_mapped; c++) {
-        dp_wipe(d->kp_chunks[c], d->kp_chunk_bytes);
-        munlock(d->kp_chunks[c], d->kp_chunk_bytes);
-        munmap(d->kp_chunks[c], d->kp_chunk_bytes);
-    }
+    for (uint32_t c = 0; d->kp_chunks && c < d->kp_chunks_max; c++)
+        if (d->kp_chunks[c])
+            kp_chunk_unmap(d, c);
     free(d->kp_chunks);
+    free(d->kp_chunk_used);
     d->kp_chunks = NULL;
-    d->kp_chunks_mapped = 0;
+    d->kp_chunk_used = NULL;
 }
 
-/* Control side: kp is out of use (no index leads to it, no peer holds it). */
+/* Control side: kp is out of use (moved out of LIVE, no peer holds it):
+ * its index goes, and it waits for the readers to let go before the wipe. */
 static void retire(struct dp_device *d, struct keypair *kp)
 {
     dp_index_table_remove(d->indices, kp->local_index, kp->handle);
     d->kp_live--;
     kp->retired_epoch = qs_advance(d);
-    kp->next_retired = d->retired;
-    d->retired = kp;
+    kp->next = d->retired;
+    d->retired = kp->handle;
 }
 
 static void unlink_retire(struct dp_device *d, struct keypair *kp)
@@ -254,46 +300,48 @@ static void unlink_retire(struct dp_device *d, struct keypair *kp)
 
 void dp_orphan_keypair(struct dp_device *d, struct keypair *kp)
 {
-    struct keypair *head;
+    uint32_t head;
     uint8_t live = KP_LIVE;
 
     if (!atomic_compare_exchange_strong(&kp->state, &live, KP_ORPHANED))
         return; /* the control plane retired it meanwhile */
+    /* workers only push and the control plane takes the whole list: no ABA */
     head = atomic_load(&d->orphans);
     do {
-        kp->next_retired = head;
-    } while (!atomic_compare_exchange_weak(&d->orphans, &head, kp));
+        kp->next = head;
+    } while (!atomic_compare_exchange_weak(&d->orphans, &head, kp->handle));
 }
 
 static void adopt_orphans(struct dp_device *d)
 {
-    struct keypair *orphan = atomic_exchange(&d->orphans, NULL);
+    uint32_t h = atomic_exchange(&d->orphans, 0);
 
-    while (orphan) {
-        struct keypair *next = orphan->next_retired;
+    while (h) {
+        struct keypair *orphan = kp_at(d, h);
 
+        h = orphan->next;
         retire(d, orphan);
-        orphan = next;
     }
 }
 
 static int reclaim(struct dp_device *d)
 {
-    struct keypair **pp = &d->retired;
+    uint32_t *pp = &d->retired;
     int waiting = 0;
 
     adopt_orphans(d);
     while (*pp) {
-        struct keypair *kp = *pp;
+        struct keypair *kp = kp_at(d, *pp);
 
         if (qs_passed(d, kp->retired_epoch)) {
-            *pp = kp->next_retired;
+            *pp = kp->next;
             keypair_wipe_free(d, kp);
         } else {
-            pp = &kp->next_retired;
+            pp = &kp->next;
             waiting++;
         }
     }
+    kp_chunks_trim(d);
     return waiting + dp_index_table_reclaim(d->indices);
 }
 
@@ -405,7 +453,8 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
     d->kp_chunk_bytes = ((size_t)per_chunk * d->kp_stride + (size_t)page - 1) & ~((size_t)page - 1);
     d->kp_chunks_max = (d->cfg.max_keypairs + per_chunk - 1) / per_chunk;
     d->kp_chunks = calloc(d->kp_chunks_max, sizeof(*d->kp_chunks));
-    if (!d->peers || !d->indices || !d->ev_ring || !d->kp_chunks)
+    d->kp_chunk_used = calloc(d->kp_chunks_max, sizeof(*d->kp_chunk_used));
+    if (!d->peers || !d->indices || !d->ev_ring || !d->kp_chunks || !d->kp_chunk_used)
         goto fail;
     d->allowedips = dp_allowedips_new();
     if (dp_routes_init(d))
@@ -1005,7 +1054,7 @@ void dp_device_memory(struct dp_device *d, struct dp_device_memory *out)
     out->peers = (uint64_t)d->cfg.max_peers * sizeof(struct peer);
     out->index_table = ix.bytes;
     out->keypairs = (uint64_t)d->kp_chunks_mapped * d->kp_chunk_bytes +
-                    (uint64_t)d->kp_chunks_max * sizeof(*d->kp_chunks);
+                    (uint64_t)d->kp_chunks_max * (sizeof(*d->kp_chunks) + sizeof(*d->kp_chunk_used));
     aip = dp_allowedips_bytes(d->allowedips);
     out->allowed_ips = aip > 0 ? (uint64_t)aip : 0;
     out->event_ring = ((uint64_t)d->ev_mask + 1) * sizeof(*d->ev_ring);
@@ -1021,6 +1070,7 @@ void dp_device_memory(struct dp_device *d, struct dp_device_memory *out)
     out->keypairs_live = d->kp_live;
     out->keypairs_allocated = d->kp_allocated;
     out->keypairs_mapped = d->kp_chunks_mapped << d->kp_chunk_shift;
+    out->keypair_chunk_bytes = (uint32_t)d->kp_chunk_bytes;
     out->keypairs_max = d->cfg.max_keypairs;
     out->indices_used = ix.used;
     out->indices_max = ix.capacity;

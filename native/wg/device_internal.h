@@ -37,18 +37,21 @@ struct keypair {
     uint32_t remote_index;
     uint32_t peer_id;
     uint32_t handle;       /* its value in the index table; kept across wipes */
+    uint32_t next;         /* handle of the next in the retired, orphan or free list */
     uint8_t is_initiator;
     _Atomic uint8_t state;
     atomic_flag replay_lock;
     uint64_t created_ns;
     uint64_t retired_epoch;
-    struct keypair *next_retired; /* retired, orphan or free list */
     _Atomic uint64_t send_counter;
     uint8_t send_key[DP_WG_KEY_LEN];
     uint8_t recv_key[DP_WG_KEY_LEN];
     /* followed by its struct dp_replay, sized for the device's window
      * (kp_replay) */
 };
+/* With its replay header, a keypair is two cache lines and its bitmap. */
+_Static_assert(sizeof(struct keypair) + sizeof(struct dp_replay) == 128,
+               "a keypair's fixed part is 128 bytes");
 
 struct staged {
     struct staged *next;
@@ -98,13 +101,16 @@ struct dp_device {
     /* receiver index -> keypair handle or INDEX_RESERVED */
     struct dp_index_table *indices;
     /* Keypairs live in chunks of locked memory mapped as needed, up to
-     * cfg.max_keypairs; handle h is keypair h-1: chunk (h-1) >> kp_chunk_shift. */
+     * cfg.max_keypairs, and unmapped when all their keypairs are free;
+     * handle h is keypair h-1: chunk (h-1) >> kp_chunk_shift (NULL while
+     * unmapped). */
     uint8_t **kp_chunks;
-    uint32_t kp_chunks_max, kp_chunks_mapped;
+    uint32_t *kp_chunk_used;    /* allocated keypairs per chunk */
+    uint32_t kp_chunks_max, kp_chunks_mapped, kp_chunks_empty;
     uint32_t kp_chunk_shift;
     size_t kp_stride;           /* bytes of one keypair with its replay window */
     size_t kp_chunk_bytes;      /* mapped per chunk (whole pages) */
-    struct keypair *kp_free;    /* wiped, ready for reuse */
+    uint32_t kp_free;           /* wiped, ready for reuse (a handle; 0: none) */
     uint32_t kp_allocated;      /* live, retired and orphaned */
     uint32_t kp_live;
     struct dp_allowedips *allowedips;
@@ -113,8 +119,8 @@ struct dp_device {
     /* quiescent-state tracking of the workers (0 = offline) */
     _Atomic uint64_t qs_epoch;
     _Atomic uint64_t qs_reader[DP_DEVICE_MAX_WORKERS + 1];
-    struct keypair *retired;           /* waiting for the readers, control side */
-    _Atomic(struct keypair *) orphans; /* unlinked by workers, handed to control */
+    uint32_t retired;           /* handles waiting for the readers, control side */
+    _Atomic uint32_t orphans;   /* taken out of use by workers, handed to control */
 
     /* events to the control plane */
     pthread_mutex_t ev_lock;

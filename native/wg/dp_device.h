@@ -247,7 +247,8 @@ int dp_device_keypair_retire(struct dp_device *d, uint32_t local_index);
  * plane gave up on a handshake). */
 int dp_device_peer_rearm(struct dp_device *d, uint32_t peer_id);
 /* Housekeeping for the control plane's timer: frees and wipes retired
- * keypairs the workers are done with; returns how many still wait. */
+ * keypairs the workers are done with (and frees replaced arrays of the
+ * receiver index table); returns how many still wait. */
 int dp_device_maintain(struct dp_device *d);
 
 /* Native memory the device allocated, in bytes, by table (what was
@@ -267,7 +268,8 @@ struct dp_device_memory {
     uint32_t keypair_bytes;      /* one keypair with its replay window */
     uint32_t keypairs_live;      /* installed (reachable by a receiver index) */
     uint32_t keypairs_allocated; /* live plus retired ones not yet wiped */
-    uint32_t keypairs_mapped;    /* room in the chunks mapped so far */
+    uint32_t keypairs_mapped;    /* room in the chunks mapped now */
+    uint32_t keypair_chunk_bytes; /* one chunk: whole keypairs in whole pages, about 128 KiB */
     uint32_t keypairs_max;       /* the config's max_keypairs */
     uint32_t indices_used;       /* receiver indices reserved or with a keypair */
     uint32_t indices_max;

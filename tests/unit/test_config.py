@@ -158,6 +158,12 @@ GOOD_CASES = [
      lambda c: c.interface.listen_port == 7),
     (iface() + ["[DataPlane]", "MaxPeers = 100000"],
      lambda c: c.dataplane.max_peers == 100000 and "MaxPeers = 100000" in c.to_wg_quick()),
+    (iface() + ["[DataPlane]", "ReplayWindow = 2048"],
+     lambda c: c.dataplane.replay_window == 2048 and "ReplayWindow = 2048" in c.to_wg_quick()),
+    (iface() + ["[DataPlane]", "replaywindow = 1024"],
+     lambda c: c.dataplane.replay_window == 1024),
+    (iface(),                                             # the kernel's window by default
+     lambda c: c.dataplane.replay_window == 8192 and "ReplayWindow" not in c.to_wg_quick()),
 ]
 
 
@@ -220,6 +226,12 @@ BAD_CASES = [
     (["PrivateKey = " + SERVER_B64], 1, "PrivateKey: comes before any section"),
     (iface() + ["[DataPlane]", "MaxPeers = 0"], 4, "MaxPeers"),
     (iface() + ["[DataPlane]", "MaxPeers = 99999999"], 4, "MaxPeers"),
+    (iface() + ["[DataPlane]", "ReplayWindow = 3000"], 4,
+     "ReplayWindow: expected a window in bits, a power of two from 1024 to 8192 "
+     "(1024, 2048, 4096, 8192; 8192 as the kernel's WireGuard), got '3000'"),
+    (iface() + ["[DataPlane]", "ReplayWindow = 512"], 4, "power of two from 1024 to 8192"),
+    (iface() + ["[DataPlane]", "ReplayWindow = 16384"], 4, "power of two from 1024 to 8192"),
+    (iface() + ["[DataPlane]", "ReplayWindow = 2k"], 4, "got '2k'"),
     (iface("[Wat]"), 3, "unknown section [Wat]; expected [Interface], [Peer] or [DataPlane]"),
     (["[Interface", "PrivateKey = " + SERVER_B64], 1, "a section header looks like [Peer]"),
     (["[Peer]", f"PublicKey = {PEER1}"], None, "no [Interface] section"),
@@ -446,7 +458,8 @@ def configs(draw):
         backend=draw(st.sampled_from(["auto", "xdp", "socket"])),
         workers=draw(st.one_of(st.none(), st.integers(1, 1024))),
         queues=draw(st.one_of(st.none(), st.integers(1, 1024))),
-        interfaces=tuple(draw(st.lists(_ifnames, max_size=3, unique=True))))
+        interfaces=tuple(draw(st.lists(_ifnames, max_size=3, unique=True))),
+        replay_window=draw(st.sampled_from([1024, 2048, 4096, 8192])))
     return Config("dp0", interface, tuple(peers), dataplane)
 
 
