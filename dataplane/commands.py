@@ -114,6 +114,18 @@ def _ago(ns: int) -> str:
     return f"{s} second{'s' if s != 1 else ''} ago"
 
 
+def backend_summary(status: dict) -> str:
+    """"xdp on eth0 (queue 0), eth1 (queues 0, 1), 3 worker(s)" or
+    "socket, 1 worker(s)", from the status socket's figures."""
+    text = status.get("backend", "?")
+    wan = status.get("wan") or {}
+    if wan:
+        text += " on " + ", ".join(
+            f"{ifname} (queue{'s' if len(w['queues']) != 1 else ''} "
+            f"{', '.join(map(str, w['queues']))})" for ifname, w in wan.items())
+    return f"{text}, {status.get('workers', '?')} worker(s)"
+
+
 def _show(args) -> int:
     names = [args.name] if args.name else sorted(
         p.name[:-len(".pid")] for p in RUN_DIR.glob("*.pid")) if RUN_DIR.exists() else []
@@ -143,7 +155,7 @@ def _show(args) -> int:
         if st.private_key is not None:
             print(f"  public key: {st.private_key.public_key()}")
         print(f"  listening port: {st.listen_port}")
-        print(f"  backend: {ours.get('backend', '?')}, {ours.get('workers', '?')} worker(s)")
+        print(f"  backend: {backend_summary(ours)}")
         drops = {k: n for k, n in ours.get("drops", {}).items() if n}
         print(f"  drops: {', '.join(f'{k} {n}' for k, n in drops.items()) or 'none'}")
         for p in st.peers:
