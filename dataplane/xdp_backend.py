@@ -32,6 +32,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -249,6 +250,7 @@ class XdpPlumbing:
         self.wan_progs: dict = {}     # interface -> its WAN program
         self.inner_prog = None
         self._resting = False
+        self._limit_until = 0.0
         self._veth = False
 
     def create_inner_link(self) -> tuple[bytes, bytes]:
@@ -327,14 +329,25 @@ class XdpPlumbing:
             self.close()
             raise XdpUnavailable(f"{step}: {e}") from e
 
-    def follow_load(self, under_load: bool) -> None:
+    # How long XDP's rate limit stays on after the control plane was last
+    # under load. A flood that the limit holds back no longer loads the
+    # control plane: with the limit off as soon as the load passed (the
+    # control plane's own hold is a second), the flood got through again
+    # every second and each time cost a burst of full handshakes.
+    RATELIMIT_HOLD_SECONDS = 5.0
+
+    def follow_load(self, under_load: bool, now: Optional[float] = None) -> None:
         """Apply XDP's per-source handshake rate limit while the control
-        plane is under load, as the kernel's WireGuard does; let it rest
-        otherwise."""
-        if self.wan_progs and self._resting == under_load:
+        plane is under load, as the kernel's WireGuard does, and for
+        RATELIMIT_HOLD_SECONDS after; let it rest otherwise."""
+        now = time.monotonic() if now is None else now
+        if under_load:
+            self._limit_until = now + self.RATELIMIT_HOLD_SECONDS
+        limit = now < self._limit_until
+        if self.wan_progs and self._resting == limit:
             for prog in self.wan_progs.values():
-                prog.set_ratelimit_rest(not under_load)
-            self._resting = not under_load
+                prog.set_ratelimit_rest(not limit)
+            self._resting = not limit
 
     def counters(self) -> dict:
         """The WAN programs' counters summed over the interfaces ("wan_*")
