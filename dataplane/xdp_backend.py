@@ -237,6 +237,10 @@ class OuterRoutes:
                     log.debug("an outer route was not installed: %s", os.strerror(e.errno or 0))
 
 
+# Our end of the inner veth pair: the largest MTU a veth takes.
+INNER_PEER_MTU = 65535
+
+
 class XdpPlumbing:
     """layout: the (WAN interface, receive queue) of each worker, as
     worker_layout makes it."""
@@ -275,8 +279,14 @@ class XdpPlumbing:
                      peer={"ifname": self.peer_name, "num_rx_queues": self.workers,
                            "num_tx_queues": self.workers})
             self._veth = True
-            for ifname in (self.name, self.peer_name):
-                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=self.mtu)
+            # The kernel's end has the interface's MTU (the operator's, and
+            # they may change it); ours takes anything the kernel's end
+            # sends (a veth drops frames over the receiving end's MTU).
+            # The XDP program on our end caps the kernel end's MTU at what
+            # fits a page.
+            ipr.link("set", index=ipr.link_lookup(ifname=self.name)[0], mtu=self.mtu)
+            ipr.link("set", index=ipr.link_lookup(ifname=self.peer_name)[0],
+                     mtu=INNER_PEER_MTU)
         # no neighbour resolution on the kernel's end, no IPv6 on ours
         _ip("link", "set", "dev", self.name, "arp", "off")
         # AF_XDP frames carry no checksum state: what the kernel hands to
