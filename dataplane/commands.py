@@ -56,6 +56,14 @@ def _pid_of(name: str) -> int:
         raise SystemExit(f"dataplane: {name} is not up (no {RUN_DIR}/{name}.pid)") from None
 
 
+def _gone(name: str) -> bool:
+    """NAME's daemon has gone down or was killed since we listed it."""
+    try:
+        return not _running(int((RUN_DIR / f"{name}.pid").read_text()))
+    except (OSError, ValueError):
+        return True
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie waiting for its parent to reap it."""
     try:
@@ -137,6 +145,12 @@ def _show(args) -> int:
         try:
             out[name] = interface_status(name)
         except (OSError, uapi.UapiError, ValueError) as e:
+            if not args.name and _gone(name):
+                # a daemon killed with -9 leaves its pid file: not an error
+                # for the others' figures
+                print(f"dataplane show: {name}: its daemon is gone (skipped)",
+                      file=sys.stderr)
+                continue
             print(f"dataplane show: {name}: {e}", file=sys.stderr)
             return 1
     if args.json:

@@ -33,8 +33,9 @@ from dataplane._native import lib
 from dataplane.device import Device, DeviceError
 from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
 from dataplane.tun import open_tun
-from dataplane.xdp_backend import (OuterRoutes, XdpPlumbing, XdpUnavailable, rx_queues,
-                                   wan_interfaces, worker_layout)
+from dataplane.xdp_backend import (OuterRoutes, XdpPlumbing, XdpUnavailable,
+                                   remove_stale_inner_link, rx_queues, wan_interfaces,
+                                   worker_layout)
 
 log = logging.getLogger("dataplane")
 
@@ -156,7 +157,10 @@ class Daemon:
         if uapi_socket_in_use(self.uapi_path):
             raise UpError(f"{self.name} is already up (its UAPI socket answers)")
         with IPRoute() as ipr:
-            if ipr.link_lookup(ifname=self.name):
+            if remove_stale_inner_link(ipr, self.name):
+                log.info("%s: removed the inner veth pair that a killed daemon left behind",
+                         self.name)
+            elif ipr.link_lookup(ifname=self.name):
                 raise UpError(f"an interface named {self.name} already exists")
         choice = conf.dataplane.backend
         if choice in ("xdp", "auto"):

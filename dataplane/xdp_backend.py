@@ -76,6 +76,29 @@ def tunnel_names() -> set:
     return names
 
 
+def remove_stale_inner_link(ipr: IPRoute, name: str) -> bool:
+    """Removes the inner veth pair that a daemon of the interface `name`
+    left behind when it was killed (veth `name` whose peer is our end,
+    inner_peer_name(name)); True if there was one. The caller made sure
+    that no daemon of that name runs (its UAPI socket does not answer)."""
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return False
+    link = ipr.get_links(found[0])[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    peer = link.get_attr("IFLA_LINK")
+    if not info or info.get_attr("IFLA_INFO_KIND") != "veth" or not peer:
+        return False
+    try:
+        peer_name = ipr.get_links(peer)[0].get_attr("IFLA_IFNAME")
+    except Exception:  # noqa: BLE001 - the peer is in another namespace, or gone
+        return False
+    if peer_name != inner_peer_name(name):
+        return False
+    ipr.link("del", index=found[0])
+    return True
+
+
 def wan_interfaces(configured: Sequence[str], own: Sequence[str]) -> list[str]:
     """The WAN interfaces: the configured ones (which must exist), or every
     interface with an address of global scope other than loopback, our own

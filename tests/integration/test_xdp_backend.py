@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.integration.scenarios import HUB_INNER, Hub
+from dataplane.daemon import RUN_DIR
+from tests.integration.scenarios import HUB_INNER, Hub, hub_outer
 from tests.integration.tunnel import DATAPLANE, OUTER, UAPI_DIR, TunnelWorld
 
 EVERY_INTERFACE = "every interface with a global address; [DataPlane] Interfaces chooses"
@@ -110,9 +111,11 @@ def test_kill_9_leaves_the_wan_interface_forwarding(topo, tmp_path):
     client.connect(("10.201.0.2", 2222))
     client.close()
     listener.close()
-    # what a killed daemon leaves: its UAPI socket file (the next one
-    # replaces it) and the inner veth pair (which goes with the namespace)
-    (UAPI_DIR / f"{w.name}.sock").unlink(missing_ok=True)
+    # what a killed daemon leaves: its socket and pid files and the inner
+    # veth pair (the next daemon of the name replaces them all, see below)
+    for path in (UAPI_DIR / f"{w.name}.sock", RUN_DIR / f"{w.name}.pid",
+                 RUN_DIR / f"{w.name}.status.sock"):
+        path.unlink(missing_ok=True)
 
 
 def test_malformed_packets_to_the_port_are_dropped_in_xdp(topo, tmp_path):
@@ -200,7 +203,8 @@ def test_auto_falls_back_to_socket_and_says_why(topo, tmp_path):
     assert w.status()["backend"] == "socket" and w.status()["xdp"] is None
     links = topo.run(w.exit_ns, ["ip", "-d", "link", "show"]).stdout
     assert "prog/xdp" not in links and f"{w.name[:12]}-x" not in links, links
-    assert "backend: socket, 1 worker(s)" in topo.run(w.exit_ns, [DATAPLANE, "show"]).stdout
+    assert "backend: socket, 1 worker(s)" in topo.run(w.exit_ns, [DATAPLANE, "show",
+                                                                w.name]).stdout
     r = w.ping(w.client_ns, "10.202.0.1")
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -286,3 +290,31 @@ def test_data_leaves_through_af_xdp_with_correct_outer_headers(topo, tmp_path, o
         assert "udp sum ok" in out, out[-2000:]
     stats = w.status()["xdp"]
     assert stats["wan_xsk_tx"] >= 20 and stats["outer_routes"] == 1, stats
+
+
+def test_kill_9_and_down_release_every_wan_interface(topo, tmp_path):
+    """Two WAN interfaces: kill -9 leaves neither with a program, and both
+    answer ping at once; a new daemon on the same file attaches to both
+    again, and `down` detaches from both."""
+    from dataplane.launch import start_daemon
+    hub = Hub(topo, tmp_path, kinds=("go", "go"), backend="xdp")
+    wan = [s.veth[1] for s in hub.spokes]
+    assert all(hub_xdp_on(hub, i) for i in wan)
+    os.kill(hub.iface.proc.pid, signal.SIGKILL)
+    hub.iface.proc.wait(timeout=10)
+    deadline = time.monotonic() + 1.0
+    while any(hub_xdp_on(hub, i) for i in wan) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(hub_xdp_on(hub, i) for i in wan), "an XDP program outlived its daemon"
+    for s in hub.spokes:
+        r = topo.run(s.ns, ["ping", "-c", "1", "-W", "1", hub_outer(s.index)[0]], check=False)
+        assert r.returncode == 0, r.stdout
+    # the killed daemon's inner veth pair is still there: the next one
+    # replaces it
+    hub.iface.proc = start_daemon(topo, hub.ns, hub.iface.conf_path, log=hub.iface.log_path)
+    assert all(hub_xdp_on(hub, i) for i in wan)
+    spoke_pings(hub)
+    topo.run(hub.ns, [DATAPLANE, "down", hub.name])
+    assert hub.iface.proc.wait(timeout=15) == 0
+    assert not any(hub_xdp_on(hub, i) for i in wan)
+    assert topo.run(hub.ns, ["ip", "link", "show", hub.name], check=False).returncode != 0
