@@ -56,6 +56,14 @@ def _pid_of(name: str) -> int:
         raise SystemExit(f"dataplane: {name} is not up (no {RUN_DIR}/{name}.pid)") from None
 
 
+def _gone(name: str) -> bool:
+    """NAME's daemon has gone down or was killed since we listed it."""
+    try:
+        return not _running(int((RUN_DIR / f"{name}.pid").read_text()))
+    except (OSError, ValueError):
+        return True
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie waiting for its parent to reap it."""
     try:
@@ -114,6 +122,18 @@ def _ago(ns: int) -> str:
     return f"{s} second{'s' if s != 1 else ''} ago"
 
 
+def backend_summary(status: dict) -> str:
+    """"xdp on eth0 (queue 0), eth1 (queues 0, 1), 3 worker(s)" or
+    "socket, 1 worker(s)", from the status socket's figures."""
+    text = status.get("backend", "?")
+    wan = status.get("wan") or {}
+    if wan:
+        text += " on " + ", ".join(
+            f"{ifname} (queue{'s' if len(w['queues']) != 1 else ''} "
+            f"{', '.join(map(str, w['queues']))})" for ifname, w in wan.items())
+    return f"{text}, {status.get('workers', '?')} worker(s)"
+
+
 def _show(args) -> int:
     names = [args.name] if args.name else sorted(
         p.name[:-len(".pid")] for p in RUN_DIR.glob("*.pid")) if RUN_DIR.exists() else []
@@ -125,6 +145,12 @@ def _show(args) -> int:
         try:
             out[name] = interface_status(name)
         except (OSError, uapi.UapiError, ValueError) as e:
+            if not args.name and _gone(name):
+                # a daemon killed with -9 leaves its pid file: not an error
+                # for the others' figures
+                print(f"dataplane show: {name}: its daemon is gone (skipped)",
+                      file=sys.stderr)
+                continue
             print(f"dataplane show: {name}: {e}", file=sys.stderr)
             return 1
     if args.json:
@@ -143,7 +169,7 @@ def _show(args) -> int:
         if st.private_key is not None:
             print(f"  public key: {st.private_key.public_key()}")
         print(f"  listening port: {st.listen_port}")
-        print(f"  backend: {ours.get('backend', '?')}, {ours.get('workers', '?')} worker(s)")
+        print(f"  backend: {backend_summary(ours)}")
         drops = {k: n for k, n in ours.get("drops", {}).items() if n}
         print(f"  drops: {', '.join(f'{k} {n}' for k, n in drops.items()) or 'none'}")
         for p in st.peers:

@@ -14,10 +14,11 @@
     PersistentKeepalive = 25              # optional; 0 or "off" disables
 
     [DataPlane]
-    Backend = auto                        # auto | xdp | socket
+    Backend = auto                        # auto (default: xdp where possible) | xdp | socket
     Workers = 2
     Queues = 2
-    Interfaces = eth0                     # WAN interfaces, comma list
+    Interfaces = eth0                     # WAN interfaces for xdp, comma list
+                                          # (default: every one with a global address)
     MaxPeers = 100000                     # room for peers added at run time
     ApiListen = 192.0.2.1:8443            # the API on TCP too (mutual TLS only)
     ApiCertificate = /etc/dataplane/api.pem       # server certificate chain (PEM)

@@ -37,8 +37,9 @@ from dataplane._native import lib
 from dataplane.device import Device, DeviceError
 from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
 from dataplane.tun import open_tun
-from dataplane.xdp_backend import (OuterRoutes, XdpPlumbing, XdpUnavailable, rx_queues,
-                                   wan_interfaces)
+from dataplane.xdp_backend import (OuterRoutes, XdpPlumbing, XdpUnavailable,
+                                   remove_stale_inner_link, rx_queues, wan_interfaces,
+                                   worker_layout)
 
 log = logging.getLogger("dataplane")
 
@@ -156,40 +157,11 @@ class Daemon:
     # -- bring up / down
 
     def up(self) -> None:
-        """Everything or nothing: on failure what was done is undone."""
+        """Everything or nothing: on failure what was done is undone.
+        Backend = auto tries the XDP backend and, when the kernel or the
+        interfaces do not allow it, falls back to the socket backend; one
+        log line says which backend runs and why."""
         conf = self.conf
-        self.backend = "socket"
-        wan: list[str] = []
-        if conf.dataplane.backend == "xdp":
-            try:
-                wan = wan_interfaces(conf.dataplane.interfaces, own=[self.name])
-            except XdpUnavailable as e:
-                raise UpError(f"Backend = xdp: {e}") from None
-            self.backend = "xdp"
-            log.info("backend: xdp on %s", ", ".join(wan))
-        elif conf.dataplane.backend == "auto":
-            # The XDP backend still sends through the kernel's UDP stack and
-            # serves one WAN interface; until it is complete, auto means
-            # the socket backend.
-            log.info("backend: socket (auto; Backend = xdp selects AF_XDP)")
-        # One worker per TUN queue. One by default: on a small machine that
-        # shares its cores with other work it did best (measured with bench
-        # tunnel on 2 cores); a dedicated exit node sets one per core.
-        self.workers = min(conf.dataplane.workers or conf.dataplane.queues or 1,
-                           lib.DP_DEVICE_MAX_WORKERS)
-        if conf.dataplane.queues and conf.dataplane.workers and \
-                conf.dataplane.queues != conf.dataplane.workers:
-            log.warning("Queues = %d, Workers = %d: the socket backend runs one worker per "
-                        "queue; using %d", conf.dataplane.queues, conf.dataplane.workers,
-                        self.workers)
-        if self.backend == "xdp":
-            # one worker per receive queue of the WAN interface: each owns
-            # the AF_XDP socket of its queue
-            queues = rx_queues(wan[0])
-            if self.workers > queues:
-                log.warning("%s has %d receive queue(s): running %d worker(s), not %d",
-                            wan[0], queues, queues, self.workers)
-                self.workers = queues
         if conf.dataplane.api_listen is not None:
             d = conf.dataplane
             try:
@@ -199,16 +171,81 @@ class Daemon:
                 raise UpError(f"ApiListen: cannot load the TLS files: {e}") from None
         if uapi_socket_in_use(self.uapi_path):
             raise UpError(f"{self.name} is already up (its UAPI socket answers)")
+        with IPRoute() as ipr:
+            if remove_stale_inner_link(ipr, self.name):
+                log.info("%s: removed the inner veth pair that a killed daemon left behind",
+                         self.name)
+            elif ipr.link_lookup(ifname=self.name):
+                raise UpError(f"an interface named {self.name} already exists")
+        choice = conf.dataplane.backend
+        if choice in ("xdp", "auto"):
+            try:
+                how = self._up("xdp")
+            except XdpUnavailable as e:
+                if choice == "xdp":
+                    raise UpError(f"Backend = xdp: {e}") from None
+                self._up("socket")
+                log.info("backend: socket (xdp unavailable: %s)", e)
+            else:
+                log.info("backend: xdp on %s (%s)", ", ".join(self.xdp.wan), how)
+        else:
+            self._up("socket")
+            log.info("backend: socket (Backend = socket)")
+        log.info("%s is up: listening on UDP port %d, %d peer(s), backend %s, %d worker(s)",
+                 self.name, self.iface.listen_port, len(conf.peers), self.backend, self.workers)
+
+    def _workers_wanted(self) -> int:
+        d = self.conf.dataplane
+        wanted = d.workers or d.queues or 1
+        if d.queues and d.workers and d.queues != d.workers:
+            log.warning("Queues = %d, Workers = %d: one worker per queue; using %d",
+                        d.queues, d.workers, d.workers)
+        return wanted
+
+    def _xdp_layout(self) -> tuple[list, str]:
+        """The workers' (WAN interface, receive queue) and how the WAN
+        interfaces were chosen; XdpUnavailable when there are none."""
+        d = self.conf.dataplane
+        wan = wan_interfaces(d.interfaces, own=[self.name])
+        how = "Interfaces" if d.interfaces else \
+            "every interface with a global address; [DataPlane] Interfaces chooses"
+        queues = {ifname: rx_queues(ifname) for ifname in wan}
+        wanted = self._workers_wanted()
+        layout, unserved = worker_layout(wan, queues, wanted, lib.DP_DEVICE_MAX_WORKERS)
+        if len(layout) < wanted:
+            log.warning("%s: %d receive queue(s) in all: running %d worker(s), not %d",
+                        ", ".join(wan), sum(queues.values()), len(layout), wanted)
+        if unserved:
+            log.warning("receive queues without a worker (their WireGuard traffic takes the "
+                        "kernel's UDP path; raise Workers): %s",
+                        ", ".join(f"{i} queue {q}" for i, q in unserved))
+        return layout, how
+
+    def _up(self, backend: str) -> str:
+        """Brings the interface up on one backend; on failure everything
+        done so far is undone. XdpUnavailable when the XDP backend cannot
+        run here (nothing left attached); for xdp, returns how the WAN
+        interfaces were chosen."""
+        conf = self.conf
+        self.backend = backend
+        how = ""
+        if backend == "xdp":
+            layout, how = self._xdp_layout()
+            self.workers = len(layout)
+        else:
+            # One worker per TUN queue. One by default: on a small machine
+            # that shares its cores with other work it did best (measured
+            # with bench tunnel on 2 cores); a dedicated exit node sets one
+            # per core.
+            self.workers = min(self._workers_wanted(), lib.DP_DEVICE_MAX_WORKERS)
         mtu = self.mtu = conf.interface.mtu or DEFAULT_MTU
         try:
-            with IPRoute() as ipr:
-                if ipr.link_lookup(ifname=self.name):
-                    raise UpError(f"an interface named {self.name} already exists")
             workers = self.workers
             v4, v6 = open_udp(conf.interface.listen_port or 0, workers)
             self.sockets = [s for s in v4 + v6 if s is not None]
-            if self.backend == "xdp":
-                self.xdp = XdpPlumbing(self.name, mtu, v4[0].getsockname()[1], wan, workers)
+            port = v4[0].getsockname()[1]
+            if backend == "xdp":
+                self.xdp = XdpPlumbing(self.name, mtu, port, layout)
                 macs = self.xdp.create_inner_link()
                 tun_fds, vnet = [-1] * workers, False
             else:
@@ -224,19 +261,15 @@ class Daemon:
                             replay_window=conf.dataplane.replay_window)
             if self.xdp is not None:
                 try:
-                    for w in range(workers):
-                        device.attach_xsk(w, wan[0], w, self.xdp.peer_name, w, macs[0], macs[1])
-                except DeviceError as e:
-                    device.close()
-                    raise UpError(f"Backend = xdp: {e}") from None
-                try:
+                    for w, (ifname, queue) in enumerate(layout):
+                        device.attach_xsk(w, ifname, queue, self.xdp.peer_name, w, macs[0],
+                                          macs[1])
                     self.xdp.attach(device)
-                except XdpUnavailable as e:
+                except (DeviceError, XdpUnavailable) as e:
                     device.close()
-                    raise UpError(f"Backend = xdp: {e}") from None
-                self.outer_routes = OuterRoutes(device, wan[0], v4[0].getsockname()[1])
-            self.iface = Interface(self.name, conf.interface.private_key, device,
-                                   v4[0].getsockname()[1])
+                    raise XdpUnavailable(str(e)) from None
+                self.outer_routes = OuterRoutes(device, self.xdp.wan, port)
+            self.iface = Interface(self.name, conf.interface.private_key, device, port)
             if self.outer_routes is not None:
                 self.iface.on_need_route = lambda ep: self.outer_routes.want(ep.address)
             self._apply_fwmark(conf.interface.fwmark)
@@ -247,8 +280,7 @@ class Daemon:
         except BaseException:
             self.down()
             raise
-        log.info("%s is up: listening on UDP port %d, %d peer(s), backend %s, %d worker(s)",
-                 self.name, self.iface.listen_port, len(conf.peers), self.backend, self.workers)
+        return how
 
     def _configure_peer(self, pc: cfg.PeerConfig) -> Peer:
         iface = self.iface
@@ -348,7 +380,7 @@ class Daemon:
         if self.xdp is not None:
             self.xdp.close()  # programs detached, the inner veth pair (and its routes) gone
             self.xdp = None
-            self.outer_routes = None
+        self.outer_routes = None
         for s in self.sockets:
             s.close()
         self.sockets = []
@@ -655,12 +687,17 @@ class Daemon:
                                            "current_index": st.current_local_index,
                                            "rx_packets": st.rx_packets,
                                            "tx_packets": st.tx_packets}
-        xdp_counters = None
+        xdp_counters, wan = None, {}
         if self.xdp is not None:
             xdp_counters = {**self.xdp.counters(), **self.iface.device.path_stats(),
                             "outer_routes": len(self.outer_routes.installed)}
+            # each WAN interface: the queues its workers serve, its program's counters
+            for ifname, counters in self.xdp.interface_counters().items():
+                wan[ifname] = {"queues": [q for i, q in self.xdp.layout if i == ifname],
+                               "xdp": counters}
         memory = getattr(self.iface.device, "memory", None)
         return {"backend": self.backend, "workers": self.workers, "xdp": xdp_counters,
+                "wan": wan,
                 "native_memory": memory() if memory is not None else None,
                 "drops": self.iface.device.drops(),
                 "handshake": dict(self.iface.counters), "peer_state": peers}

@@ -475,10 +475,13 @@ class Device:
     # -- the XDP backend's outer routes
 
     def route_set(self, dst: IPAddress, src: IPAddress, src_port: int, dst_mac: bytes,
-                  src_mac: bytes) -> None:
+                  src_mac: bytes, ifindex: int = 0) -> None:
+        """How to send to dst straight out of the WAN interface `ifindex`
+        (0: whichever WAN port the sending worker has)."""
         r = ffi.new("struct dp_route *")
         r.family = dst.version
         r.src_port = src_port
+        r.ifindex = ifindex
         ffi.memmove(r.dst, dst.packed, len(dst.packed))
         ffi.memmove(r.src, src.packed, len(src.packed))
         ffi.memmove(r.dst_mac, dst_mac, 6)

@@ -9,13 +9,20 @@ sockets of the workers in the programs' XSKMAPs.
 The kernel's end carries the interface's name, addresses and routes, so
 routing, nftables and NAT work unchanged; it does no ARP or neighbour
 discovery (NOARP: the kernel addresses frames to its own MAC, and the
-worker addresses frames to it). Encrypted packets leave through the UDP
-sockets (the kernel builds the outer headers from its routing and
-neighbour tables); the sockets also receive whatever XDP passes on.
+worker addresses frames to it). Encrypted packets leave through the
+worker's WAN AF_XDP socket when an outer route to the endpoint is known
+and leaves by that worker's WAN interface, otherwise through the UDP
+sockets (the kernel builds the outer headers); the sockets also receive
+whatever XDP passes on.
 
-Never half-attached: `setup` undoes what it did when a step fails; the
+Several WAN interfaces: one WAN program per interface, and the workers
+spread over the (interface, receive queue) pairs, every interface getting
+at least one (worker_layout).
+
+Never half-attached: `attach` undoes what it did when a step fails; the
 programs are attached with bpf_links owned by this process, so they go
-when it goes, also after kill -9.
+when it goes, also after kill -9. Nothing is pinned, so bpffs is not
+needed.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -42,21 +50,80 @@ def inner_peer_name(name: str) -> str:
     return f"{name[:12]}-x"
 
 
+RT_SCOPE_UNIVERSE = 0
+IFF_LOOPBACK = 0x8
+# Link kinds that are tunnels (ours on the socket backend, wireguard-go's,
+# the kernel's WireGuard), never WAN interfaces.
+TUNNEL_KINDS = ("tun", "wireguard")
+RUN_DIR = Path("/run/dataplane")
+UAPI_DIR = Path("/var/run/wireguard")
+
+
+def tunnel_names() -> set:
+    """Names of the WireGuard interfaces of this machine: ours (a pid file
+    in /run/dataplane) and their inner veth ends, and every interface with
+    a UAPI socket (wireguard-go's). The directories are shared by all
+    network namespaces, so names from others show up too: harmless, they
+    only exclude."""
+    names = set()
+    for directory, suffix in ((RUN_DIR, ".pid"), (UAPI_DIR, ".sock")):
+        try:
+            for path in directory.glob(f"*{suffix}"):
+                name = path.name[:-len(suffix)]
+                names |= {name, inner_peer_name(name)}
+        except OSError:
+            pass
+    return names
+
+
+def remove_stale_inner_link(ipr: IPRoute, name: str) -> bool:
+    """Removes the inner veth pair that a daemon of the interface `name`
+    left behind when it was killed (veth `name` whose peer is our end,
+    inner_peer_name(name)); True if there was one. The caller made sure
+    that no daemon of that name runs (its UAPI socket does not answer)."""
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        return False
+    link = ipr.get_links(found[0])[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    peer = link.get_attr("IFLA_LINK")
+    if not info or info.get_attr("IFLA_INFO_KIND") != "veth" or not peer:
+        return False
+    try:
+        peer_name = ipr.get_links(peer)[0].get_attr("IFLA_IFNAME")
+    except Exception:  # noqa: BLE001 - the peer is in another namespace, or gone
+        return False
+    if peer_name != inner_peer_name(name):
+        return False
+    ipr.link("del", index=found[0])
+    return True
+
+
 def wan_interfaces(configured: Sequence[str], own: Sequence[str]) -> list[str]:
     """The WAN interfaces: the configured ones (which must exist), or every
-    interface with an address other than loopback and our own."""
+    interface with an address of global scope other than loopback, our own
+    and other tunnels (tun and WireGuard links, other dataplane
+    interfaces and their inner veth ends)."""
     with IPRoute() as ipr:
-        names = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+        links = {link.get_attr("IFLA_IFNAME"): link for link in ipr.get_links()}
         if configured:
-            missing = [n for n in configured if n not in names]
+            missing = [n for n in configured if n not in links]
             if missing:
-                raise XdpUnavailable(f"Interfaces: no interface named {', '.join(missing)}")
-            return list(configured)
-        with_addr = {a["index"] for a in ipr.get_addr()}
-    found = sorted(n for n, i in names.items()
-                   if i in with_addr and n != "lo" and n not in own)
+                raise XdpUnavailable(f"Interfaces: no interface named {', '.join(missing)} in "
+                                     f"this network namespace (have: {', '.join(sorted(links))})")
+            return list(dict.fromkeys(configured))
+        with_addr = {a["index"] for a in ipr.get_addr() if a["scope"] == RT_SCOPE_UNIVERSE}
+    skip = set(own) | {inner_peer_name(n) for n in own} | tunnel_names()
+    found = []
+    for name, link in sorted(links.items()):
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info else None
+        if link["index"] in with_addr and not link["flags"] & IFF_LOOPBACK \
+                and name not in skip and kind not in TUNNEL_KINDS:
+            found.append(name)
     if not found:
-        raise XdpUnavailable("no interface with an address to attach to (set Interfaces)")
+        raise XdpUnavailable("no interface with a global address to attach to (set "
+                             "[DataPlane] Interfaces)")
     return found
 
 
@@ -66,6 +133,23 @@ def rx_queues(ifname: str) -> int:
         return max(1, len(list(Path(f"/sys/class/net/{ifname}/queues").glob("rx-*"))))
     except OSError:
         return 1
+
+
+def worker_layout(wan: Sequence[str], queues: dict, wanted: int, limit: int
+                  ) -> tuple[list, list]:
+    """Which (interface, receive queue) each worker serves: `wanted`
+    workers, but at least one per interface (an interface without one would
+    send all its WireGuard traffic through the kernel's UDP stack), at most
+    one per queue and at most `limit`. Queues are dealt round-robin over
+    the interfaces (eth0 q0, eth1 q0, eth0 q1, ...). Returns (the layout,
+    the queues left to the kernel's UDP stack)."""
+    slots = [(ifname, q) for q in range(max(queues[i] for i in wan)) for ifname in wan
+             if q < queues[ifname]]
+    if len(wan) > limit:
+        raise XdpUnavailable(f"{len(wan)} WAN interfaces, but at most {limit} workers: name at "
+                             f"most {limit} in [DataPlane] Interfaces")
+    n = min(max(wanted, len(wan)), len(slots), limit)
+    return slots[:n], slots[n:]
 
 
 def _ip(*args: str) -> None:
@@ -89,35 +173,40 @@ def neighbours(ipr: IPRoute, wan_index: int) -> dict:
     return out
 
 
-def resolve_outer_route(ipr: IPRoute, addr: IPAddress, wan_index: int, neigh: dict,
-                        our_mac: bytes) -> Optional[tuple[IPAddress, bytes, bytes]]:
-    """(source address, next hop's MAC, our MAC) to reach addr straight out
-    of the WAN interface, from the kernel's routing and neighbour tables;
-    None when the kernel routes it elsewhere or has no neighbour entry yet
-    (then packets take the kernel's path, which resolves the neighbour)."""
+def resolve_outer_route(ipr: IPRoute, addr: IPAddress, wan: dict
+                        ) -> Optional[tuple[IPAddress, bytes, bytes, int]]:
+    """(source address, next hop's MAC, our MAC, interface index) to reach
+    addr straight out of one of the WAN interfaces, from the kernel's
+    routing and neighbour tables. `wan`: interface index -> (our MAC, its
+    neighbours as address -> MAC). None when the kernel routes addr
+    elsewhere or has no neighbour entry yet (then packets take the kernel's
+    path, which resolves the neighbour)."""
     family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
     try:
         route = ipr.route("get", dst=str(addr), family=family)[0]
     except Exception:  # noqa: BLE001 - unreachable: the kernel's path says so
         return None
-    if route.get_attr("RTA_OIF") != wan_index or route.get("type", 1) != 1:
+    oif = route.get_attr("RTA_OIF")
+    if oif not in wan or route.get("type", 1) != 1:
         return None
+    our_mac, neigh = wan[oif]
     src, hop = route.get_attr("RTA_PREFSRC"), route.get_attr("RTA_GATEWAY") or str(addr)
     if not src or hop not in neigh:
         return None
-    return ipaddress.ip_address(src), neigh[hop], our_mac
+    return ipaddress.ip_address(src), neigh[hop], our_mac, oif
 
 
 class OuterRoutes:
     """The device's outer routes, kept as the kernel has them: asked for by
     the workers (DP_EVENT_NEED_ROUTE), resolved here, and all resolved
     again every FULL_EVERY refreshes, so that route and neighbour changes
-    reach the workers within seconds."""
+    reach the workers within seconds. Each route names the WAN interface
+    it leaves by."""
 
     FULL_EVERY = 20  # refreshes (the daemon refreshes every tick, 0.25 s)
 
-    def __init__(self, device, wan: str, listen_port: int):
-        self.device, self.wan, self.listen_port = device, wan, listen_port
+    def __init__(self, device, wan: Sequence[str], listen_port: int):
+        self.device, self.wan, self.listen_port = device, list(wan), listen_port
         self.wanted: set = set()
         self.installed: dict = {}
         self._count = 0
@@ -147,14 +236,15 @@ class OuterRoutes:
         if not todo:
             return
         with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=self.wan)
-            if not found:
-                return
-            index = found[0]
-            neigh = neighbours(ipr, index)
-            ours = bytes.fromhex(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS").replace(":", ""))
+            wan = {}
+            for ifname in self.wan:
+                found = ipr.link_lookup(ifname=ifname)
+                if not found:
+                    continue
+                mac = ipr.get_links(found[0])[0].get_attr("IFLA_ADDRESS")
+                wan[found[0]] = (bytes.fromhex(mac.replace(":", "")), neighbours(ipr, found[0]))
             for addr in todo:
-                got = resolve_outer_route(ipr, addr, index, neigh, ours)
+                got = resolve_outer_route(ipr, addr, wan)
                 if got == self.installed.get(addr):
                     continue
                 if got is None:
@@ -162,29 +252,47 @@ class OuterRoutes:
                     self.installed.pop(addr, None)
                     continue
                 try:
-                    self.device.route_set(addr, got[0], self.listen_port, got[1], got[2])
+                    self.device.route_set(addr, got[0], self.listen_port, got[1], got[2],
+                                          ifindex=got[3])
                     self.installed[addr] = got
                 except OSError as e:  # the table is full: the kernel's path still works
                     # (no address in the log: it is a peer's endpoint)
                     log.debug("an outer route was not installed: %s", os.strerror(e.errno or 0))
 
 
+# Our end of the inner veth pair: the largest MTU a veth takes.
+INNER_PEER_MTU = 65535
+
+
 class XdpPlumbing:
-    def __init__(self, name: str, mtu: int, listen_port: int, wan: Sequence[str], workers: int):
+    """layout: the (WAN interface, receive queue) of each worker, as
+    worker_layout makes it."""
+
+    def __init__(self, name: str, mtu: int, listen_port: int, layout: Sequence[tuple]):
         self.name, self.mtu, self.listen_port = name, mtu, listen_port
-        self.wan = list(wan)
-        self.workers = workers
+        self.layout = list(layout)
+        self.wan = list(dict.fromkeys(ifname for ifname, _ in self.layout))
+        self.workers = len(self.layout)
         self.peer_name = inner_peer_name(name)
-        self.programs: list = []
-        self.wan_prog = None
+        self.wan_progs: dict = {}     # interface -> its WAN program
+        self.inner_prog = None
         self._resting = False
+        self._limit_until = 0.0
         self._veth = False
 
     def create_inner_link(self) -> tuple[bytes, bytes]:
-        """The veth pair; returns (the kernel end's MAC, our end's MAC)."""
-        if len(self.wan) != 1:
-            raise XdpUnavailable(f"the XDP backend serves one WAN interface in this version; "
-                                 f"found {', '.join(self.wan)} (set Interfaces)")
+        """The veth pair; returns (the kernel end's MAC, our end's MAC).
+        XdpUnavailable when it cannot be made (the caller undoes the rest
+        with close)."""
+        try:
+            return self._create_inner_link()
+        except XdpUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001 - netlink: e.g. no veth in this kernel
+            raise XdpUnavailable(f"creating the inner veth pair {self.name}/{self.peer_name}: "
+                                 f"{e}") from e
+
+    def _create_inner_link(self) -> tuple[bytes, bytes]:
         with IPRoute() as ipr:
             if ipr.link_lookup(ifname=self.peer_name):
                 ipr.link("del", index=ipr.link_lookup(ifname=self.peer_name)[0])
@@ -194,8 +302,14 @@ class XdpPlumbing:
                      peer={"ifname": self.peer_name, "num_rx_queues": self.workers,
                            "num_tx_queues": self.workers})
             self._veth = True
-            for ifname in (self.name, self.peer_name):
-                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], mtu=self.mtu)
+            # The kernel's end has the interface's MTU (the operator's, and
+            # they may change it); ours takes anything the kernel's end
+            # sends (a veth drops frames over the receiving end's MTU).
+            # The XDP program on our end caps the kernel end's MTU at what
+            # fits a page.
+            ipr.link("set", index=ipr.link_lookup(ifname=self.name)[0], mtu=self.mtu)
+            ipr.link("set", index=ipr.link_lookup(ifname=self.peer_name)[0],
+                     mtu=INNER_PEER_MTU)
         # no neighbour resolution on the kernel's end, no IPv6 on ours
         _ip("link", "set", "dev", self.name, "arp", "off")
         # AF_XDP frames carry no checksum state: what the kernel hands to
@@ -216,54 +330,86 @@ class XdpPlumbing:
         return macs[0], macs[1]
 
     def attach(self, device) -> None:
-        """Programs on the WAN and on our inner end, AF_XDP sockets of every
-        worker in their maps. On failure everything is undone."""
+        """A WAN program on every WAN interface and the inner program on our
+        end of the pair, the workers' AF_XDP sockets in their maps. On
+        failure everything attached so far is detached and closed, and the
+        error names the step and the interface."""
         from dataplane import xdp
 
+        step = "loading the WAN program"
         try:
-            wan_prog = xdp.XdpProgram.load(xdp.object_path("wan"), listen_port=self.listen_port)
-            self.programs.append(wan_prog)
-            inner_prog = xdp.XdpProgram.load(xdp.object_path("inner"))
-            self.programs.append(inner_prog)
-            for w in range(self.workers):
+            for ifname in self.wan:
+                self.wan_progs[ifname] = xdp.XdpProgram.load(xdp.object_path("wan"),
+                                                             listen_port=self.listen_port)
+            step = "loading the inner program"
+            self.inner_prog = xdp.XdpProgram.load(xdp.object_path("inner"))
+            for w, (ifname, queue) in enumerate(self.layout):
+                step = f"adding worker {w}'s AF_XDP sockets to the maps"
                 wan_fd, inner_fd = device.xsk_fds(w)
-                wan_prog.set_xsk(w, wan_fd)
-                inner_prog.set_xsk(w, inner_fd)
+                self.wan_progs[ifname].set_xsk(queue, wan_fd)
+                self.inner_prog.set_xsk(w, inner_fd)
             # the handshake rate limit works only while the control plane
             # is under load (see follow_load)
-            wan_prog.set_ratelimit_rest(True)
+            for prog in self.wan_progs.values():
+                prog.set_ratelimit_rest(True)
             self._resting = True
-            self.wan_prog = wan_prog
-            inner_prog.attach(self.peer_name)
-            wan_prog.attach(self.wan[0])
+            step = f"attaching the inner program to {self.peer_name}"
+            self.inner_prog.attach(self.peer_name)
+            for ifname, prog in self.wan_progs.items():
+                step = f"attaching the WAN program to {ifname}"
+                prog.attach(ifname)
         except Exception as e:
             self.close()
-            raise XdpUnavailable(f"cannot attach the XDP programs: {e}") from e
+            raise XdpUnavailable(f"{step}: {e}") from e
 
-    def follow_load(self, under_load: bool) -> None:
+    # How long XDP's rate limit stays on after the control plane was last
+    # under load. A flood that the limit holds back no longer loads the
+    # control plane: with the limit off as soon as the load passed (the
+    # control plane's own hold is a second), the flood got through again
+    # every second and each time cost a burst of full handshakes.
+    RATELIMIT_HOLD_SECONDS = 5.0
+
+    def follow_load(self, under_load: bool, now: Optional[float] = None) -> None:
         """Apply XDP's per-source handshake rate limit while the control
-        plane is under load, as the kernel's WireGuard does; let it rest
-        otherwise."""
-        if self.wan_prog is not None and self._resting == under_load:
-            self.wan_prog.set_ratelimit_rest(not under_load)
-            self._resting = not under_load
+        plane is under load, as the kernel's WireGuard does, and for
+        RATELIMIT_HOLD_SECONDS after; let it rest otherwise."""
+        now = time.monotonic() if now is None else now
+        if under_load:
+            self._limit_until = now + self.RATELIMIT_HOLD_SECONDS
+        limit = now < self._limit_until
+        if self.wan_progs and self._resting == limit:
+            for prog in self.wan_progs.values():
+                prog.set_ratelimit_rest(not limit)
+            self._resting = not limit
 
     def counters(self) -> dict:
+        """The WAN programs' counters summed over the interfaces ("wan_*")
+        and the inner program's ("inner_*")."""
         out = {}
-        for label, prog in zip(("wan", "inner"), self.programs):
-            for k, v in prog.counters().items():
-                out[f"{label}_{k}"] = v
+        for counters in self.interface_counters().values():
+            for k, v in counters.items():
+                out[f"wan_{k}"] = out.get(f"wan_{k}", 0) + v
+        if self.inner_prog is not None:
+            for k, v in self.inner_prog.counters().items():
+                out[f"inner_{k}"] = v
         return out
 
+    def interface_counters(self) -> dict:
+        """Each WAN interface's program counters: {interface: {name: n}}."""
+        return {ifname: prog.counters() for ifname, prog in self.wan_progs.items()}
+
     def close(self) -> None:
-        for prog in reversed(self.programs):
+        progs = list(self.wan_progs.items())
+        if self.inner_prog is not None:
+            progs.append((self.peer_name, self.inner_prog))
+        for ifname, prog in progs:
             try:
                 prog.detach()
             except Exception as e:  # noqa: BLE001 - going away anyway; say so
-                log.warning("%s: detaching an XDP program: %s", self.name, e)
+                log.warning("%s: detaching the XDP program from %s: %s", self.name, ifname, e)
             prog.close()
-        self.programs = []
-        self.wan_prog = None
+        self.wan_progs = {}
+        self.inner_prog = None
         if self._veth:
             with IPRoute() as ipr:
                 found = ipr.link_lookup(ifname=self.peer_name)

@@ -2,6 +2,7 @@
  * up to DP_DEVICE_BURST packets, and the worker loop that runs them. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -52,6 +53,7 @@ struct burst {
      * and the Ethernet header of what we hand to the kernel's end. */
     bool xsk;
     struct dp_xsk_port *wan, *inner;
+    uint32_t wan_ifindex;  /* the interface of `wan` */
     uint8_t inner_eth[12]; /* destination MAC, source MAC */
     uint32_t ip_id;        /* IPv4 identification of what we send on the WAN */
     struct dp_xsk_frame frames[DP_DEVICE_BURST];
@@ -151,6 +153,7 @@ int dp_burst_attach_xsk(struct burst *b, const char *wan_ifname, uint32_t wan_qu
     }
     memcpy(b->inner_eth, inner_dst_mac, 6);
     memcpy(b->inner_eth + 6, inner_src_mac, 6);
+    b->wan_ifindex = if_nametoindex(wan_ifname);
     b->xsk = true;
     return 0;
 }
@@ -844,7 +847,8 @@ static void want_route(struct dp_device *d, struct peer *p, uint32_t peer_id,
 
 /* A data message straight out of the WAN AF_XDP port, with the outer
  * headers of its route; false when it must take the kernel's path (no
- * route yet, no free frame). UDP over IPv4 goes without a checksum, as
+ * route yet, the route leaves by another WAN interface than this
+ * worker's, no free frame). UDP over IPv4 goes without a checksum, as
  * IPv4 allows (the message authenticates itself); over IPv6 it has one. */
 static bool wan_xmit(struct dp_device *d, struct burst *b, const struct dp_endpoint *ep,
                      uint32_t peer_id, const uint8_t *msg, uint32_t len, uint64_t now)
@@ -861,6 +865,8 @@ static bool wan_xmit(struct dp_device *d, struct burst *b, const struct dp_endpo
         want_route(d, &d->peers[peer_id], peer_id, ep, now);
         return false;
     }
+    if (r.ifindex && r.ifindex != b->wan_ifindex)
+        return false;
     if (hdr + len > DP_XSK_FRAME_SIZE || !(f = dp_xsk_tx_frame(b->wan, &addr)))
         return false;
     memcpy(f, r.dst_mac, 6);

@@ -148,6 +148,10 @@ struct dp_route {
     uint8_t src[16];
     uint8_t dst_mac[6];
     uint8_t src_mac[6];
+    /* The WAN interface it leaves by (several WAN interfaces: a worker
+     * sends through its own WAN port only when it is on this interface,
+     * otherwise through the kernel's UDP stack); 0: any worker's port. */
+    uint32_t ifindex;
 };
 #define DP_ROUTES_MAX 4096
 /* Add or replace (0, -ENOSPC when full, -EINVAL); delete (0 or -ENOENT). */
@@ -157,7 +161,8 @@ int dp_device_route_del(struct dp_device *d, uint8_t family, const uint8_t *dst)
 /* Where transmitted data messages went, for the XDP backend. */
 struct dp_path_stats {
     uint64_t wan_xsk_tx;     /* built here and sent through the WAN AF_XDP port */
-    uint64_t wan_kernel_tx;  /* sent through the UDP socket (no route yet, or not the WAN) */
+    uint64_t wan_kernel_tx;  /* sent through the UDP socket (no route yet, not a WAN, or
+                              * the route's WAN interface is not the worker's) */
     uint64_t route_requests; /* DP_EVENT_NEED_ROUTE raised */
 };
 void dp_device_path_stats(struct dp_device *d, struct dp_path_stats *out);

@@ -48,6 +48,7 @@ class Attacker:
     def __init__(self, topo: Topology, ns: str, address: str, target: tuple):
         self.target = target
         family = socket.AF_INET6 if ":" in address.split("/")[0] else socket.AF_INET
+        self.family = 6 if family == socket.AF_INET6 else 4  # IP version
         ip = address.split("/")[0]
         topo.add_address(ns, veth_name(topo, ns), address)
         self.sock = topo.socket(ns, family)
@@ -121,10 +122,16 @@ class Captured:
 class Sniffer:
     """Records, on every Ethernet interface of a namespace, the UDP
     datagrams arriving for `port` (and with both_directions, those leaving
-    from it): AF_PACKET in a thread, the kernel filtering by port."""
+    from it): AF_PACKET in a thread, the kernel filtering by port.
 
-    def __init__(self, ns: str, port: int, both_directions: bool = False):
-        self.port, self.both_directions = port, both_directions
+    outgoing: record instead the datagrams leaving the namespace for
+    `port` (what the other side's port receives). An exit node on the XDP
+    backend takes its port's datagrams before AF_PACKET sees them, so
+    they are captured where they leave."""
+
+    def __init__(self, ns: str, port: int, both_directions: bool = False,
+                 outgoing: bool = False):
+        self.port, self.both_directions, self.outgoing = port, both_directions, outgoing
         self.sock = socket_in(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
         _attach_filter(self.sock, f"udp port {port}")
@@ -143,17 +150,24 @@ class Sniffer:
         self.sock.close()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        # after stop, what is still queued is read too (a busy machine may
+        # not have scheduled this thread before a fast exchange was over)
+        while True:
             try:
                 frame, (_, _, pkttype, hatype, _) = self.sock.recvfrom(65536)
             except socket.timeout:
+                if self._stop.is_set():
+                    return
                 continue
             if hatype != ARPHRD_ETHER or len(frame) < 14:
                 continue
             got = _udp_in_ethernet(frame)
             if got is None:
                 continue
-            if pkttype == PACKET_OUTGOING:
+            if self.outgoing:
+                if pkttype == PACKET_OUTGOING and got.dst[1] == self.port:
+                    self.datagrams.append(got)
+            elif pkttype == PACKET_OUTGOING:
                 if self.both_directions and got.src[1] == self.port:
                     self.datagrams.append(got)
             elif got.dst[1] == self.port:
@@ -165,7 +179,8 @@ class Sniffer:
                 if d.src[1] == self.port and d.payload[:4] == struct.pack("<I", mtype)]
 
     def payloads(self, mtype: int) -> list[bytes]:
-        """Payloads of type mtype that arrived for the port."""
+        """Payloads of type mtype that arrived for the port (outgoing: that
+        left for it)."""
         return [d.payload for d in list(self.datagrams)
                 if d.dst[1] == self.port and d.payload[:4] == struct.pack("<I", mtype)]
 
@@ -252,9 +267,12 @@ def status(name: str, timeout: float = 10) -> dict:
 
 
 def counters(name: str, timeout: float = 10) -> dict[str, int]:
-    """Every drop reason and handshake counter in one flat dict."""
+    """Every drop reason and handshake counter in one flat dict; on the XDP
+    backend also the WAN program's drops (wan_drop_*, summed over the WAN
+    interfaces)."""
     st = status(name, timeout)
-    return {**st["drops"], **st["handshake"]}
+    xdp = {k: n for k, n in (st.get("xdp") or {}).items() if k.startswith("wan_drop_")}
+    return {**st["drops"], **st["handshake"], **xdp}
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -147,11 +147,15 @@ class Hub:
     kinds: one entry per spoke, "go" (wireguard-go) or "dataplane".
     mtu: the hub's MTU line (None: none, the default applies).
     hub_knows_endpoints: the hub's config has each spoke's Endpoint, so it
-    can start handshakes itself."""
+    can start handshakes itself.
+    backend: the hub's Backend line (None: none, the default applies).
+    wan_spokes: the spokes (1, 2, ...) whose links the hub names in its
+    Interfaces line (None: no such line)."""
 
     def __init__(self, topo: Topology, tmp: Path, kinds: Sequence[str] = ("go",),
                  mtu: Optional[int] = None, hub_knows_endpoints: bool = True,
-                 psk: bool = True):
+                 psk: bool = True, backend: Optional[str] = None,
+                 wan_spokes: Optional[Sequence[int]] = None):
         self.topo, self.tmp = topo, tmp
         tag = f"{os.getpid() % 10000}"
         self.ns = topo.namespace("hub")
@@ -169,6 +173,13 @@ class Hub:
             conf.append(f"MTU = {mtu}")
         for s in self.spokes:
             conf += hub_peer_section(s.public_key, s.index, self.psk, hub_knows_endpoints)
+        if backend is not None or wan_spokes is not None:
+            conf += ["", "[DataPlane]"]
+            if backend is not None:
+                conf.append(f"Backend = {backend}")
+            if wan_spokes is not None:
+                conf.append("Interfaces = " + ", ".join(self.spokes[i - 1].veth[1]
+                                                        for i in wan_spokes))
         self.iface = DataplaneUp(topo, self.ns, tmp, f"dph{tag}", "\n".join(conf) + "\n")
         for s, kind in zip(self.spokes, kinds):
             s.iface = self._start_spoke(s, kind, tag)

@@ -18,7 +18,7 @@ def backend(request):
     and the XDP one (AF_XDP on the WAN veth and on the inner veth pair)."""
     tunnel.BACKEND = request.param
     yield request.param
-    tunnel.BACKEND = "socket"
+    tunnel.BACKEND = None
 
 
 def iperf3(world, args, seconds=2):

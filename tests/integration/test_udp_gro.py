@@ -2,7 +2,8 @@
 pass: a Python peer sends a run of equal-size data messages as one UDP GSO
 send (UDP_SEGMENT), which crosses the veth whole and reaches our
 GRO-enabled socket as one buffer; every message in it must be decrypted
-and delivered."""
+and delivered. The socket backend's receive path: pinned to it (on the XDP
+backend the WAN program takes the datagrams before the socket)."""
 import os
 import socket
 import struct
@@ -28,7 +29,8 @@ def test_a_udp_gso_run_of_data_messages_is_split_and_delivered(topo, tmp_path):
     conf = tmp_path / f"{name}.conf"
     conf.write_text(f"[Interface]\nPrivateKey = {exit_key.reveal_base64()}\nListenPort = 51820\n"
                     f"Address = 10.242.0.1/24\n\n[Peer]\nPublicKey = "
-                    f"{noise_b64(peer_pub)}\nAllowedIPs = 10.242.0.2/32\n")
+                    f"{noise_b64(peer_pub)}\nAllowedIPs = 10.242.0.2/32\n\n"
+                    "[DataPlane]\nBackend = socket\n")
     conf.chmod(0o600)
     start_daemon(topo, x, conf)
 

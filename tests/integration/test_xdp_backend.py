@@ -1,7 +1,8 @@
 """The XDP backend (Backend = xdp): our XDP program on the exit node's WAN
 veth steers WireGuard into AF_XDP, the inner side is a veth pair served by
 AF_XDP; wireguard-go is the client. The interop of the socket backend's
-tests, the exit-node scenario with NAT, and what kill -9 leaves behind."""
+tests, the exit-node scenario with NAT, what kill -9 leaves behind, how
+Backend = auto chooses, and several WAN interfaces."""
 import json
 import os
 import signal
@@ -11,7 +12,11 @@ import time
 
 import pytest
 
-from tests.integration.tunnel import OUTER, UAPI_DIR, TunnelWorld
+from dataplane.daemon import RUN_DIR
+from tests.integration.scenarios import HUB_INNER, Hub, hub_outer
+from tests.integration.tunnel import DATAPLANE, OUTER, UAPI_DIR, TunnelWorld
+
+EVERY_INTERFACE = "every interface with a global address; [DataPlane] Interfaces chooses"
 
 def xdp_world(topo, tmp_path, **kw):
     return TunnelWorld(topo, tmp_path, backend="xdp", **kw)
@@ -106,9 +111,11 @@ def test_kill_9_leaves_the_wan_interface_forwarding(topo, tmp_path):
     client.connect(("10.201.0.2", 2222))
     client.close()
     listener.close()
-    # what a killed daemon leaves: its UAPI socket file (the next one
-    # replaces it) and the inner veth pair (which goes with the namespace)
-    (UAPI_DIR / f"{w.name}.sock").unlink(missing_ok=True)
+    # what a killed daemon leaves: its socket and pid files and the inner
+    # veth pair (the next daemon of the name replaces them all, see below)
+    for path in (UAPI_DIR / f"{w.name}.sock", RUN_DIR / f"{w.name}.pid",
+                 RUN_DIR / f"{w.name}.status.sock"):
+        path.unlink(missing_ok=True)
 
 
 def test_malformed_packets_to_the_port_are_dropped_in_xdp(topo, tmp_path):
@@ -130,22 +137,135 @@ def test_malformed_packets_to_the_port_are_dropped_in_xdp(topo, tmp_path):
 
 
 def test_a_failed_attach_leaves_nothing_behind(topo, tmp_path):
-    """Native XDP cannot attach to loopback: `up` fails, says what failed,
-    and leaves no interface, no veth pair and no program behind."""
-    ns = topo.namespace("h")
+    """Native XDP cannot attach to loopback: with Interfaces = a veth, lo
+    the veth's program is attached before lo fails; `up` fails, says what
+    failed, and leaves no program on the veth, no interface, no veth pair."""
+    ns, other = topo.namespace("h"), topo.namespace("o")
+    wan, _ = topo.link(ns, other, ["10.205.0.1/24"], ["10.205.0.2/24"])
     from dataplane.keys import PrivateKey
-    from tests.integration.tunnel import DATAPLANE
     name = f"dph{os.getpid() % 10000}"
     conf = tmp_path / f"{name}.conf"
     conf.write_text(f"[Interface]\nPrivateKey = {PrivateKey.generate().reveal_base64()}\n"
-                    "Address = 10.204.0.1/24\n\n[DataPlane]\nBackend = xdp\nInterfaces = lo\n")
+                    "Address = 10.204.0.1/24\n\n[DataPlane]\nBackend = xdp\n"
+                    f"Interfaces = {wan}, lo\n")
     conf.chmod(0o600)
     r = topo.run(ns, [DATAPLANE, "up", str(conf)], check=False, timeout=30)
     assert r.returncode != 0
-    assert "xdp" in r.stderr.lower() and "lo" in r.stderr, r.stderr
+    assert "Backend = xdp: attaching the WAN program to lo" in r.stderr, r.stderr
     links = topo.run(ns, ["ip", "-d", "link", "show"]).stdout
     assert name not in links and "prog/xdp" not in links, links
     assert not (UAPI_DIR / f"{name}.sock").exists()
+
+
+def test_an_interface_that_is_not_there_is_named(topo, tmp_path):
+    ns = topo.namespace("h")
+    from dataplane.keys import PrivateKey
+    name = f"dph{os.getpid() % 10000}"
+    conf = tmp_path / f"{name}.conf"
+    conf.write_text(f"[Interface]\nPrivateKey = {PrivateKey.generate().reveal_base64()}\n"
+                    "[DataPlane]\nBackend = xdp\nInterfaces = nosuch0\n")
+    conf.chmod(0o600)
+    r = topo.run(ns, [DATAPLANE, "up", str(conf)], check=False, timeout=30)
+    assert r.returncode != 0
+    assert "Interfaces: no interface named nosuch0" in r.stderr, r.stderr
+    assert topo.run(ns, ["ip", "link", "show", name], check=False).returncode != 0
+
+
+# ---------------------------------------------------------------- Backend = auto
+
+def test_the_default_is_xdp_here_and_says_where(topo, tmp_path):
+    """No Backend line: auto, and this kernel and veth allow XDP. One log
+    line says which backend and why; `dataplane show` says it too."""
+    w = TunnelWorld(topo, tmp_path, backend=None)
+    assert "Backend" not in w.conf_path.read_text()
+    wan = wan_ifname(w)
+    log = w.log_path.read_text()
+    assert [line for line in log.splitlines() if "backend:" in line] == \
+        [f"dataplane: backend: xdp on {wan} ({EVERY_INTERFACE})"], log
+    assert w.status()["backend"] == "xdp" and list(w.status()["wan"]) == [wan]
+    assert xdp_attached(w, wan)
+    shown = topo.run(w.exit_ns, [DATAPLANE, "show", w.name]).stdout
+    assert f"backend: xdp on {wan} (queue 0), 1 worker(s)" in shown, shown
+    r = w.ping(w.client_ns, "10.202.0.1")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_auto_falls_back_to_socket_and_says_why(topo, tmp_path):
+    """Interfaces = lo: native XDP cannot attach there, so auto runs the
+    socket backend, says why in one line, and leaves nothing of the XDP
+    attempt behind (no program, no inner veth pair)."""
+    w = TunnelWorld(topo, tmp_path, backend="auto", extra_exit_conf="\n[DataPlane]\n"
+                                                                   "Interfaces = lo\n")
+    log = w.log_path.read_text()
+    lines = [line for line in log.splitlines() if "backend:" in line]
+    assert len(lines) == 1 and lines[0].startswith(
+        "dataplane: backend: socket (xdp unavailable: attaching the WAN program to lo: "), log
+    assert w.status()["backend"] == "socket" and w.status()["xdp"] is None
+    links = topo.run(w.exit_ns, ["ip", "-d", "link", "show"]).stdout
+    assert "prog/xdp" not in links and f"{w.name[:12]}-x" not in links, links
+    assert "backend: socket, 1 worker(s)" in topo.run(w.exit_ns, [DATAPLANE, "show",
+                                                                w.name]).stdout
+    r = w.ping(w.client_ns, "10.202.0.1")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- several WAN interfaces
+
+def spoke_pings(hub: Hub) -> None:
+    for s in hub.spokes:
+        r = s.iface.ping(HUB_INNER[0], count=3)
+        assert r.returncode == 0, f"spoke {s.index} -> hub: {r.stdout}{r.stderr}"
+        r = hub.iface.ping(s.inner[0], count=3)
+        assert r.returncode == 0, f"hub -> spoke {s.index}: {r.stdout}{r.stderr}"
+
+
+def hub_xdp_on(hub: Hub, ifname: str) -> bool:
+    out = hub.topo.run(hub.ns, ["ip", "-d", "link", "show", "dev", ifname]).stdout
+    return "prog/xdp" in out
+
+
+def test_auto_attaches_to_every_wan_interface_and_serves_peers_over_each(topo, tmp_path):
+    """Two WAN veths, a wireguard-go peer behind each, no Interfaces line:
+    a program on both, a worker on each, and each peer reached over its
+    own link both ways (the hub's replies leave by the interface its outer
+    route names)."""
+    hub = Hub(topo, tmp_path, kinds=("go", "go"))
+    wan = sorted(s.veth[1] for s in hub.spokes)
+    log = hub.iface.log_path.read_text()
+    assert f"backend: xdp on {', '.join(wan)} ({EVERY_INTERFACE})" in log, log
+    st = hub.iface.status()
+    assert st["backend"] == "xdp" and st["workers"] == 2, st
+    assert {i: w["queues"] for i, w in st["wan"].items()} == {wan[0]: [0], wan[1]: [0]}, st
+    assert all(hub_xdp_on(hub, i) for i in wan)
+    spoke_pings(hub)
+    st = hub.iface.status()
+    for s in hub.spokes:
+        counters = st["wan"][s.veth[1]]["xdp"]
+        # its handshake and its data came in over its own link, through XDP
+        assert counters["steer_data"] >= 6 and counters["steer_no_socket"] == 0, (s.index, st)
+        assert counters["steer_initiation"] + counters["steer_response"] >= 1, (s.index, st)
+    xdp = st["xdp"]
+    assert xdp["wan_steer_data"] == sum(w["xdp"]["steer_data"] for w in st["wan"].values())
+    assert xdp["wan_xsk_tx"] + xdp["wan_kernel_tx"] >= 12, xdp
+    shown = topo.run(hub.ns, [DATAPLANE, "show", hub.name]).stdout
+    assert f"backend: xdp on {wan[0]} (queue 0), {wan[1]} (queue 0), 2 worker(s)" in shown
+
+
+def test_interfaces_names_the_wan_interfaces(topo, tmp_path):
+    """Interfaces = the first spoke's link: XDP only there; the second
+    spoke's traffic takes the kernel's UDP path and still works."""
+    hub = Hub(topo, tmp_path, kinds=("go", "go"), backend="xdp", wan_spokes=[1])
+    first, second = (s.veth[1] for s in hub.spokes)
+    log = hub.iface.log_path.read_text()
+    assert f"backend: xdp on {first} (Interfaces)" in log, log
+    assert hub_xdp_on(hub, first) and not hub_xdp_on(hub, second)
+    spoke_pings(hub)
+    st = hub.iface.status()
+    assert list(st["wan"]) == [first] and st["workers"] == 1, st
+    assert st["wan"][first]["xdp"]["steer_data"] >= 6, st
+    # the second spoke's data did not pass through XDP: the UDP socket got it
+    assert st["xdp"]["wan_steer_data"] == st["wan"][first]["xdp"]["steer_data"]
+    assert all(int(p[5]) > 0 and int(p[6]) > 0 for p in hub.iface.dump()[1:])
 
 
 @pytest.mark.parametrize("outer", [4, 6])
@@ -170,3 +290,31 @@ def test_data_leaves_through_af_xdp_with_correct_outer_headers(topo, tmp_path, o
         assert "udp sum ok" in out, out[-2000:]
     stats = w.status()["xdp"]
     assert stats["wan_xsk_tx"] >= 20 and stats["outer_routes"] == 1, stats
+
+
+def test_kill_9_and_down_release_every_wan_interface(topo, tmp_path):
+    """Two WAN interfaces: kill -9 leaves neither with a program, and both
+    answer ping at once; a new daemon on the same file attaches to both
+    again, and `down` detaches from both."""
+    from dataplane.launch import start_daemon
+    hub = Hub(topo, tmp_path, kinds=("go", "go"), backend="xdp")
+    wan = [s.veth[1] for s in hub.spokes]
+    assert all(hub_xdp_on(hub, i) for i in wan)
+    os.kill(hub.iface.proc.pid, signal.SIGKILL)
+    hub.iface.proc.wait(timeout=10)
+    deadline = time.monotonic() + 1.0
+    while any(hub_xdp_on(hub, i) for i in wan) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(hub_xdp_on(hub, i) for i in wan), "an XDP program outlived its daemon"
+    for s in hub.spokes:
+        r = topo.run(s.ns, ["ping", "-c", "1", "-W", "1", hub_outer(s.index)[0]], check=False)
+        assert r.returncode == 0, r.stdout
+    # the killed daemon's inner veth pair is still there: the next one
+    # replaces it
+    hub.iface.proc = start_daemon(topo, hub.ns, hub.iface.conf_path, log=hub.iface.log_path)
+    assert all(hub_xdp_on(hub, i) for i in wan)
+    spoke_pings(hub)
+    topo.run(hub.ns, [DATAPLANE, "down", hub.name])
+    assert hub.iface.proc.wait(timeout=15) == 0
+    assert not any(hub_xdp_on(hub, i) for i in wan)
+    assert topo.run(hub.ns, ["ip", "link", "show", hub.name], check=False).returncode != 0

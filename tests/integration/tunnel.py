@@ -20,9 +20,11 @@ OUTER = {"client": ["10.201.0.1/24", "fd00:201::1/64"], "exit": ["10.201.0.2/24"
 INNER = {"client": ["10.202.0.2/24", "fd00:202::2/64"], "exit": ["10.202.0.1/24", "fd00:202::1/64"]}
 CLIENT_PORT = 51900
 EXIT_PORT = 51820
-# The exit node's backend when a test does not say; test modules that run
-# on every backend set it from a parametrized fixture (see test_tunnel.py).
-BACKEND = "socket"
+# The exit node's backend when a test does not say; None: no Backend line,
+# the default (auto: xdp where the kernel and the WAN veth allow it, as
+# here). Test modules that run on every backend set it from a parametrized
+# fixture (see test_tunnel.py).
+BACKEND = None
 
 
 class TunnelWorld:
@@ -55,7 +57,9 @@ class TunnelWorld:
         if exit_knows_client_endpoint:
             conf.append(f"Endpoint = {fmt(client_ip, CLIENT_PORT)}")
         self.backend = backend or BACKEND
-        if "[DataPlane]" in extra_exit_conf:
+        if self.backend is None:
+            pass  # the default
+        elif "[DataPlane]" in extra_exit_conf:
             extra_exit_conf = extra_exit_conf.replace(
                 "[DataPlane]\n", f"[DataPlane]\nBackend = {self.backend}\n", 1)
         else:
