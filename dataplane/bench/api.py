@@ -46,11 +46,11 @@ class PushWorld:
     """gen -- exit -- far, with `dataplane up` on exit and an API client."""
 
     def __init__(self, topo: Topology, tmp: Path, max_peers: int = 1024,
-                 extra_dataplane: str = ""):
+                 extra_dataplane: str = "", backend: str = "socket"):
         self.topo = topo
         self.gen_ns, self.exit_ns, self.far_ns = (topo.namespace("g"), topo.namespace("x"),
                                                   topo.namespace("f"))
-        topo.link(self.gen_ns, self.exit_ns, [f"{GEN}/24"], [f"{EXIT_GEN_SIDE}/24"])
+        _, wan = topo.link(self.gen_ns, self.exit_ns, [f"{GEN}/24"], [f"{EXIT_GEN_SIDE}/24"])
         topo.link(self.exit_ns, self.far_ns, [f"{EXIT_FAR_SIDE}/24"], [f"{SINK}/24"])
         topo.run(self.exit_ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         topo.add_route(self.gen_ns, "0.0.0.0/0", gateway=EXIT_GEN_SIDE)
@@ -60,7 +60,8 @@ class PushWorld:
         conf = tmp / f"{self.name}.conf"
         conf.write_text(f"[Interface]\nPrivateKey = {self.key.reveal_base64()}\n"
                         f"ListenPort = {LISTEN_PORT}\nAddress = {TUNNEL_ADDRESS}\nMTU = {MTU}\n"
-                        f"\n[DataPlane]\nBackend = socket\nMaxPeers = {max_peers}\n"
+                        f"\n[DataPlane]\nBackend = {backend}\nMaxPeers = {max_peers}\n"
+                        + (f"Interfaces = {wan}\n" if backend == "xdp" else "") +
                         f"{extra_dataplane}")
         conf.chmod(0o600)
         self.log = tmp / f"{self.name}.log"

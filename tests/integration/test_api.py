@@ -66,7 +66,17 @@ def test_a_peer_pushed_through_the_api_connects_from_wireguard_go(world, topo):
     assert f"{EXIT_GEN_SIDE}" not in log and client_key.public_key().base64() not in log
 
 
-def test_pushed_sessions_carry_the_generators_traffic(world):
+@pytest.mark.parametrize("backend", ["socket", "xdp"])
+def test_pushed_sessions_carry_the_generators_traffic(topo, tmp_path, backend):
+    world = PushWorld(topo, tmp_path, backend=backend)
+    try:
+        _pushed_sessions_carry_traffic(world)
+        assert world.client.interface()["backend"] == backend
+    finally:
+        world.close()
+
+
+def _pushed_sessions_carry_traffic(world):
     with world.peers(50) as peers:
         answer = world.client.bulk(peers.session_ops(activate="now", generation=1))
         assert answer["applied"] and {r["status"] for r in answer["results"]} == {201}
