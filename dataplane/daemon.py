@@ -185,7 +185,8 @@ class Daemon:
                 if choice == "xdp":
                     raise UpError(f"Backend = xdp: {e}") from None
                 self._up("socket")
-                log.info("backend: socket (xdp unavailable: %s)", e)
+                # one line, whatever the loader's message holds
+                log.info("backend: socket (xdp unavailable: %s)", " ".join(str(e).split()))
             else:
                 log.info("backend: xdp on %s (%s)", ", ".join(self.xdp.wan), how)
         else:
