@@ -76,7 +76,8 @@ class World:
             conf = tmp / f"{name}.conf"
             conf.write_text(f"[Interface]\nPrivateKey = {sk.reveal_base64()}\nListenPort = {PORT}\n"
                             f"Address = {INNER[1]}\n\n[Peer]\nPublicKey = {ck.public_key()}\n"
-                            f"AllowedIPs = {INNER[0].split('/')[0]}/32\n")
+                            f"AllowedIPs = {INNER[0].split('/')[0]}/32\n"
+                            f"\n[DataPlane]\nBackend = socket\n")
             conf.chmod(0o600)
             self.dut_pid = start_daemon(topo, self.server, conf).pid
         else:
