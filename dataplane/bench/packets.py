@@ -41,21 +41,23 @@ from dataplane.launch import start_daemon
 from dataplane.topology import Topology, socket_in
 from dataplane.wireguard_go import WireGuardGo
 
-DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go", "no-tunnel")
+DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go", "xsk-forward", "no-tunnel")
 TUNNEL_DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go")
+# need the XDP programs (built, and loadable here)
+XDP_DUTS = ("dataplane-xdp", "xsk-forward")
 
 
 def xdp_available() -> bool:
     """The XDP backend can run here (its programs are built and load)."""
     try:
         from dataplane import xdp
-        return xdp.object_path("wan").exists() and xdp.object_path("inner").exists()
+        return all(xdp.object_path(name).exists() for name in ("wan", "inner", "forward"))
     except Exception:  # noqa: BLE001 - not built, no libbpf: then it is not available
         return False
 
 
 def default_duts() -> list[str]:
-    return [d for d in DUTS if d != "dataplane-xdp" or xdp_available()]
+    return [d for d in DUTS if d not in XDP_DUTS or xdp_available()]
 DIRECTIONS = ("decap", "encap", "both")
 SIZES = ("64", "512", "1420", "imix")
 
@@ -161,8 +163,8 @@ class World:
         self.gen_cpu = cpus[0] if self.dut_cpu is not None else -1
         self.client, self.server, self.far = (topo.namespace("cl"), topo.namespace("dut"),
                                               topo.namespace("far"))
-        _, dut_in = topo.link(self.client, self.server, [f"{CLIENT}/24"],
-                              [f"{DUT_CLIENT_SIDE}/24"])
+        self.client_if, dut_in = topo.link(self.client, self.server, [f"{CLIENT}/24"],
+                                           [f"{DUT_CLIENT_SIDE}/24"])
         self.wan = dut_in
         dut_out, _ = topo.link(self.server, self.far, [f"{DUT_FAR_SIDE}/24"], [f"{SINK}/24"])
         if self.dut_cpu is not None:
@@ -187,11 +189,17 @@ class World:
         self.to_sink.set_plain([SINK])
         self.dut_pid: Optional[int] = None
         self.dut_public: Optional[bytes] = None
+        # xsk-forward: the forwarder, and its counters once it has stopped
+        self._forwarder: Optional[subprocess.Popen] = None
+        self._forwarder_log: Optional[Path] = None
+        self.dut_counters: Optional[dict] = None
 
         if self.tunnel:
             self._start_tunnel(n_peers, tmp)
         else:
             self.peers.set_plain([CLIENT])
+        if dut == "xsk-forward":
+            self._start_xsk_forward(tmp)
         if self.dut_cpu is not None and self.dut_pid:
             subprocess.run(["taskset", "-a", "-p", "-c", str(self.dut_cpu), str(self.dut_pid)],
                            check=True, capture_output=True)
@@ -226,6 +234,46 @@ class World:
         self.gen.connect((DUT_CLIENT_SIDE, LISTEN_PORT))
         self.handshake()
 
+    def _start_xsk_forward(self, tmp: Path) -> None:
+        """The raw AF_XDP forwarding ceiling (dataplane.bench.xsk_forward):
+        the dataplane-xdp DUT's WAN veth, an inner veth pair like its
+        (the kernel's end NOARP, offloads off) with the route to the client
+        through it, so both directions take the same path as through the
+        XDP backend: WAN AF_XDP <-> inner pair AF_XDP <-> kernel routing."""
+        topo, ns = self.topo, self.server
+        name = f"bpx{os.getpid() % 10000}"
+        mine = f"{name}-x"
+        topo.run(ns, ["ip", "link", "add", name, "type", "veth", "peer", "name", mine])
+        topo.run(ns, ["ip", "link", "set", "dev", name, "arp", "off"])
+        for ifname in (name, mine):
+            topo.run(ns, ["ethtool", "-K", ifname, "tx", "off", "tso", "off", "gso", "off",
+                          "gro", "off"])
+        topo.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.{mine}.disable_ipv6=1"])
+        for ifname in (name, mine):
+            topo.run(ns, ["ip", "link", "set", "dev", ifname, "up"])
+        topo.run(ns, ["ip", "route", "add", f"{CLIENT}/32", "dev", name])
+        # AF_XDP frames carry no checksum state: the generator's frames
+        # must arrive finished (as from a wire), not with checksums left
+        # to offload
+        topo.run(self.client, ["ethtool", "-K", self.client_if, "tx", "off"])
+        mac = lambda n, i: topo.run(n, ["cat", f"/sys/class/net/{i}/address"]).stdout.strip()  # noqa: E731
+        wan_macs = f"{mac(self.client, self.client_if)},{mac(ns, self.wan)}"
+        inner_macs = f"{mac(ns, name)},{mac(ns, mine)}"
+        log = tmp / f"{name}.log"
+        with log.open("w") as out:
+            proc = topo.popen(ns, [sys.executable, "-m", "dataplane.bench.xsk_forward",
+                                   "--wan", self.wan, "--wan-macs", wan_macs,
+                                   "--inner", mine, "--inner-macs", inner_macs],
+                              stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while "ready" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"xsk-forward did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        self.dut_pid = proc.pid
+        self._forwarder, self._forwarder_log = proc, log
+        self.say(f"  {self.dut}: forwarding {self.wan} <-> {mine}")
+
     def handshake(self) -> None:
         started = time.monotonic()
         self.peers.handshake(self.gen, self.dut_public,
@@ -234,6 +282,15 @@ class World:
                  f"{time.monotonic() - started:.1f} s")
 
     def close(self) -> None:
+        if self._forwarder is not None and self._forwarder.poll() is None:
+            self._forwarder.terminate()
+            try:
+                self._forwarder.wait(10)
+                last = self._forwarder_log.read_text().strip().splitlines()[-1]
+                self.dut_counters = json.loads(last)
+            except (subprocess.TimeoutExpired, IndexError, ValueError, OSError):
+                self.say(f"  {self.dut}: no counters at exit: "
+                         f"{self._forwarder_log.read_text()[-500:]}")
         self.peers.close()
         self.to_sink.close()
         self.gen.close()
@@ -345,12 +402,13 @@ def make_row(dut: str, size: str, peers: int, direction: str, runs: list,
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """pps against wireguard-go and against the no-tunnel ceiling of the
-    same scenario in this run."""
+    """pps against wireguard-go, the raw AF_XDP forwarding ceiling and the
+    no-tunnel ceiling of the same scenario in this run."""
     by = {(r["dut"], r["size"], r["peers"], r["direction"]): r for r in rows}
     for r in rows:
         key = (r["size"], r["peers"], r["direction"])
-        for name, ref in (("vs_wireguard_go", "wireguard-go"), ("vs_no_tunnel", "no-tunnel")):
+        for name, ref in (("vs_wireguard_go", "wireguard-go"), ("vs_xsk_forward", "xsk-forward"),
+                          ("vs_no_tunnel", "no-tunnel")):
             other = by.get((ref, *key))
             r[name] = r["pps"] / other["pps"] if other and other["pps"] else None
 
@@ -362,14 +420,15 @@ def _fmt(v, spec: str, width: int) -> str:
 def print_table(rows: list[dict], out=sys.stdout) -> None:
     print(f"\n{'dut':17} {'size':>5} {'peers':>5} {'dir':6} {'kpps':>8} {'min':>8} {'max':>8} "
           f"{'Gbit/s':>7} {'loss%':>6} {'DUT ns/pkt':>10} {'p50 us':>7} {'p99 us':>7} "
-          f"{'p999 us':>8} {'vs wg-go':>8} {'vs plain':>8}", file=out)
+          f"{'p999 us':>8} {'vs wg-go':>8} {'vs xsk':>8} {'vs plain':>8}", file=out)
     for r in rows:
         print(f"{r['dut']:17} {str(r['size']):>5} {r['peers']:5} {r['direction']:6} "
               f"{r['pps'] / 1e3:8.1f} {r['pps_min'] / 1e3:8.1f} {r['pps_max'] / 1e3:8.1f} "
               f"{r['gbps']:7.3f} {_fmt(r['loss'] * 100 if r['loss'] is not None else None, '.1f', 6)} "
               f"{_fmt(r['cpu_ns_per_pkt'], '.0f', 10)} {_fmt(r['lat_p50_us'], '.0f', 7)} "
               f"{_fmt(r['lat_p99_us'], '.0f', 7)} {_fmt(r['lat_p999_us'], '.0f', 8)} "
-              f"{_fmt(r['vs_wireguard_go'], '.2f', 8)} {_fmt(r['vs_no_tunnel'], '.2f', 8)}",
+              f"{_fmt(r['vs_wireguard_go'], '.2f', 8)} {_fmt(r['vs_xsk_forward'], '.2f', 8)} "
+              f"{_fmt(r['vs_no_tunnel'], '.2f', 8)}",
               file=out)
 
 
@@ -447,6 +506,7 @@ def run(args) -> int:
                 mine = [s for s in scenarios if s[1] == n_peers]
                 with Topology("bp") as topo:
                     world = World(topo, dut, n_peers, Path(tmp), pin=not args.no_pin, say=say)
+                    first = len(rows)
                     try:
                         for size, _, direction in mine:
                             done += 1
@@ -475,6 +535,10 @@ def run(args) -> int:
                             rows.append(row)
                     finally:
                         world.close()
+                    if world.dut_counters is not None:
+                        # over every run of this world (warm-up and latency runs too)
+                        for row in rows[first:]:
+                            row["dut_counters"] = world.dut_counters
     add_ratios(rows)
     order = {d: i for i, d in enumerate(DUTS)}
     rows.sort(key=lambda r: (scenarios.index((str(r["size"]), r["peers"], r["direction"])),
