@@ -125,11 +125,22 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="a short version of the default set (about a minute)")
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the DUT and the generator to separate CPUs")
+    p.add_argument("--napi-threads", action="store_true",
+                   help="the DUT's interfaces receive in NAPI threads pinned to the DUT's CPU "
+                        "instead of softirq with RPS (see README: XDP's receive counted as "
+                        "the DUT's; no receive livelock; higher latency on a busy CPU)")
     p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and CPU per packet (matplotlib)")
 
 
 # ---------------------------------------------------------------- measuring
+
+
+def _comm(proc: Path) -> str:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:  # gone meanwhile
+        return ""
 
 
 def cpu_busy_seconds(cpu: int) -> float:
@@ -155,7 +166,7 @@ class World:
     """The three namespaces, the DUT with `peers` peers, and sessions."""
 
     def __init__(self, topo: Topology, dut: str, n_peers: int, tmp: Path, pin: bool,
-                 say=print):
+                 say=print, napi_threads: bool = False):
         self.topo, self.dut, self.say = topo, dut, say
         self.tunnel = dut in TUNNEL_DUTS
         cpus = sorted(os.sched_getaffinity(0))
@@ -166,14 +177,27 @@ class World:
         self.client_if, dut_in = topo.link(self.client, self.server, [f"{CLIENT}/24"],
                                            [f"{DUT_CLIENT_SIDE}/24"])
         self.wan = dut_in
-        dut_out, _ = topo.link(self.server, self.far, [f"{DUT_FAR_SIDE}/24"], [f"{SINK}/24"])
+        dut_out, far_if = topo.link(self.server, self.far, [f"{DUT_FAR_SIDE}/24"],
+                                    [f"{SINK}/24"])
+        # The far side's packets leave finished, checksums and all, as
+        # packets from the internet arrive at an exit node; veth would
+        # leave their checksums to an offload, and an XDP DUT, whose inner
+        # pair cannot carry that, would finish them in software
+        topo.run(self.far, ["ethtool", "-K", far_if, "tx", "off"])
         if self.dut_cpu is not None:
             # What arrives at the DUT is processed on the DUT's CPU, as a
-            # NIC's interrupts would be, not in the sender's context.
+            # NIC's interrupts would be, not in the sender's context. (What
+            # the DUT sends is received by the generator or the sink on the
+            # CPU that sends it, the DUT's: the same for every DUT. Steering
+            # it to the generator's CPU with RPS would be cleaner, but on
+            # two cores it starves the generator.)
             mask = f"{1 << self.dut_cpu:x}"
             topo.run(self.server, ["sh", "-c", f"for q in /sys/class/net/{dut_in}/queues/rx-* "
                                    f"/sys/class/net/{dut_out}/queues/rx-*; "
                                    f"do echo {mask} > $q/rps_cpus; done"])
+        self._napi_before: Optional[set] = None
+        if self.dut_cpu is not None and napi_threads:
+            self._receive_in_napi_threads([dut_in, dut_out])
         topo.run(self.server, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         topo.add_route(self.client, "0.0.0.0/0", gateway=DUT_CLIENT_SIDE)
         topo.add_route(self.far, "0.0.0.0/0", gateway=DUT_FAR_SIDE)
@@ -203,6 +227,35 @@ class World:
         if self.dut_cpu is not None and self.dut_pid:
             subprocess.run(["taskset", "-a", "-p", "-c", str(self.dut_cpu), str(self.dut_pid)],
                            check=True, capture_output=True)
+        if self._napi_before is not None:
+            self._pin_napi_threads([dut_in, dut_out])
+
+    def _napi_threads(self, ifnames) -> set:
+        return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
+                any(_comm(p).startswith(f"napi/{i}-") for i in ifnames)}
+
+    def _receive_in_napi_threads(self, ifnames) -> None:
+        """--napi-threads: the DUT's interfaces receive in NAPI threads (a
+        veth has a NAPI with GRO on, or with XDP) pinned to the DUT's CPU
+        once the DUT is up. Two differences from softirq with RPS: XDP on
+        a veth runs in the receiving veth's NAPI, which the sender
+        schedules on its own CPU, so in softirq mode an XDP DUT's WAN
+        receive (XDP, the copy into AF_XDP) is done, uncounted, on the
+        generator's CPU; and a NAPI thread shares the CPU fairly with the
+        DUT's threads, where softirq preempts them: under overload the
+        kernel cannot starve an AF_XDP worker by receiving packets that
+        then wait for it and are dropped at its ring (receive livelock).
+        The price is scheduling latency whenever anything else runs on
+        the DUT's CPU."""
+        self._napi_before = self._napi_threads(ifnames)
+        for ifname in ifnames:
+            self.topo.run(self.server, ["ethtool", "-K", ifname, "gro", "on"])
+            self.topo.run(self.server, ["sh", "-c", f"echo 1 > /sys/class/net/{ifname}/threaded"])
+
+    def _pin_napi_threads(self, ifnames) -> None:
+        for pid in self._napi_threads(ifnames) - self._napi_before:
+            subprocess.run(["taskset", "-p", "-c", str(self.dut_cpu), str(pid)], check=True,
+                           capture_output=True)
 
     def _start_tunnel(self, n_peers: int, tmp: Path) -> None:
         key = PrivateKey.generate()
@@ -252,9 +305,8 @@ class World:
         for ifname in (name, mine):
             topo.run(ns, ["ip", "link", "set", "dev", ifname, "up"])
         topo.run(ns, ["ip", "route", "add", f"{CLIENT}/32", "dev", name])
-        # AF_XDP frames carry no checksum state: the generator's frames
-        # must arrive finished (as from a wire), not with checksums left
-        # to offload
+        # the generator's plain UDP is forwarded as it is, and AF_XDP frames
+        # carry no checksum state: it must leave the client finished
         topo.run(self.client, ["ethtool", "-K", self.client_if, "tx", "off"])
         mac = lambda n, i: topo.run(n, ["cat", f"/sys/class/net/{i}/address"]).stdout.strip()  # noqa: E731
         wan_macs = f"{mac(self.client, self.client_if)},{mac(ns, self.wan)}"
@@ -505,7 +557,8 @@ def run(args) -> int:
             for n_peers in sorted({p for _, p, _ in scenarios}):
                 mine = [s for s in scenarios if s[1] == n_peers]
                 with Topology("bp") as topo:
-                    world = World(topo, dut, n_peers, Path(tmp), pin=not args.no_pin, say=say)
+                    world = World(topo, dut, n_peers, Path(tmp), pin=not args.no_pin, say=say,
+                                  napi_threads=args.napi_threads)
                     first = len(rows)
                     try:
                         for size, _, direction in mine:
@@ -532,6 +585,7 @@ def run(args) -> int:
                             row = make_row(dut, size, n_peers, direction, runs, lat_run,
                                            lat_rate, args.duration)
                             row["machine"] = machine
+                            row["napi_threads"] = args.napi_threads
                             rows.append(row)
                     finally:
                         world.close()
