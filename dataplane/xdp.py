@@ -182,6 +182,12 @@ class XdpProgram:
         """The inner program from dataplane/bpf/inner.bpf.o."""
         return cls.load(object_path("inner"))
 
+    @classmethod
+    def forward(cls) -> "XdpProgram":
+        """The raw forwarding ceiling's program (dataplane/bpf/forward.bpf.o,
+        `dataplane bench` DUT xsk-forward): UDP to AF_XDP, the rest passed."""
+        return cls.load(object_path("forward"))
+
     def close(self) -> None:
         """Detaches (if attached) and unloads. Idempotent."""
         if self._handle is not None:
@@ -204,7 +210,7 @@ class XdpProgram:
 
     @property
     def name(self) -> str:
-        """dp_xdp_wan or dp_xdp_inner."""
+        """dp_xdp_wan, dp_xdp_inner or dp_xdp_forward (the bench's forwarding ceiling)."""
         return ffi.string(lib.dp_xdp_name(self._h)).decode()
 
     @property

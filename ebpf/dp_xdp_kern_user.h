@@ -13,6 +13,7 @@
  * on an interface, by these. */
 #define DP_XDP_WAN_PROG_NAME "dp_xdp_wan"
 #define DP_XDP_INNER_PROG_NAME "dp_xdp_inner"
+#define DP_XDP_FORWARD_PROG_NAME "dp_xdp_forward"
 
 /* ---- Limits (a build may override them with -D) ---- */
 
@@ -75,6 +76,13 @@
 #define DP_XDP_INNER_STEER 0           /* every frame */
 #define DP_XDP_INNER_STEER_NO_SOCKET 1 /* no AF_XDP socket on the queue: passed */
 #define DP_XDP_INNER_COUNT 2
+
+/* ---- Counters of the forwarding ceiling's program (forward.bpf.c; the
+ * bench's xsk-forward DUT, not the data plane) ---- */
+#define DP_XDP_FORWARD_STEER 0           /* UDP over IPv4/IPv6 */
+#define DP_XDP_FORWARD_STEER_NO_SOCKET 1 /* ... on a queue without a socket: passed */
+#define DP_XDP_FORWARD_PASS 2            /* everything else */
+#define DP_XDP_FORWARD_COUNT 3
 
 /* ---- WireGuard message sizes (whitepaper 5.4), as in
  * native/wg/dp_wg_messages.h; the loader checks at compile time that the

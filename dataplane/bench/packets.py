@@ -41,21 +41,23 @@ from dataplane.launch import start_daemon
 from dataplane.topology import Topology, socket_in
 from dataplane.wireguard_go import WireGuardGo
 
-DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go", "no-tunnel")
+DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go", "xsk-forward", "no-tunnel")
 TUNNEL_DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go")
+# need the XDP programs (built, and loadable here)
+XDP_DUTS = ("dataplane-xdp", "xsk-forward")
 
 
 def xdp_available() -> bool:
     """The XDP backend can run here (its programs are built and load)."""
     try:
         from dataplane import xdp
-        return xdp.object_path("wan").exists() and xdp.object_path("inner").exists()
+        return all(xdp.object_path(name).exists() for name in ("wan", "inner", "forward"))
     except Exception:  # noqa: BLE001 - not built, no libbpf: then it is not available
         return False
 
 
 def default_duts() -> list[str]:
-    return [d for d in DUTS if d != "dataplane-xdp" or xdp_available()]
+    return [d for d in DUTS if d not in XDP_DUTS or xdp_available()]
 DIRECTIONS = ("decap", "encap", "both")
 SIZES = ("64", "512", "1420", "imix")
 
@@ -123,11 +125,22 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="a short version of the default set (about a minute)")
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the DUT and the generator to separate CPUs")
+    p.add_argument("--napi-threads", action="store_true",
+                   help="the DUT's interfaces receive in NAPI threads pinned to the DUT's CPU "
+                        "instead of softirq with RPS (see README: XDP's receive counted as "
+                        "the DUT's; no receive livelock; higher latency on a busy CPU)")
     p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and CPU per packet (matplotlib)")
 
 
 # ---------------------------------------------------------------- measuring
+
+
+def _comm(proc: Path) -> str:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:  # gone meanwhile
+        return ""
 
 
 def cpu_busy_seconds(cpu: int) -> float:
@@ -153,7 +166,7 @@ class World:
     """The three namespaces, the DUT with `peers` peers, and sessions."""
 
     def __init__(self, topo: Topology, dut: str, n_peers: int, tmp: Path, pin: bool,
-                 say=print):
+                 say=print, napi_threads: bool = False):
         self.topo, self.dut, self.say = topo, dut, say
         self.tunnel = dut in TUNNEL_DUTS
         cpus = sorted(os.sched_getaffinity(0))
@@ -161,17 +174,30 @@ class World:
         self.gen_cpu = cpus[0] if self.dut_cpu is not None else -1
         self.client, self.server, self.far = (topo.namespace("cl"), topo.namespace("dut"),
                                               topo.namespace("far"))
-        _, dut_in = topo.link(self.client, self.server, [f"{CLIENT}/24"],
-                              [f"{DUT_CLIENT_SIDE}/24"])
+        self.client_if, dut_in = topo.link(self.client, self.server, [f"{CLIENT}/24"],
+                                           [f"{DUT_CLIENT_SIDE}/24"])
         self.wan = dut_in
-        dut_out, _ = topo.link(self.server, self.far, [f"{DUT_FAR_SIDE}/24"], [f"{SINK}/24"])
+        dut_out, far_if = topo.link(self.server, self.far, [f"{DUT_FAR_SIDE}/24"],
+                                    [f"{SINK}/24"])
+        # The far side's packets leave finished, checksums and all, as
+        # packets from the internet arrive at an exit node; veth would
+        # leave their checksums to an offload, and an XDP DUT, whose inner
+        # pair cannot carry that, would finish them in software
+        topo.run(self.far, ["ethtool", "-K", far_if, "tx", "off"])
         if self.dut_cpu is not None:
             # What arrives at the DUT is processed on the DUT's CPU, as a
-            # NIC's interrupts would be, not in the sender's context.
+            # NIC's interrupts would be, not in the sender's context. (What
+            # the DUT sends is received by the generator or the sink on the
+            # CPU that sends it, the DUT's: the same for every DUT. Steering
+            # it to the generator's CPU with RPS would be cleaner, but on
+            # two cores it starves the generator.)
             mask = f"{1 << self.dut_cpu:x}"
             topo.run(self.server, ["sh", "-c", f"for q in /sys/class/net/{dut_in}/queues/rx-* "
                                    f"/sys/class/net/{dut_out}/queues/rx-*; "
                                    f"do echo {mask} > $q/rps_cpus; done"])
+        self._napi_before: Optional[set] = None
+        if self.dut_cpu is not None and napi_threads:
+            self._receive_in_napi_threads([dut_in, dut_out])
         topo.run(self.server, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         topo.add_route(self.client, "0.0.0.0/0", gateway=DUT_CLIENT_SIDE)
         topo.add_route(self.far, "0.0.0.0/0", gateway=DUT_FAR_SIDE)
@@ -187,14 +213,49 @@ class World:
         self.to_sink.set_plain([SINK])
         self.dut_pid: Optional[int] = None
         self.dut_public: Optional[bytes] = None
+        # xsk-forward: the forwarder, and its counters once it has stopped
+        self._forwarder: Optional[subprocess.Popen] = None
+        self._forwarder_log: Optional[Path] = None
+        self.dut_counters: Optional[dict] = None
 
         if self.tunnel:
             self._start_tunnel(n_peers, tmp)
         else:
             self.peers.set_plain([CLIENT])
+        if dut == "xsk-forward":
+            self._start_xsk_forward(tmp)
         if self.dut_cpu is not None and self.dut_pid:
             subprocess.run(["taskset", "-a", "-p", "-c", str(self.dut_cpu), str(self.dut_pid)],
                            check=True, capture_output=True)
+        if self._napi_before is not None:
+            self._pin_napi_threads([dut_in, dut_out])
+
+    def _napi_threads(self, ifnames) -> set:
+        return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and
+                any(_comm(p).startswith(f"napi/{i}-") for i in ifnames)}
+
+    def _receive_in_napi_threads(self, ifnames) -> None:
+        """--napi-threads: the DUT's interfaces receive in NAPI threads (a
+        veth has a NAPI with GRO on, or with XDP) pinned to the DUT's CPU
+        once the DUT is up. Two differences from softirq with RPS: XDP on
+        a veth runs in the receiving veth's NAPI, which the sender
+        schedules on its own CPU, so in softirq mode an XDP DUT's WAN
+        receive (XDP, the copy into AF_XDP) is done, uncounted, on the
+        generator's CPU; and a NAPI thread shares the CPU fairly with the
+        DUT's threads, where softirq preempts them: under overload the
+        kernel cannot starve an AF_XDP worker by receiving packets that
+        then wait for it and are dropped at its ring (receive livelock).
+        The price is scheduling latency whenever anything else runs on
+        the DUT's CPU."""
+        self._napi_before = self._napi_threads(ifnames)
+        for ifname in ifnames:
+            self.topo.run(self.server, ["ethtool", "-K", ifname, "gro", "on"])
+            self.topo.run(self.server, ["sh", "-c", f"echo 1 > /sys/class/net/{ifname}/threaded"])
+
+    def _pin_napi_threads(self, ifnames) -> None:
+        for pid in self._napi_threads(ifnames) - self._napi_before:
+            subprocess.run(["taskset", "-p", "-c", str(self.dut_cpu), str(pid)], check=True,
+                           capture_output=True)
 
     def _start_tunnel(self, n_peers: int, tmp: Path) -> None:
         key = PrivateKey.generate()
@@ -226,6 +287,45 @@ class World:
         self.gen.connect((DUT_CLIENT_SIDE, LISTEN_PORT))
         self.handshake()
 
+    def _start_xsk_forward(self, tmp: Path) -> None:
+        """The raw AF_XDP forwarding ceiling (dataplane.bench.xsk_forward):
+        the dataplane-xdp DUT's WAN veth, an inner veth pair like its
+        (the kernel's end NOARP, offloads off) with the route to the client
+        through it, so both directions take the same path as through the
+        XDP backend: WAN AF_XDP <-> inner pair AF_XDP <-> kernel routing."""
+        topo, ns = self.topo, self.server
+        name = f"bpx{os.getpid() % 10000}"
+        mine = f"{name}-x"
+        topo.run(ns, ["ip", "link", "add", name, "type", "veth", "peer", "name", mine])
+        topo.run(ns, ["ip", "link", "set", "dev", name, "arp", "off"])
+        for ifname in (name, mine):
+            topo.run(ns, ["ethtool", "-K", ifname, "tx", "off", "tso", "off", "gso", "off",
+                          "gro", "off"])
+        topo.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.{mine}.disable_ipv6=1"])
+        for ifname in (name, mine):
+            topo.run(ns, ["ip", "link", "set", "dev", ifname, "up"])
+        topo.run(ns, ["ip", "route", "add", f"{CLIENT}/32", "dev", name])
+        # the generator's plain UDP is forwarded as it is, and AF_XDP frames
+        # carry no checksum state: it must leave the client finished
+        topo.run(self.client, ["ethtool", "-K", self.client_if, "tx", "off"])
+        mac = lambda n, i: topo.run(n, ["cat", f"/sys/class/net/{i}/address"]).stdout.strip()  # noqa: E731
+        wan_macs = f"{mac(self.client, self.client_if)},{mac(ns, self.wan)}"
+        inner_macs = f"{mac(ns, name)},{mac(ns, mine)}"
+        log = tmp / f"{name}.log"
+        with log.open("w") as out:
+            proc = topo.popen(ns, [sys.executable, "-m", "dataplane.bench.xsk_forward",
+                                   "--wan", self.wan, "--wan-macs", wan_macs,
+                                   "--inner", mine, "--inner-macs", inner_macs],
+                              stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while "ready" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"xsk-forward did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        self.dut_pid = proc.pid
+        self._forwarder, self._forwarder_log = proc, log
+        self.say(f"  {self.dut}: forwarding {self.wan} <-> {mine}")
+
     def handshake(self) -> None:
         started = time.monotonic()
         self.peers.handshake(self.gen, self.dut_public,
@@ -234,6 +334,15 @@ class World:
                  f"{time.monotonic() - started:.1f} s")
 
     def close(self) -> None:
+        if self._forwarder is not None and self._forwarder.poll() is None:
+            self._forwarder.terminate()
+            try:
+                self._forwarder.wait(10)
+                last = self._forwarder_log.read_text().strip().splitlines()[-1]
+                self.dut_counters = json.loads(last)
+            except (subprocess.TimeoutExpired, IndexError, ValueError, OSError):
+                self.say(f"  {self.dut}: no counters at exit: "
+                         f"{self._forwarder_log.read_text()[-500:]}")
         self.peers.close()
         self.to_sink.close()
         self.gen.close()
@@ -345,12 +454,13 @@ def make_row(dut: str, size: str, peers: int, direction: str, runs: list,
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """pps against wireguard-go and against the no-tunnel ceiling of the
-    same scenario in this run."""
+    """pps against wireguard-go, the raw AF_XDP forwarding ceiling and the
+    no-tunnel ceiling of the same scenario in this run."""
     by = {(r["dut"], r["size"], r["peers"], r["direction"]): r for r in rows}
     for r in rows:
         key = (r["size"], r["peers"], r["direction"])
-        for name, ref in (("vs_wireguard_go", "wireguard-go"), ("vs_no_tunnel", "no-tunnel")):
+        for name, ref in (("vs_wireguard_go", "wireguard-go"), ("vs_xsk_forward", "xsk-forward"),
+                          ("vs_no_tunnel", "no-tunnel")):
             other = by.get((ref, *key))
             r[name] = r["pps"] / other["pps"] if other and other["pps"] else None
 
@@ -362,14 +472,15 @@ def _fmt(v, spec: str, width: int) -> str:
 def print_table(rows: list[dict], out=sys.stdout) -> None:
     print(f"\n{'dut':17} {'size':>5} {'peers':>5} {'dir':6} {'kpps':>8} {'min':>8} {'max':>8} "
           f"{'Gbit/s':>7} {'loss%':>6} {'DUT ns/pkt':>10} {'p50 us':>7} {'p99 us':>7} "
-          f"{'p999 us':>8} {'vs wg-go':>8} {'vs plain':>8}", file=out)
+          f"{'p999 us':>8} {'vs wg-go':>8} {'vs xsk':>8} {'vs plain':>8}", file=out)
     for r in rows:
         print(f"{r['dut']:17} {str(r['size']):>5} {r['peers']:5} {r['direction']:6} "
               f"{r['pps'] / 1e3:8.1f} {r['pps_min'] / 1e3:8.1f} {r['pps_max'] / 1e3:8.1f} "
               f"{r['gbps']:7.3f} {_fmt(r['loss'] * 100 if r['loss'] is not None else None, '.1f', 6)} "
               f"{_fmt(r['cpu_ns_per_pkt'], '.0f', 10)} {_fmt(r['lat_p50_us'], '.0f', 7)} "
               f"{_fmt(r['lat_p99_us'], '.0f', 7)} {_fmt(r['lat_p999_us'], '.0f', 8)} "
-              f"{_fmt(r['vs_wireguard_go'], '.2f', 8)} {_fmt(r['vs_no_tunnel'], '.2f', 8)}",
+              f"{_fmt(r['vs_wireguard_go'], '.2f', 8)} {_fmt(r['vs_xsk_forward'], '.2f', 8)} "
+              f"{_fmt(r['vs_no_tunnel'], '.2f', 8)}",
               file=out)
 
 
@@ -446,7 +557,9 @@ def run(args) -> int:
             for n_peers in sorted({p for _, p, _ in scenarios}):
                 mine = [s for s in scenarios if s[1] == n_peers]
                 with Topology("bp") as topo:
-                    world = World(topo, dut, n_peers, Path(tmp), pin=not args.no_pin, say=say)
+                    world = World(topo, dut, n_peers, Path(tmp), pin=not args.no_pin, say=say,
+                                  napi_threads=args.napi_threads)
+                    first = len(rows)
                     try:
                         for size, _, direction in mine:
                             done += 1
@@ -472,9 +585,14 @@ def run(args) -> int:
                             row = make_row(dut, size, n_peers, direction, runs, lat_run,
                                            lat_rate, args.duration)
                             row["machine"] = machine
+                            row["napi_threads"] = args.napi_threads
                             rows.append(row)
                     finally:
                         world.close()
+                    if world.dut_counters is not None:
+                        # over every run of this world (warm-up and latency runs too)
+                        for row in rows[first:]:
+                            row["dut_counters"] = world.dut_counters
     add_ratios(rows)
     order = {d: i for i, d in enumerate(DUTS)}
     rows.sort(key=lambda r: (scenarios.index((str(r["size"]), r["peers"], r["direction"])),

@@ -56,8 +56,21 @@ struct burst {
     uint32_t wan_ifindex;  /* the interface of `wan` */
     uint8_t inner_eth[12]; /* destination MAC, source MAC */
     uint32_t ip_id;        /* IPv4 identification of what we send on the WAN */
+    uint32_t busy_passes;  /* passes that found AF_XDP work, to space out socket checks */
+    /* Decap with AF_XDP decrypts straight into a transmit frame of the
+     * inner port (its address per AEAD job; NO_FRAME: in place, when no
+     * frame was free), so no clear text is left in the WAN's frames and
+     * nothing is copied; in_place says that some was. */
+    uint64_t tx_addr[DP_DEVICE_BURST];
+    bool tx_used[DP_DEVICE_BURST];
+    bool in_place;
     struct dp_xsk_frame frames[DP_DEVICE_BURST];
 };
+
+#define NO_FRAME UINT64_MAX
+
+/* A busy XDP worker looks at its UDP sockets once every this many passes. */
+#define XSK_SOCKET_PASS_EVERY 16
 
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
@@ -363,6 +376,17 @@ static void inner_xmit(struct dp_device *d, struct burst *b, const uint8_t *pkt,
     dp_xsk_tx_queue(b->inner, addr, ETH_HEADER + len);
 }
 
+/* A clear packet already in a transmit frame of the inner port, at
+ * f + ETH_HEADER: the Ethernet header goes in front, and it is queued. */
+static void inner_frame_xmit(struct burst *b, uint64_t addr, uint8_t *f, uint32_t len,
+                             int family)
+{
+    memcpy(f, b->inner_eth, 12);
+    f[12] = family == DP_FAMILY_IPV6 ? 0x86 : 0x08;
+    f[13] = family == DP_FAMILY_IPV6 ? 0xdd : 0x00;
+    dp_xsk_tx_queue(b->inner, addr, ETH_HEADER + len);
+}
+
 /* Decrypt and deliver segments first .. first+count-1 (at most
  * DP_DEVICE_BURST) of the burst. */
 static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count, uint64_t now)
@@ -408,12 +432,26 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
             count_drop(d, DP_DROP_EXPIRED_KEY, 1);
             continue;
         }
+        uint8_t *out = m + DP_WG_DATA_HEADER_LEN;
+
+        b->tx_addr[ndata] = NO_FRAME;
+        b->tx_used[ndata] = false;
+        if (b->xsk && ETH_HEADER + len - DP_WG_DATA_HEADER_LEN <= DP_XSK_FRAME_SIZE) {
+            uint8_t *f = dp_xsk_tx_frame(b->inner, &b->tx_addr[ndata]);
+
+            if (f)
+                out = f + ETH_HEADER;
+            else
+                b->tx_addr[ndata] = NO_FRAME;
+        }
+        if (b->tx_addr[ndata] == NO_FRAME)
+            b->in_place = true;
         b->kp[ndata] = kp;
         b->idx[ndata] = i;
         b->len[ndata] = len;
         b->aead[ndata] = (struct dp_aead_msg){
             .key = kp->recv_key, .counter = counter, .len = len - DP_WG_DATA_HEADER_LEN,
-            .src = m + DP_WG_DATA_HEADER_LEN, .dst = m + DP_WG_DATA_HEADER_LEN};
+            .src = m + DP_WG_DATA_HEADER_LEN, .dst = out};
         ndata++;
     }
     if (!ndata)
@@ -428,7 +466,7 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
         struct keypair *kp = b->kp[j];
         int i = b->idx[j];
         uint32_t plen = b->len[j] - DP_WG_DATA_MIN_LEN, pkt_len;
-        uint8_t *pt = b->seg[i].p + DP_WG_DATA_HEADER_LEN;
+        uint8_t *pt = b->aead[j].dst;
         const uint8_t *src, *dst;
         int family, ok;
         struct peer *p;
@@ -465,7 +503,10 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
             count_drop(d, DP_DROP_NOT_ALLOWED, 1);
             continue;
         }
-        if (b->xsk) {
+        if (b->tx_addr[j] != NO_FRAME) {
+            inner_frame_xmit(b, b->tx_addr[j], pt - ETH_HEADER, pkt_len, family);
+            b->tx_used[j] = true;
+        } else if (b->xsk) {
             inner_xmit(d, b, pt, pkt_len, family);
         } else if (d->cfg.tun_vnet_hdr) {
             /* written below, coalesced where possible (GRO); authenticated,
@@ -475,8 +516,17 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
             count_drop(d, DP_DROP_SEND_FAILED, 1);
         }
     }
-    if (b->xsk)
+    if (b->xsk) {
+        /* frames of messages that were dropped: their clear text (if any
+         * was authenticated) goes before the frame is free again */
+        for (int j = 0; j < ndata; j++) {
+            if (b->tx_addr[j] != NO_FRAME && !b->tx_used[j]) {
+                dp_wipe(b->aead[j].dst, b->len[j] - DP_WG_DATA_HEADER_LEN);
+                dp_xsk_tx_unframe(b->inner, b->tx_addr[j]);
+            }
+        }
         count_drop(d, DP_DROP_SEND_FAILED, dp_xsk_tx_flush(b->inner));
+    }
     if (ngro)
         count_drop(d, DP_DROP_SEND_FAILED, dp_gro_write(b->tun_fd, gro, ngro, b->gro_buf));
 }
@@ -629,10 +679,12 @@ static int xsk_rx_pass(struct dp_device *d, struct burst *b)
         }
         b->seg[nseg++] = (struct rx_seg){payload, plen, (uint16_t)i};
     }
+    b->in_place = false;
     if (nseg)
         rx_chunk(d, b, 0, nseg, now);
-    /* decrypted in place: the clear text leaves the frames before reuse */
-    for (uint32_t i = 0; i < n; i++)
+    /* what was decrypted in place (no transmit frame was free) leaves the
+     * frames before they are reused */
+    for (uint32_t i = 0; b->in_place && i < n; i++)
         dp_wipe(b->frames[i].data, b->frames[i].len);
     dp_xsk_rx_release(b->wan, b->frames, n);
     return (int)n;
@@ -1192,13 +1244,21 @@ static int one_pass(struct dp_device *d, struct burst *b, int reader)
         reader_quiescent(d, reader);
         n += xsk_inner_pass(d, b);
         reader_quiescent(d, reader);
+        /* With XDP, the sockets get only what the program lets through,
+         * which is rare: while the AF_XDP ports are busy, they are looked
+         * at every XSK_SOCKET_PASS_EVERY passes, not with two empty
+         * recvmmsg calls per burst; an idle worker looks at once. */
+        if (n && ++b->busy_passes % XSK_SOCKET_PASS_EVERY)
+            return n;
     }
-    /* with XDP, the sockets still get what the program lets through */
     n += dp_rx_pass(d, b, b->udp4_fd, reader);
     n += dp_rx_pass(d, b, b->udp6_fd, reader);
     reader_quiescent(d, reader);
-    n += dp_tx_pass(d, b, reader);
-    reader_quiescent(d, reader);
+    /* the XDP backend has no TUN */
+    if (b->tun_fd >= 0) {
+        n += dp_tx_pass(d, b, reader);
+        reader_quiescent(d, reader);
+    }
     return n;
 }
 

@@ -60,8 +60,8 @@ struct dp_xdp_config {
 const char *dp_xdp_last_error(void);
 
 /* Opens the BPF object file at path and loads its one XDP program
- * (dp_xdp_wan or dp_xdp_inner) into the kernel. The WAN program needs a
- * config; the inner program takes none (config NULL). On success *out
+ * (dp_xdp_wan, dp_xdp_inner, or the bench's dp_xdp_forward) into the
+ * kernel. The WAN program needs a config; the others take none (NULL). On success *out
  * holds a new struct dp_xdp, owned by the caller (dp_xdp_close). */
 int dp_xdp_open(const char *path, const struct dp_xdp_config *config, struct dp_xdp **out);
 /* Detaches (if attached) and releases everything. NULL is a no-op. */

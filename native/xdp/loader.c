@@ -69,6 +69,12 @@ static const char *const inner_counter_names[DP_XDP_INNER_COUNT] = {
     [DP_XDP_INNER_STEER_NO_SOCKET] = "steer_no_socket",
 };
 
+static const char *const forward_counter_names[DP_XDP_FORWARD_COUNT] = {
+    [DP_XDP_FORWARD_STEER] = "steer",
+    [DP_XDP_FORWARD_STEER_NO_SOCKET] = "steer_no_socket",
+    [DP_XDP_FORWARD_PASS] = "pass",
+};
+
 /* What the loader knows about each of our programs. */
 struct program_kind {
     const char *name;
@@ -80,6 +86,7 @@ struct program_kind {
 static const struct program_kind kinds[] = {
     {DP_XDP_WAN_PROG_NAME, wan_counter_names, DP_XDP_WAN_COUNT, 1},
     {DP_XDP_INNER_PROG_NAME, inner_counter_names, DP_XDP_INNER_COUNT, 0},
+    {DP_XDP_FORWARD_PROG_NAME, forward_counter_names, DP_XDP_FORWARD_COUNT, 0},
 };
 
 struct dp_xdp {

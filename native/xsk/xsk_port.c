@@ -162,6 +162,12 @@ void dp_xsk_tx_queue(struct dp_xsk_port *p, uint64_t addr, uint32_t len)
         dp_xsk_tx_flush(p);
 }
 
+void dp_xsk_tx_unframe(struct dp_xsk_port *p, uint64_t addr)
+{
+    /* it came out of free_tx, so there is room for it */
+    p->free_tx[p->n_free_tx++] = addr;
+}
+
 uint32_t dp_xsk_tx_flush(struct dp_xsk_port *p)
 {
     uint32_t idx, n = p->n_pend, dropped = 0;

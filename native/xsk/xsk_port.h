@@ -59,6 +59,8 @@ void dp_xsk_rx_release(struct dp_xsk_port *p, const struct dp_xsk_frame *f, uint
  * dp_xsk_tx_queue, which sends when DP_XSK_BURST are pending. */
 uint8_t *dp_xsk_tx_frame(struct dp_xsk_port *p, uint64_t *addr);
 void dp_xsk_tx_queue(struct dp_xsk_port *p, uint64_t addr, uint32_t len);
+/* Hands back a frame of dp_xsk_tx_frame that is not to be sent. */
+void dp_xsk_tx_unframe(struct dp_xsk_port *p, uint64_t addr);
 /* Submits what is queued and wakes the kernel when it asks for it.
  * Returns how many packets could not be placed on the TX ring (dropped,
  * their frames reclaimed). */

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DATAPLANE = str(Path(sys.executable).parent / "dataplane")
 DUTS = ("dataplane-socket", "wireguard-go", "no-tunnel")
 
@@ -49,3 +51,47 @@ def test_bench_refuses_bad_arguments():
     r = subprocess.run([DATAPLANE, "bench", "--peers", "0"], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 2 and "peers must be 1..60000" in r.stderr
+
+
+def test_bench_xsk_forward_ceiling_row(topo, tmp_path):
+    """The raw AF_XDP forwarding row: packets reach the sink (both ways)
+    through the forwarder's AF_XDP sockets, and the XDP backend's row says
+    how it compares."""
+    from dataplane.bench.packets import default_duts, xdp_available
+
+    if not xdp_available():
+        pytest.skip("the XDP programs are not built (python ebpf/build.py)")
+    assert "xsk-forward" in default_duts()
+    out = tmp_path / "rows.json"
+    argv = [DATAPLANE, "bench", "--dut", "dataplane-xdp", "--dut", "xsk-forward",
+            "--size", "64", "--peers", "1", "--direction", "both", "--duration", "0.5",
+            "--repeat", "1", "--warmup", "0.2", "--latency-seconds", "0.3",
+            "--latency-rate", "2000", "--json", str(out)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    rows = {row["dut"]: row for row in json.loads(out.read_text())}
+    assert set(rows) == {"dataplane-xdp", "xsk-forward"}
+    fwd = rows["xsk-forward"]
+    assert fwd["pps"] > 0 and 0 <= fwd["loss"] < 1, fwd
+    assert fwd["rejected"] == 0 and fwd["duplicates"] == 0, fwd
+    assert fwd["dut_proc_cpu_ns_per_pkt"] > 0 and fwd["vs_xsk_forward"] == 1.0, fwd
+    c = fwd["dut_counters"]
+    # frames went through the forwarder's sockets, not the kernel's forwarding:
+    # client -> WAN socket -> inner pair, and the reverse
+    assert c["wan_steer"] > 0 and c["wan_steer_no_socket"] == 0, c
+    assert c["wan_rx"] >= c["inner_tx"] > 0 and c["inner_rx"] >= c["wan_tx"] > 0, c
+    assert c["inner_steer_no_socket"] == 0, c
+    assert rows["dataplane-xdp"]["vs_xsk_forward"] > 0, rows["dataplane-xdp"]
+    assert "vs xsk" in r.stdout and "xsk-forward" in r.stdout
+
+
+def test_xsk_forwarder_refuses_bad_arguments(topo):
+    ns = topo.namespace("xf")
+    r = topo.run(ns, [sys.executable, "-c",
+                      "from dataplane.bench.xsk_forward import XskForwarder\n"
+                      "try:\n XskForwarder('nosuch0', bytes(12), 'nosuch1', bytes(12))\n"
+                      "except OSError as e: print('refused', e.errno)"], check=False)
+    assert r.returncode == 0 and r.stdout.startswith("refused"), r.stdout + r.stderr
+    r = topo.run(ns, [sys.executable, "-m", "dataplane.bench.xsk_forward", "--wan", "lo",
+                      "--wan-macs", "bad", "--inner", "lo", "--inner-macs", "bad"], check=False)
+    assert r.returncode == 2 and "two MAC addresses" in r.stderr

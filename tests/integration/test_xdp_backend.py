@@ -318,3 +318,31 @@ def test_kill_9_and_down_release_every_wan_interface(topo, tmp_path):
     assert hub.iface.proc.wait(timeout=15) == 0
     assert not any(hub_xdp_on(hub, i) for i in wan)
     assert topo.run(hub.ns, ["ip", "link", "show", hub.name], check=False).returncode != 0
+
+
+def test_data_dropped_after_decryption_hands_back_its_frame(topo, tmp_path):
+    """Decap through AF_XDP decrypts into a transmit frame of the inner
+    port; a message dropped after that (here: replayed) must hand its frame
+    back. Far more replays than the port has frames: every one is counted
+    as a replay, none fails for want of a frame, and the tunnel still
+    carries pings."""
+    from tests.integration.hostile_peer import MSG_DATA, Attacker, Sniffer, counters, settle
+    from tests.integration.tunnel import CLIENT_PORT, EXIT_PORT
+
+    w = xdp_world(topo, tmp_path)
+    with Sniffer(w.client_ns, CLIENT_PORT, both_directions=True) as sniffed:
+        r = w.ping(w.client_ns, "10.202.0.1", count=5)
+    assert r.returncode == 0, r.stdout + r.stderr
+    captured = [m for m in sniffed.sent(MSG_DATA) if len(m) > 32]  # not keepalives
+    assert captured, "no data message of the client was captured"
+    attacker = Attacker(topo, w.client_ns, "10.201.0.66/24",
+                        (OUTER["exit"][0].split("/")[0], EXIT_PORT))
+    before = counters(w.name)
+    replays = [captured[i % len(captured)] for i in range(5000)]  # the port has 2048 frames
+    sent = attacker.send(replays)
+    attacker.close()
+    d = settle(w.name, before, lambda d: d.get("replay", 0) >= sent, timeout=30)
+    assert d.get("replay", 0) == sent and not d.get("send_failed"), d
+    r = w.ping(w.client_ns, "10.202.0.1", count=3)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert w.status()["xdp"]["wan_steer_data"] >= sent

@@ -491,6 +491,33 @@ def test_inner_program_steers_everything(objects, frame):
     assert (verdict, out, delta) == (Verdict.PASS, frame, {"steer": 1, "steer_no_socket": 1})
 
 
+# ------------------------------------------- forwarding ceiling's program
+
+
+@needs_root
+@pytest.mark.parametrize("frame,steer", [
+    (v4(b"plain payload", dport=40001), True),
+    (v6(b"plain payload", dport=40001), True),
+    (v4(wg(DATA, 32), vlans=[ETH_P_8021Q]), True),
+    (eth(ipv4(tcp(22), proto=TCP), ETH_P_IP), False),
+    (eth(bytes.fromhex("0001080006040001") + bytes(20), ETH_P_ARP), False),
+    (eth(ipv4(udp(b"x" * 16), frag=0x2000), ETH_P_IP), False),
+    (eth(ipv4(udp(b"x" * 16), frag=0x0003), ETH_P_IP), False),
+    (eth(bytes(10), ETH_P_IP), False),
+    (bytes(14), False),
+], ids=["udp4", "udp6", "vlan", "tcp", "arp", "first-fragment", "later-fragment", "short-ip",
+        "zeros"])
+def test_forward_program_steers_udp_only(objects, frame, steer):
+    """The bench's xsk-forward program: UDP to AF_XDP, everything else
+    (and anything it cannot parse) to the kernel, unchanged."""
+    with xdp.XdpProgram.load(objects["forward"]) as fwd:
+        assert fwd.name == "dp_xdp_forward"
+        assert fwd.counter_names == ("steer", "steer_no_socket", "pass")
+        verdict, out, delta = run(fwd, frame)
+    expected = {"steer": 1, "steer_no_socket": 1} if steer else {"pass": 1}
+    assert (verdict, out, delta) == (Verdict.PASS, frame, expected)
+
+
 # ------------------------------------------------------------------ loader
 
 def test_object_path_names_the_build_when_missing(monkeypatch, tmp_path):

@@ -1,0 +1,124 @@
+"""The raw AF_XDP forwarding ceiling of `dataplane bench` (DUT xsk-forward):
+the XDP backend's I/O path with nothing of WireGuard in it.
+
+    client ──veth── WAN ─ XDP forward: UDP ─> AF_XDP ─┐
+                                                       forwarding thread (native/xsk/forward.c)
+    far ──veth── kernel (routes) ── INNER <─ veth ─> INNER-x ── XDP inner: all ─> AF_XDP ─┘
+
+Frames go WAN -> INNER-x (to the kernel's end of the inner pair, which
+routes them on to the far side) and INNER-x -> WAN (what the kernel routes
+into the pair, to the client), through the same AF_XDP ports, XDP programs
+and inner veth pair as the dataplane-xdp DUT, with the Ethernet addresses
+rewritten and no crypto: what the XDP backend would cost if WireGuard were
+free.
+
+Run in the DUT's namespace by the bench (one process, so its CPU time is
+its own):
+
+    python -m dataplane.bench.xsk_forward --wan v1b --wan-macs CLIENT,WAN \\
+        --inner xf1-x --inner-macs INNER,INNER_X
+
+It prints `ready` once both programs are attached, and on SIGTERM or
+SIGINT a JSON line of its counters, then exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Sequence
+
+from dataplane._native import ffi, lib
+from dataplane.xdp import XdpProgram
+
+QUEUE = 0  # the bench's veths have one RX queue
+
+
+def _macs(text: str) -> bytes:
+    """'dst,src' (aa:bb:cc:dd:ee:ff each) -> the 12 bytes of an Ethernet
+    header's addresses."""
+    try:
+        dst, src = text.split(",")
+        out = bytes.fromhex(dst.replace(":", "")) + bytes.fromhex(src.replace(":", ""))
+    except ValueError:
+        out = b""
+    if len(out) != 12:
+        raise argparse.ArgumentTypeError(f"expected DST,SRC as two MAC addresses, not {text!r}")
+    return out
+
+
+class XskForwarder:
+    """The native forwarder's two AF_XDP ports (owned: close())."""
+
+    def __init__(self, wan: str, wan_macs: bytes, inner: str, inner_macs: bytes):
+        out = ffi.new("struct dp_xsk_fwd **")
+        rc = lib.dp_xsk_fwd_open(wan.encode(), inner.encode(), QUEUE, wan_macs, inner_macs, out)
+        if rc < 0:
+            raise OSError(-rc, f"opening AF_XDP sockets on {wan} and {inner} queue {QUEUE}")
+        self._f = out[0]
+
+    def fd(self, port: int) -> int:
+        return lib.dp_xsk_fwd_fd(self._f, port)
+
+    def run(self, stats) -> None:
+        """Blocks until stop() (cffi releases the GIL meanwhile)."""
+        lib.dp_xsk_fwd_run(self._f, -1, stats)
+
+    def stop(self) -> None:
+        lib.dp_xsk_fwd_stop(self._f)
+
+    def close(self) -> None:
+        if self._f is not None:
+            lib.dp_xsk_fwd_close(self._f)
+            self._f = None
+
+
+def main(argv: Sequence[str] = sys.argv[1:]) -> int:
+    p = argparse.ArgumentParser(prog="python -m dataplane.bench.xsk_forward",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--wan", required=True, help="interface the generator's UDP arrives on")
+    p.add_argument("--wan-macs", required=True, type=_macs, metavar="DST,SRC",
+                   help="Ethernet addresses of frames sent out of the WAN interface")
+    p.add_argument("--inner", required=True, help="our end of the inner veth pair")
+    p.add_argument("--inner-macs", required=True, type=_macs, metavar="DST,SRC",
+                   help="Ethernet addresses of frames sent into the inner pair")
+    args = p.parse_args(argv)
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    fwd = XskForwarder(args.wan, args.wan_macs, args.inner, args.inner_macs)
+    programs = []
+    try:
+        wan_prog, inner_prog = XdpProgram.forward(), XdpProgram.inner()
+        programs += [wan_prog, inner_prog]
+        wan_prog.set_xsk(QUEUE, fwd.fd(lib.DP_XSK_FWD_A))
+        inner_prog.set_xsk(QUEUE, fwd.fd(lib.DP_XSK_FWD_B))
+        inner_prog.attach(args.inner)
+        wan_prog.attach(args.wan)
+        stats = ffi.new("struct dp_xsk_fwd_stats *")
+        worker = threading.Thread(target=fwd.run, args=(stats,), name="xsk-forward")
+        worker.start()
+        print("ready", flush=True)
+        while not done.wait(1.0):
+            pass
+        fwd.stop()
+        worker.join()
+        counters = {f"{side}_{k}": v for side, prog in (("wan", wan_prog), ("inner", inner_prog))
+                    for k, v in prog.counters().items()}
+        for i, side in enumerate(("wan", "inner")):
+            for field in ("rx", "tx", "dropped", "skipped"):
+                counters[f"{side}_{field}"] = getattr(stats, field)[i]
+        counters["polls"] = stats.polls
+        print(json.dumps(counters), flush=True)
+    finally:
+        for prog in programs:
+            prog.close()
+        fwd.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
