@@ -36,6 +36,7 @@ from typing import Optional
 from dataplane import __version__
 from dataplane.bench.loadgen import IMIX, EmulatedPeers, Receiver, RecvResult, Sender
 from dataplane.bench.tunnel import _median, cpu_seconds
+from dataplane.client import Client
 from dataplane.keys import PrivateKey
 from dataplane.launch import start_daemon
 from dataplane.topology import Topology, socket_in
@@ -123,6 +124,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="length of the latency run (default 2; 0 skips it)")
     p.add_argument("--quick", action="store_true",
                    help="a short version of the default set (about a minute)")
+    p.add_argument("--sessions", choices=("handshake", "api"), default="handshake",
+                   help="how dataplane DUTs get their sessions: Noise handshakes with the "
+                        "generator (default), or pushed through the control-plane API")
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the DUT and the generator to separate CPUs")
     p.add_argument("--napi-threads", action="store_true",
@@ -166,8 +170,13 @@ class World:
     """The three namespaces, the DUT with `peers` peers, and sessions."""
 
     def __init__(self, topo: Topology, dut: str, n_peers: int, tmp: Path, pin: bool,
-                 say=print, napi_threads: bool = False):
+                 say=print, napi_threads: bool = False, sessions: str = "handshake"):
         self.topo, self.dut, self.say = topo, dut, say
+        # dataplane DUTs may get their sessions pushed through the control-
+        # plane API instead of made by handshakes (wireguard-go cannot)
+        self.api: Optional[Client] = None
+        self._api_indices: set = set()
+        self.sessions = sessions
         self.tunnel = dut in TUNNEL_DUTS
         cpus = sorted(os.sched_getaffinity(0))
         self.dut_cpu = cpus[-1] if pin and len(cpus) > 1 else None
@@ -275,6 +284,8 @@ class World:
             conf.chmod(0o600)
             self.dut_pid = start_daemon(self.topo, self.server, conf, log=tmp / f"{name}.log",
                                         timeout=60 + n_peers / 100).pid
+            if self.sessions == "api":
+                self.api = Client(Path(f"/run/dataplane/{name}.api.sock"), timeout=300)
         else:
             wg = WireGuardGo(self.topo, self.server, f"bpw{tag}")
             wg.start()
@@ -328,12 +339,24 @@ class World:
 
     def handshake(self) -> None:
         started = time.monotonic()
+        if self.api is not None:
+            # fresh sessions made here, as a control plane would, pushed in
+            # one batch: current at once (the ones they replace still take
+            # what is in flight)
+            self.api.bulk(self.peers.session_ops(activate="now", put_peer=False,
+                                                 taken=self._api_indices))
+            self.peers.handshake_at = time.monotonic()
+            self.say(f"  {self.dut}: {self.peers.n} session(s) pushed through the API in "
+                     f"{time.monotonic() - started:.1f} s")
+            return
         self.peers.handshake(self.gen, self.dut_public,
                              progress=lambda done, n: self.say(f"    handshakes {done}/{n}"))
         self.say(f"  {self.dut}: {self.peers.n} handshake(s) in "
                  f"{time.monotonic() - started:.1f} s")
 
     def close(self) -> None:
+        if self.api is not None:
+            self.api.close()
         if self._forwarder is not None and self._forwarder.poll() is None:
             self._forwarder.terminate()
             try:
@@ -558,7 +581,7 @@ def run(args) -> int:
                 mine = [s for s in scenarios if s[1] == n_peers]
                 with Topology("bp") as topo:
                     world = World(topo, dut, n_peers, Path(tmp), pin=not args.no_pin, say=say,
-                                  napi_threads=args.napi_threads)
+                                  napi_threads=args.napi_threads, sessions=args.sessions)
                     first = len(rows)
                     try:
                         for size, _, direction in mine:
