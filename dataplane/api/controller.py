@@ -5,7 +5,11 @@ Everything here runs on the daemon's event loop, one request at a time, so
 the native tables and what the API reports never disagree. A batch (one
 PUT or a whole NDJSON bulk) is checked whole against the state it would
 meet, then applied; what fails at apply time (which the checks make rare:
-an index taken by a handshake in between, memory) is undone."""
+an index taken by a handshake in between, memory) is undone: peers it
+created are removed, settings it changed restored, indices it claimed
+released; a peer that got a session from the failed batch loses its
+sessions (keys cannot be taken back one by one), and peers it deleted stay
+deleted (their keys were wiped at once)."""
 from __future__ import annotations
 
 import collections
@@ -261,7 +265,10 @@ class Controller:
                                f"({type(e).__name__}); nothing was applied")
                 return self._refusal(ops, _Refused(op.line, err)), err.status
             if added or removed:
-                self.routes_changed(added, removed)
+                try:
+                    self.routes_changed(added, removed)
+                except Exception:  # noqa: BLE001 - the batch stands; routes are the kernel's
+                    log.exception("API batch applied, but updating the kernel's routes failed")
             return results, 200
         finally:
             for op in ops:
