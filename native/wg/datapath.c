@@ -64,6 +64,13 @@ struct burst {
     uint64_t tx_addr[DP_DEVICE_BURST];
     bool tx_used[DP_DEVICE_BURST];
     bool in_place;
+    /* Encap with AF_XDP encrypts from the inner port's receive frames
+     * (pkt: the clear packets) straight into transmit frames of the WAN
+     * port (wan_addr, or NO_FRAME: the message is built in buf and takes
+     * the copying path) */
+    uint8_t *pkt[DP_DEVICE_BURST];
+    uint64_t wan_addr[DP_DEVICE_BURST];
+    uint8_t *wan_frame[DP_DEVICE_BURST];
     struct dp_xsk_frame frames[DP_DEVICE_BURST];
 };
 
@@ -690,7 +697,8 @@ static int xsk_rx_pass(struct dp_device *d, struct burst *b)
     return (int)n;
 }
 
-static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now);
+static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now,
+                    bool from_frames);
 
 /* Encap from the inner AF_XDP port: the kernel routed these packets to
  * the tunnel interface. */
@@ -716,14 +724,16 @@ static int xsk_inner_pass(struct dp_device *d, struct burst *b)
             count_drop(d, DP_DROP_INNER_MALFORMED, 1);
             continue;
         }
-        memcpy(b->buf[k] + DP_WG_DATA_HEADER_LEN, f + ETH_HEADER, len - ETH_HEADER);
+        /* encrypted from here (tx_flush pads it in the frame) */
+        b->pkt[k] = b->frames[i].data + ETH_HEADER;
         b->len[k++] = len - ETH_HEADER;
     }
+    if (k)
+        tx_flush(d, b, k, now, true);
+    /* the clear text leaves the frames before they are reused */
     for (uint32_t i = 0; i < n; i++)
         dp_wipe(b->frames[i].data, b->frames[i].len);
     dp_xsk_rx_release(b->inner, b->frames, n);
-    if (k)
-        tx_flush(d, b, k, now);
     return (int)n;
 }
 
@@ -731,25 +741,38 @@ static int xsk_inner_pass(struct dp_device *d, struct burst *b)
 
 /* Header, zero padding (whitepaper 5.4.6) and AEAD job for one packet of
  * plen bytes at buf + header; returns the padded plaintext length. */
-static uint32_t prepare_data(struct dp_device *d, uint8_t *buf, uint32_t plen,
-                             struct keypair *kp, uint64_t counter, struct dp_aead_msg *job)
+static uint32_t padded_len(struct dp_device *d, uint32_t plen)
 {
     uint32_t padded = (plen + DP_WG_PADDING - 1) & ~(uint32_t)(DP_WG_PADDING - 1);
-    uint32_t type = htole32(DP_WG_MSG_DATA), index = htole32(kp->remote_index);
-    uint64_t ctr = htole64(counter);
-
     uint32_t mtu = atomic_load_explicit(&d->mtu, memory_order_relaxed);
 
     if (padded > mtu)
         padded = plen > mtu ? plen : mtu;
-    memset(buf + DP_WG_DATA_HEADER_LEN + plen, 0, padded - plen);
-    memcpy(buf, &type, 4);
-    memcpy(buf + 4, &index, 4);
-    memcpy(buf + 8, &ctr, 8);
-    *job = (struct dp_aead_msg){.key = kp->send_key, .counter = counter, .len = padded,
-                                .src = buf + DP_WG_DATA_HEADER_LEN,
-                                .dst = buf + DP_WG_DATA_HEADER_LEN};
     return padded;
+}
+
+/* The same, with the clear packet at pkt (padded there) and the message
+ * (header, then cipher text) written to msg. */
+static uint32_t prepare_data_to(struct dp_device *d, uint8_t *msg, uint8_t *pkt, uint32_t plen,
+                                struct keypair *kp, uint64_t counter, struct dp_aead_msg *job)
+{
+    uint32_t padded = padded_len(d, plen);
+    uint32_t type = htole32(DP_WG_MSG_DATA), index = htole32(kp->remote_index);
+    uint64_t ctr = htole64(counter);
+
+    memset(pkt + plen, 0, padded - plen);
+    memcpy(msg, &type, 4);
+    memcpy(msg + 4, &index, 4);
+    memcpy(msg + 8, &ctr, 8);
+    *job = (struct dp_aead_msg){.key = kp->send_key, .counter = counter, .len = padded,
+                                .src = pkt, .dst = msg + DP_WG_DATA_HEADER_LEN};
+    return padded;
+}
+
+static uint32_t prepare_data(struct dp_device *d, uint8_t *buf, uint32_t plen,
+                             struct keypair *kp, uint64_t counter, struct dp_aead_msg *job)
+{
+    return prepare_data_to(d, buf, buf + DP_WG_DATA_HEADER_LEN, plen, kp, counter, job);
 }
 
 /* Take a counter from kp for sending, or fail when it cannot send. */
@@ -897,30 +920,33 @@ static void want_route(struct dp_device *d, struct peer *p, uint32_t peer_id,
                                         .endpoint = *ep});
 }
 
-/* A data message straight out of the WAN AF_XDP port, with the outer
- * headers of its route; false when it must take the kernel's path (no
- * route yet, the route leaves by another WAN interface than this
- * worker's, no free frame). UDP over IPv4 goes without a checksum, as
- * IPv4 allows (the message authenticates itself); over IPv6 it has one. */
-static bool wan_xmit(struct dp_device *d, struct burst *b, const struct dp_endpoint *ep,
-                     uint32_t peer_id, const uint8_t *msg, uint32_t len, uint64_t now)
+/* A transmit frame of the WAN AF_XDP port for a data message of len
+ * bytes to ep, with the outer headers of its route in front: returns
+ * where the message goes (its address in *addr), or NULL when it must take
+ * the kernel's path (no route yet, the route leaves by another WAN
+ * interface than this worker's, no free frame). wan_frame_end queues
+ * it once the message is there. UDP over IPv4 goes without a checksum, as
+ * IPv4 allows (the message authenticates itself); over IPv6 it has one,
+ * computed by wan_frame_end. */
+static uint8_t *wan_frame_begin(struct dp_device *d, struct burst *b,
+                                const struct dp_endpoint *ep, uint32_t peer_id, uint32_t len,
+                                uint64_t now, uint64_t *addr)
 {
     struct dp_route r;
     bool v6 = ep->family == DP_ENDPOINT_IPV6;
     uint32_t ip_len = v6 ? IPV6_HEADER : IPV4_HEADER;
     uint32_t hdr = ETH_HEADER + ip_len + UDP_HEADER;
     uint16_t ulen = (uint16_t)(UDP_HEADER + len);
-    uint64_t addr;
     uint8_t *f, *ip, *udp;
 
     if (!dp_route_lookup(d, ep->family, ep->addr, &r)) {
         want_route(d, &d->peers[peer_id], peer_id, ep, now);
-        return false;
+        return NULL;
     }
     if (r.ifindex && r.ifindex != b->wan_ifindex)
-        return false;
-    if (hdr + len > DP_XSK_FRAME_SIZE || !(f = dp_xsk_tx_frame(b->wan, &addr)))
-        return false;
+        return NULL;
+    if (hdr + len > DP_XSK_FRAME_SIZE || !(f = dp_xsk_tx_frame(b->wan, addr)))
+        return NULL;
     memcpy(f, r.dst_mac, 6);
     memcpy(f + 6, r.src_mac, 6);
     f[12] = v6 ? 0x86 : 0x08;
@@ -960,9 +986,19 @@ static bool wan_xmit(struct dp_device *d, struct burst *b, const struct dp_endpo
     memcpy(udp + 2, &dport, 2);
     memcpy(udp + 4, &ulen_be, 2);
     udp[6] = udp[7] = 0;
-    memcpy(udp + UDP_HEADER, msg, len);
-    if (v6) {
+    return udp + UDP_HEADER;
+}
+
+/* The message of len bytes is at msg (from wan_frame_begin): the IPv6 UDP
+ * checksum, and the frame is queued. */
+static void wan_frame_end(struct burst *b, uint64_t addr, uint8_t *msg, uint32_t len)
+{
+    uint8_t *udp = msg - UDP_HEADER, *f = xsk_umem__get_data(b->wan->area, addr);
+    uint16_t ulen = (uint16_t)(UDP_HEADER + len);
+
+    if (f[12] == 0x86) {
         /* pseudo-header: addresses, upper-layer length, next header */
+        const uint8_t *ip = f + ETH_HEADER;
         uint8_t pseudo[40] = {0};
         uint16_t csum;
 
@@ -975,8 +1011,7 @@ static bool wan_xmit(struct dp_device *d, struct burst *b, const struct dp_endpo
             csum = 0xffff;
         memcpy(udp + 6, &csum, 2);
     }
-    dp_xsk_tx_queue(b->wan, addr, hdr + len);
-    return true;
+    dp_xsk_tx_queue(b->wan, addr, (uint32_t)(msg - f) + len);
 }
 
 /* Read one packet from the TUN into the burst: with the virtio-net header,
@@ -1038,7 +1073,8 @@ static int tun_read(struct dp_device *d, struct burst *b, int n)
     return got;
 }
 
-static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now);
+static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now,
+                    bool from_frames);
 
 int dp_tx_pass(struct dp_device *d, struct burst *b, int reader)
 {
@@ -1054,26 +1090,29 @@ int dp_tx_pass(struct dp_device *d, struct burst *b, int reader)
         if (got > 0)
             n += got;
         if (n == DP_DEVICE_BURST) {
-            handled += tx_flush(d, b, n, now);
+            handled += tx_flush(d, b, n, now, false);
             n = 0;
             if (handled >= 4 * DP_DEVICE_BURST)
                 break; /* let the receive side have a turn */
         }
     }
     if (n)
-        handled += tx_flush(d, b, n, now);
+        handled += tx_flush(d, b, n, now, false);
     return handled;
 }
 
-/* Classify, encrypt and send the n packets of the burst. */
-static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now)
+/* Classify, encrypt and send the n packets of the burst: at
+ * b->buf[i] + DP_WG_DATA_HEADER_LEN, or (from_frames) at b->pkt[i], in
+ * receive frames of the inner AF_XDP port with room behind them for the
+ * padding. */
+static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now, bool from_frames)
 {
     struct dp_endpoint ep[DP_DEVICE_BURST];
     struct out_state out = {0};
     int njobs = 0;
 
     for (int i = 0; i < n; i++) {
-        uint8_t *pkt = b->buf[i] + DP_WG_DATA_HEADER_LEN;
+        uint8_t *pkt = from_frames ? b->pkt[i] : b->buf[i] + DP_WG_DATA_HEADER_LEN;
         const uint8_t *src, *dst;
         int family;
         uint32_t plen = inner_packet(pkt, b->len[i], &family, &src, &dst), peer_id;
@@ -1108,7 +1147,26 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now)
         maybe_rekey(d, p, peer_id, kp, now, counter);
         b->idx[njobs] = i;
         b->peer[njobs] = peer_id;
-        b->len[i] = prepare_data(d, b->buf[i], plen, kp, counter, &b->aead[njobs]);
+        b->wan_addr[njobs] = NO_FRAME;
+        /* straight into a WAN frame when the route is known and a frame
+         * is free; else the message is built in buf for the kernel's path */
+        uint32_t padded = padded_len(d, plen);
+        uint8_t *msg = NULL;
+
+        if (b->xsk && (!from_frames || ETH_HEADER + padded <= DP_XSK_FRAME_SIZE))
+            msg = wan_frame_begin(d, b, &ep[njobs], peer_id, DP_WG_DATA_MIN_LEN + padded, now,
+                                  &b->wan_addr[njobs]);
+        if (msg) {
+            b->wan_frame[njobs] = msg;
+        } else {
+            b->wan_addr[njobs] = NO_FRAME;
+            msg = b->buf[i];
+            if (pkt != msg + DP_WG_DATA_HEADER_LEN) {
+                memcpy(msg + DP_WG_DATA_HEADER_LEN, pkt, plen);
+                pkt = msg + DP_WG_DATA_HEADER_LEN;
+            }
+        }
+        b->len[i] = prepare_data_to(d, msg, pkt, plen, kp, counter, &b->aead[njobs]);
         njobs++;
     }
     if (!njobs)
@@ -1119,14 +1177,12 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now)
         uint32_t wire = DP_WG_DATA_MIN_LEN + b->len[i];
         struct peer *p = &d->peers[b->peer[j]];
 
-        if (b->xsk) {
-            if (wan_xmit(d, b, &ep[j], b->peer[j], b->buf[i], wire, now)) {
-                stat_add(&d->wan_xsk_tx, 1);
-            } else {
-                stat_add(&d->wan_kernel_tx, 1);
-                queue_out(d, b, &out, &ep[j], b->buf[i], wire);
-            }
+        if (b->wan_addr[j] != NO_FRAME) {
+            wan_frame_end(b, b->wan_addr[j], b->wan_frame[j], wire);
+            stat_add(&d->wan_xsk_tx, 1);
         } else {
+            if (b->xsk)
+                stat_add(&d->wan_kernel_tx, 1);
             queue_out(d, b, &out, &ep[j], b->buf[i], wire);
         }
         stat_add(&p->tx_bytes, wire);
@@ -1307,7 +1363,7 @@ int dp_device_test_tx(struct dp_device *d, const uint8_t *const *pkts, const uin
         b->len[i] = lens[i];
     }
     reader_online(d, POLL_READER);
-    tx_flush(d, b, (int)n, dp_now_ns());
+    tx_flush(d, b, (int)n, dp_now_ns(), false);
     reader_offline(d, POLL_READER);
     return (int)n;
 }
