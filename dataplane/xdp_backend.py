@@ -355,6 +355,7 @@ class XdpPlumbing:
             self._resting = True
             step = f"attaching the inner program to {self.peer_name}"
             self.inner_prog.attach(self.peer_name)
+            self._receive_in_napi_thread()
             for ifname, prog in self.wan_progs.items():
                 step = f"attaching the WAN program to {ifname}"
                 prog.attach(ifname)
@@ -368,6 +369,19 @@ class XdpPlumbing:
     # control plane's own hold is a second), the flood got through again
     # every second and each time cost a burst of full handshakes.
     RATELIMIT_HOLD_SECONDS = 5.0
+
+    def _receive_in_napi_thread(self) -> None:
+        """Our end of the pair receives in a NAPI thread, not in softirq
+        (a veth has NAPI once its XDP program is attached): what the kernel
+        routes into the tunnel is then steered and copied into AF_XDP in a
+        thread the scheduler shares with the workers, and under overload
+        the surplus is dropped at the veth's ring before that work. In
+        softirq that work starved the workers (receive livelock)."""
+        try:
+            Path(f"/sys/class/net/{self.peer_name}/threaded").write_text("1\n")
+        except OSError as e:
+            log.info("%s: receive stays in softirq (threaded NAPI: %s)", self.peer_name,
+                     e.strerror or e)
 
     def follow_load(self, under_load: bool, now: Optional[float] = None) -> None:
         """Apply XDP's per-source handshake rate limit while the control

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from dataplane.xdp_backend import inner_peer_name
 from dataplane.daemon import RUN_DIR
 from tests.integration.scenarios import HUB_INNER, Hub, hub_outer
 from tests.integration.tunnel import DATAPLANE, OUTER, UAPI_DIR, TunnelWorld
@@ -43,6 +44,10 @@ def test_ping_both_ways_inner_v4_and_v6(topo, tmp_path, outer):
     for dst in ("10.202.0.2", "fd00:202::2"):
         r = w.ping(w.exit_ns, dst)
         assert r.returncode == 0, r.stdout + r.stderr
+    # our end of the inner pair receives in a NAPI thread, not in softirq
+    # (the receive livelock under overload)
+    threaded = w.topo.run(w.exit_ns, ["cat", f"/sys/class/net/{inner_peer_name(w.name)}/threaded"]).stdout
+    assert threaded.strip() in ("1", "enabled"), threaded
     peer = w.exit_peer_dump()
     assert int(peer[5]) > 0 and int(peer[6]) > 0
     counters = w.status()["xdp"]
