@@ -5,28 +5,9 @@
  * parses no further than the UDP header and judges nothing.
  */
 #include "parsing.h"
+#include "steering.h"
 
-struct {
-    __uint(type, BPF_MAP_TYPE_XSKMAP);
-    __uint(max_entries, DP_XDP_MAX_QUEUES);
-    __type(key, __u32);
-    __type(value, __u32);
-} xsks SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, DP_XDP_FORWARD_COUNT);
-    __type(key, __u32);
-    __type(value, __u64);
-} counters SEC(".maps");
-
-static __always_inline void count(__u32 index)
-{
-    __u64 *value = bpf_map_lookup_elem(&counters, &index);
-
-    if (value)
-        *value += 1;
-}
+DP_XDP_STEERING_MAPS(DP_XDP_FORWARD_COUNT)
 
 static __always_inline int pass(void)
 {

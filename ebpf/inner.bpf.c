@@ -3,32 +3,9 @@
  * or back to the kernel when the queue has no socket (counted). Nothing is
  * parsed here: the worker classifies what it receives.
  */
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
+#include "steering.h"
 
-#include "dp_xdp_kern_user.h"
-
-struct {
-    __uint(type, BPF_MAP_TYPE_XSKMAP);
-    __uint(max_entries, DP_XDP_MAX_QUEUES);
-    __type(key, __u32);
-    __type(value, __u32);
-} xsks SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, DP_XDP_INNER_COUNT);
-    __type(key, __u32);
-    __type(value, __u64);
-} counters SEC(".maps");
-
-static __always_inline void count(__u32 index)
-{
-    __u64 *value = bpf_map_lookup_elem(&counters, &index);
-
-    if (value)
-        *value += 1;
-}
+DP_XDP_STEERING_MAPS(DP_XDP_INNER_COUNT)
 
 SEC("xdp")
 int dp_xdp_inner(struct xdp_md *ctx)

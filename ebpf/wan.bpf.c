@@ -9,22 +9,11 @@
  * dropped for every port: the kernel would drop them too.
  */
 #include "parsing.h"
+#include "steering.h"
 
 const volatile struct dp_xdp_settings dp_settings = {};
 
-struct {
-    __uint(type, BPF_MAP_TYPE_XSKMAP);
-    __uint(max_entries, DP_XDP_MAX_QUEUES);
-    __type(key, __u32);
-    __type(value, __u32);
-} xsks SEC(".maps");
-
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, DP_XDP_WAN_COUNT);
-    __type(key, __u32);
-    __type(value, __u64);
-} counters SEC(".maps");
+DP_XDP_STEERING_MAPS(DP_XDP_WAN_COUNT)
 
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -49,14 +38,6 @@ static __always_inline int ratelimit_resting(void)
     __u32 key = 0, *rest = bpf_map_lookup_elem(&ratelimit_rest, &key);
 
     return rest && *rest;
-}
-
-static __always_inline void count(__u32 index)
-{
-    __u64 *value = bpf_map_lookup_elem(&counters, &index);
-
-    if (value)
-        *value += 1;
 }
 
 static __always_inline int pass(__u32 counter)

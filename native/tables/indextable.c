@@ -278,6 +278,17 @@ int dp_index_table_insert(struct dp_index_table *t, uint32_t index, uint32_t val
     return 0;
 }
 
+/* Where index is, if its value is `expected` (0: any value); -1 if not. */
+static int64_t find_expected(struct slots *s, uint32_t index, uint32_t expected)
+{
+    int64_t at = index ? find(s, index) : -1;
+
+    if (at >= 0 && expected &&
+        (uint32_t)(atomic_load_explicit(&s->e[at], memory_order_relaxed) >> 32) != expected)
+        return -1;
+    return at;
+}
+
 int dp_index_table_replace(struct dp_index_table *t, uint32_t index, uint32_t expected,
                            uint32_t value)
 {
@@ -287,9 +298,8 @@ int dp_index_table_replace(struct dp_index_table *t, uint32_t index, uint32_t ex
     if (!t || value == EMPTY || value > DP_INDEX_VALUE_MAX)
         return -DP_TABLES_EINVAL;
     s = atomic_load_explicit(&t->cur, memory_order_relaxed);
-    at = index ? find(s, index) : -1;
-    if (at < 0 || (expected &&
-                   (uint32_t)(atomic_load_explicit(&s->e[at], memory_order_relaxed) >> 32) != expected))
+    at = find_expected(s, index, expected);
+    if (at < 0)
         return -DP_TABLES_ENOENT;
     atomic_store_explicit(&s->e[at], entry(index, value), memory_order_release);
     return 0;
@@ -303,9 +313,8 @@ int dp_index_table_remove(struct dp_index_table *t, uint32_t index, uint32_t exp
     if (!t)
         return -DP_TABLES_EINVAL;
     s = atomic_load_explicit(&t->cur, memory_order_relaxed);
-    at = index ? find(s, index) : -1;
-    if (at < 0 || (expected &&
-                   (uint32_t)(atomic_load_explicit(&s->e[at], memory_order_relaxed) >> 32) != expected))
+    at = find_expected(s, index, expected);
+    if (at < 0)
         return -DP_TABLES_ENOENT;
     /* The index bits go too: a tombstone matches no lookup (0 is never
      * stored). */

@@ -44,6 +44,14 @@ def install(d: Device, index: int, recv_key: bytes = KEY_A, peer: int = 0,
     d.keypair_install(peer, index, 0x77, bytes(32), recv_key, initiator, lib.dp_device_now_ns())
 
 
+
+def add_peers_with_keypairs(d, n: int) -> None:
+    """Peers 0..n-1, each with a keypair on claimed index peer + 1."""
+    for p in range(n):
+        d.peer_add(p)
+        d.index_claim(p + 1)
+        install(d, p + 1, peer=p)
+
 def decap(d: Device, index: int, counter: int, key: bytes = KEY_A, peer: int = 0,
           src: str = PEER_INNER) -> dict:
     """Drops by reason and packets the peer received, for one message."""
@@ -223,10 +231,7 @@ def test_keypair_memory_grows_in_chunks_with_use():
     try:
         empty = d.memory()
         assert empty["keypairs_mapped"] == 0 and empty["locked"] == 0
-        for p in range(3000):
-            d.peer_add(p)
-            d.index_claim(p + 1)
-            install(d, p + 1, peer=p)
+        add_peers_with_keypairs(d, 3000)
         m = d.memory()
         per = m["keypair_bytes"]
         assert m["keypairs_live"] == m["keypairs_allocated"] == 3000
@@ -380,10 +385,7 @@ def test_chunks_go_back_when_their_keypairs_are_gone():
     try:
         d.peer_add(4000)
         d.allowed_ip_add(4000, ipaddress.ip_network(f"{PEER_INNER}/32"))
-        for p in range(3000):
-            d.peer_add(p)
-            d.index_claim(p + 1)
-            install(d, p + 1, peer=p)
+        add_peers_with_keypairs(d, 3000)
         full = d.memory()
         chunk = full["keypair_chunk_bytes"]
         assert 64 << 10 <= chunk <= 160 << 10 and chunk % 4096 == 0
