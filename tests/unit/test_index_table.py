@@ -4,7 +4,6 @@ at most half the entries used, probes never past the limit, tombstones
 swept by rebuilds."""
 import random
 
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from dataplane._native import ffi, lib
