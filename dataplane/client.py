@@ -1,4 +1,6 @@
-"""A small client of the control-plane API (standard library only).
+"""A small client of the control-plane API (standard library only; orjson,
+when installed, decodes large answers such as a bulk push's several times
+faster).
 
     from dataplane.client import Client
     with Client.for_interface("dp0") as api:
@@ -21,6 +23,11 @@ import ssl
 import urllib.parse
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
+
+try:
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - optional
+    _loads = json.loads
 
 RUN_DIR = Path("/run/dataplane")
 Key = Union[str, bytes]
@@ -128,7 +135,7 @@ class Client:
                     raise
         ctype = resp.getheader("Content-Type", "")
         if ctype.startswith("application/json"):
-            decoded = json.loads(data) if data else None
+            decoded = _loads(data) if data else None
         else:
             decoded = data.decode() if data else None
         if resp.status not in ok:

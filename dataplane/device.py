@@ -4,6 +4,7 @@ C error codes turned into exceptions, Python types in and out. Policy
 tables and events across."""
 from __future__ import annotations
 
+import array
 import errno as errno_mod
 import ipaddress
 import os
@@ -282,6 +283,16 @@ class Device:
 
     def peer_add(self, peer_id: int) -> None:
         _check(lib.dp_device_peer_add(self._dev, peer_id), f"add peer {peer_id}")
+
+    def bulk_apply(self, batch, peer_ids: list[int], actions: bytearray,
+                   now_ns: int) -> tuple[int, int]:
+        """dp_device_bulk_apply on a parsed batch (struct dp_bulk *): how
+        many operations were done whole, and 0 or -errno."""
+        err = ffi.new("int *")
+        done = lib.dp_device_bulk_apply(self._dev, batch,
+                                        ffi.from_buffer("uint32_t[]", array.array("I", peer_ids)),
+                                        ffi.from_buffer("uint8_t[]", actions), now_ns, err)
+        return done, err[0]
 
     def peer_remove(self, peer_id: int) -> None:
         _check(lib.dp_device_peer_remove(self._dev, peer_id), f"remove peer {peer_id}")

@@ -246,6 +246,29 @@ class Interface:
         self.by_id[free] = peer
         return peer
 
+    def reserve_ids(self, n: int) -> list[int]:
+        """n free peer ids, taken round-robin as add_peer takes them, for
+        peers the caller adds with adopt_peer (OSError if there is no
+        room)."""
+        if len(self.by_id) + n > self.device.max_peers:
+            raise OSError(f"no room for {n} more peers (at most {self.device.max_peers})")
+        out, by_id, size = [], self.by_id, self.device.max_peers
+        candidate = self._next_id % size
+        while len(out) < n:
+            if candidate not in by_id:
+                out.append(candidate)
+            candidate = (candidate + 1) % size
+        if out:
+            self._next_id = out[-1] + 1
+        return out
+
+    def adopt_peer(self, peer_id: int, public_key: PublicKey) -> Peer:
+        """The Peer of one the device already has under peer_id."""
+        peer = Peer(peer_id, public_key)
+        self.peers[public_key] = peer
+        self.by_id[peer_id] = peer
+        return peer
+
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
         if peer is None:
@@ -312,10 +335,17 @@ class Interface:
         except BaseException:
             self.device.index_release(receiver_index)
             raise
+        self.device.rearm(peer.id)
+        self.adopt_session(peer, activate_now, now, wall_ns)
+
+    def adopt_session(self, peer: Peer, activate_now: bool, now: int,
+                      wall_ns: Optional[int] = None) -> None:
+        """The protocol side of a pushed session the device has installed:
+        the peer is the control plane's from now on (no handshakes of our
+        own), and one activated now counts as a handshake."""
         if not peer.managed or peer.pending is not None:
             self._cancel_pending(peer)
         peer.managed = True
-        self.device.rearm(peer.id)
         if activate_now:
             peer.last_handshake_ns = now
             peer.last_handshake_wall_ns = self.wallclock() if wall_ns is None else wall_ns

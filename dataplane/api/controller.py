@@ -13,7 +13,6 @@ deleted (their keys were wiped at once)."""
 from __future__ import annotations
 
 import collections
-import hashlib
 import heapq
 import hmac
 import ipaddress
@@ -23,11 +22,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from dataplane.api import model
+from dataplane.api import bulk, model
 from dataplane.api.model import ApiError, BulkOp, DeleteOp, PeerSpec, SessionSpec
 from dataplane.device import DeviceError, Endpoint
 from dataplane.interface import NS, REJECT_AFTER_NS, Interface, Peer
-from dataplane.keys import PublicKey
+from dataplane.keys import PresharedKey, PublicKey
 from dataplane._native import lib
 
 log = logging.getLogger("dataplane.api")
@@ -114,6 +113,8 @@ class Controller:
         self.tombstones: collections.OrderedDict[PublicKey, int] = collections.OrderedDict()
         self.interface_generation = 0
         self._digest_key = os.urandom(32)
+        # POST /v1/bulk tries the native parser and apply_parsed first
+        self.native_bulk = True
         self._deadlines: list = []
         self._next_event = 1
         self.history: collections.deque[Event] = collections.deque(maxlen=EVENT_HISTORY)
@@ -121,6 +122,11 @@ class Controller:
         self.counters = collections.Counter()
         self._now = (0, 0)  # (data path clock, Unix ns) of the batch being applied
         iface.on_rekey_needed = self._rekey_needed
+
+    @property
+    def digest_key(self) -> bytes:
+        """Keys the digests that tell a repeated push from a change."""
+        return self._digest_key
 
     # ---------------------------------------------------------------- reading
 
@@ -276,6 +282,201 @@ class Controller:
                 if s is not None:
                     s.wipe()
 
+    # ---------------------------------------------------------------- the fast lane
+
+    def apply_parsed(self, b: bulk.Parsed) -> Optional[tuple[list[dict], int]]:
+        """A batch the native parser read, applied as apply() would apply
+        it, when every line is a put_peer or put_session of its own peer
+        that creates a peer without conflicts, repeats one's settings,
+        and/or installs a session: the common shapes of a bulk push. The
+        device takes the whole batch in one call. None: the batch is not of
+        that shape, or the device refused it (and nothing changed); apply()
+        decides it then, with its errors."""
+        iface = self.iface
+        peers, records, stones, owner = iface.peers, self.records, self.tombstones, \
+            iface.prefix_owner
+        own = iface.private_key.public_key() if iface.private_key is not None else None
+        n = b.n
+        ops, flags, keys = b.op, b.flags, b.public_key
+        gens, sgens = b.generation, b.session_generation
+        indices, senders, lifetimes = b.receiver_index, b.sender_index, b.lifetime
+        seen: set = set()
+        claimed: set = set()
+        taken: set = set()
+        room = iface.device.max_peers - len(peers)
+        actions = bytearray(n)
+        gen_of = [0] * n
+        sgen_of: list = [None] * n
+        creating = []
+        PUT_PEER, ACTIVATE_NOW = bulk.PUT_PEER, bulk.ACTIVATE_NOW
+        DO_CREATE, DO_SETTINGS, DO_SESSION = (lib.DP_BULK_DO_CREATE, lib.DP_BULK_DO_SETTINGS,
+                                              lib.DP_BULK_DO_SESSION)
+        for i in range(n):
+            key = keys[i]
+            if key in seen:
+                return None
+            seen.add(key)
+            f = flags[i]
+            peer = peers.get(key)
+            rec = records.get(key)
+            act = 0
+            if ops[i] == bulk.PUT_PEER:
+                if key == own:
+                    return None
+                g = gens[i] if f & bulk.HAS_GENERATION else None
+                if peer is not None:  # the same settings again
+                    if rec is None or rec.settings is None or \
+                            not hmac.compare_digest(rec.settings, b.settings_digest[i]):
+                        return None
+                    if g is not None and g < rec.generation:
+                        return None
+                    for p in b.prefixes_of(i):
+                        if owner.get(p) is not peer:
+                            return None
+                    gen_of[i] = g if g is not None else rec.generation
+                else:
+                    if rec is not None:
+                        return None
+                    stone = stones.get(key)
+                    if stone is not None and g is not None and g <= stone:
+                        return None
+                    room -= 1
+                    if room < 0:
+                        return None
+                    for p in b.prefixes_of(i):
+                        if p in owner or p in taken:
+                            return None
+                        taken.add(p)
+                    gen_of[i] = g if g is not None else (stone if stone is not None else 0) + 1
+                    act = DO_CREATE | DO_SETTINGS
+                    creating.append(i)
+                sg_given = sgens[i] if f & bulk.SESSION_HAS_GENERATION else None
+            elif ops[i] == bulk.PUT_SESSION:
+                if peer is None:
+                    return None
+                sg_given = gens[i] if f & bulk.HAS_GENERATION else None
+            else:
+                return None
+            if f & bulk.HAS_SESSION:
+                held = rec.session if rec is not None else None
+                if held is not None and (sg_given is None or sg_given == held.generation) and \
+                        (held.receiver_index, held.sender_index, held.lifetime,
+                         held.activate) == (indices[i], senders[i], float(lifetimes[i]),
+                                            "now" if f & bulk.ACTIVATE_NOW else "on_receive") \
+                        and hmac.compare_digest(held.digest, b.session_digest[i]):
+                    sgen_of[i] = held.generation
+                else:
+                    sg = _session_gen(rec)
+                    if sg_given is not None and sg is not None and sg_given <= sg:
+                        return None
+                    if indices[i] in claimed:
+                        return None
+                    claimed.add(indices[i])
+                    sgen_of[i] = sg_given if sg_given is not None else \
+                        (sg if sg is not None else 0) + 1
+                    act |= DO_SESSION
+            actions[i] = act
+
+        # the device, in one call; ids for the new peers first
+        ids = [0] * n
+        try:
+            for i, pid in zip(creating, iface.reserve_ids(len(creating))):
+                ids[i] = pid
+        except OSError:
+            return None
+        for i in range(n):
+            if not actions[i] & DO_CREATE:
+                ids[i] = peers[keys[i]].id
+        now, wall = iface.clock(), time.time_ns()
+        done, err = iface.device.bulk_apply(b.c, ids, actions, now)
+        if err < 0:
+            for i in range(done):
+                if actions[i] & DO_CREATE:
+                    iface.device.peer_remove(ids[i])
+                elif actions[i] & DO_SESSION:  # its keys cannot be taken back one by one
+                    peer = peers[keys[i]]
+                    iface.drop_sessions(peer)
+                    records[keys[i]].session = None
+            log.info("API bulk: the device refused the batch at line %d (%s); "
+                     "checking it line by line", b.line[min(done, n - 1)], os.strerror(-err))
+            return None
+
+        # what the device now has, in the protocol's and the API's records
+        results: list[dict] = []
+        added: list = []
+        installed = 0
+        by_id, deadlines, line = iface.by_id, self._deadlines, b.line
+        wall_s = wall / NS
+        new_key = bytes.__new__
+        for i in range(n):
+            key = keys[i]
+            f = flags[i]
+            act = actions[i]
+            if act & DO_CREATE:
+                pid = ids[i]
+                peer = Peer(pid, new_key(PublicKey, key))  # checked by the parser
+                peers[peer.public_key] = peer
+                by_id[pid] = peer
+                mine = peer.prefixes
+                for p in b.prefixes_of(i):
+                    owner[p] = peer
+                    mine.add(p)
+                    added.append(p)
+                if f & bulk.HAS_PSK:
+                    peer.preshared_key = PresharedKey(b.preshared_key(i))
+                if b.keepalive[i]:
+                    iface.set_persistent_keepalive(peer, b.keepalive[i])
+                rec = records[key] = PeerRecord(gen_of[i], b.settings_digest[i])
+                if stones and key in stones:
+                    del stones[key]
+            else:
+                peer = peers[key]
+                rec = self.record(key)
+                if ops[i] == PUT_PEER:
+                    rec.settings = b.settings_digest[i]
+                    rec.generation = gen_of[i]
+            if act & DO_SESSION:
+                now_flag = f & ACTIVATE_NOW
+                if act & DO_CREATE:  # nothing pending to cancel
+                    peer.managed = True
+                    if now_flag:
+                        peer.last_handshake_ns = now
+                        peer.last_handshake_wall_ns = wall
+                else:
+                    iface.adopt_session(peer, bool(now_flag), now, wall)
+                expires = now + lifetimes[i] * NS
+                rec.session = SessionRecord(sgen_of[i], indices[i], senders[i],
+                                            float(lifetimes[i]),
+                                            "now" if now_flag else "on_receive",
+                                            b.session_digest[i], now, wall_s, expires)
+                installed += 1
+                heapq.heappush(deadlines, (expires - REKEY_MARGIN_NS, 0, sgen_of[i],
+                                           peer.public_key))
+                if act & DO_CREATE and b.keepalive[i]:
+                    self._kick(peer)
+            if ops[i] == PUT_PEER:
+                if rec.session is not None:
+                    results.append({"line": line[i], "op": "put_peer",
+                                    "status": 201 if act & DO_CREATE else 200,
+                                    "generation": rec.generation,
+                                    "session_generation": rec.session.generation})
+                else:
+                    results.append({"line": line[i], "op": "put_peer",
+                                    "status": 201 if act & DO_CREATE else 200,
+                                    "generation": rec.generation})
+            else:
+                results.append({"line": line[i], "op": "put_session",
+                                "status": 201 if act & DO_SESSION else 200,
+                                "session_generation": rec.session.generation})
+        self.counters["sessions_installed"] += installed
+        self.counters["bulk_native"] += 1
+        if added:
+            try:
+                self.routes_changed(added, [])
+            except Exception:  # noqa: BLE001 - the batch stands; routes are the kernel's
+                log.exception("API batch applied, but updating the kernel's routes failed")
+        return results, 200
+
     def _undo(self, undo: list, claimed: list[int], installed: dict) -> None:
         for fn in reversed(undo):
             try:
@@ -430,16 +631,15 @@ class Controller:
 
     def _settings_digest(self, spec: PeerSpec) -> bytes:
         """Tells a repeated PUT from a change, without keeping the body (or
-        its preshared key) around."""
-        h = hashlib.blake2b(spec.preshared_key.reveal() if spec.preshared_key else b"-",
-                            key=self._digest_key, digest_size=16)
-        h.update(repr((spec.allowed_ips, spec.endpoint, spec.persistent_keepalive)).encode())
-        return h.digest()
+        its preshared key) around; the native bulk parser computes the
+        same."""
+        return bulk.settings_digest(self._digest_key, spec.preshared_key.reveal()
+                                    if spec.preshared_key else None, spec.allowed_ips,
+                                    spec.endpoint, spec.persistent_keepalive)
 
     def _digest(self, spec: SessionSpec) -> bytes:
-        h = hashlib.blake2b(spec.send_key.reveal(), key=self._digest_key, digest_size=16)
-        h.update(spec.receive_key.reveal())
-        return h.digest()
+        return bulk.session_digest(self._digest_key, spec.send_key.reveal(),
+                                   spec.receive_key.reveal())
 
     def _owner(self, p) -> Optional[PublicKey]:
         holder = self.iface.prefix_owner.get(p)
@@ -468,8 +668,7 @@ class Controller:
             rec = self.record(key)
             if not created:
                 undo.append(self._snapshot(peer, rec))
-            if step.kind != "keep":
-                self._configure(peer, spec, added, removed, created)
+            kick = step.kind != "keep" and self._configure(peer, spec, added, removed, created)
             rec.settings = step.digest
             rec.generation = step.gen
             if key in self.tombstones:
@@ -478,6 +677,8 @@ class Controller:
             if step.install:
                 self._install(peer, rec, spec.session, step.sgen)
                 installed[spec.session.receiver_index] = key
+            if kick:
+                self._kick(peer)
             out["status"] = 201 if created else 200
             out["generation"] = rec.generation
             if rec.session is not None:
@@ -524,7 +725,9 @@ class Controller:
             rec.session, rec.session_floor = saved
 
     def _configure(self, peer: Peer, spec: PeerSpec, added: list, removed: list,
-                   created: bool = False) -> None:
+                   created: bool = False) -> bool:
+        """The peer's settings as the spec has them; True when a persistent
+        keepalive was just switched on (see _kick)."""
         iface = self.iface
         peer.preshared_key = spec.preshared_key
         if spec.endpoint is not None:
@@ -547,9 +750,14 @@ class Controller:
                     iface.add_allowed_prefix(peer, p)
             added.extend(new - old)
             removed.extend(old - new)
-        if spec.persistent_keepalive and not was:
-            if not iface.device.keepalive(peer.id):
-                iface.initiate(peer)
+        return bool(spec.persistent_keepalive and not was)
+
+    def _kick(self, peer: Peer) -> None:
+        """A persistent keepalive switched on starts at once: a keepalive
+        on the current session, or else a handshake (for a peer whose
+        sessions are ours to make)."""
+        if not self.iface.device.keepalive(peer.id) and not peer.managed:
+            self.iface.initiate(peer)
 
     def _install(self, peer: Peer, rec: PeerRecord, spec: SessionSpec, gen: int) -> None:
         now, wall = self._now
@@ -566,7 +774,6 @@ class Controller:
         self.counters["sessions_installed"] += 1
         heapq.heappush(self._deadlines, (now + lifetime_ns - REKEY_MARGIN_NS, 0, gen,
                                          peer.public_key))
-        heapq.heappush(self._deadlines, (now + lifetime_ns, 1, gen, peer.public_key))
 
     def _snapshot(self, peer: Peer, rec: PeerRecord) -> Callable[[], None]:
         """An undo of a peer's settings (sessions installed since are dropped)."""
@@ -606,9 +813,12 @@ class Controller:
             s = rec.session if rec is not None else None
             if s is None or s.generation != gen or key not in self.iface.peers:
                 continue
-            if kind == 0 and not s.rekey_sent:
-                s.rekey_sent = True
-                self.emit("rekey_needed", key, reason="age", session=s)
+            if kind == 0:
+                # a session has one deadline at a time: its expiry follows
+                heapq.heappush(self._deadlines, (s.expires_ns, 1, gen, key))
+                if not s.rekey_sent:
+                    s.rekey_sent = True
+                    self.emit("rekey_needed", key, reason="age", session=s)
             elif kind == 1 and not s.expired_sent:
                 s.expired_sent = True
                 self.emit("expired", key, session=s)

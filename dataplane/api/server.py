@@ -22,6 +22,7 @@ from typing import Optional
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from dataplane.api import bulk as bulk_native
 from dataplane.api import model
 from dataplane.api.controller import Controller
 from dataplane.api.metrics import Metrics
@@ -225,10 +226,17 @@ def _no_gc():
 
 
 def _bulk(ctrl: Controller, body: bytes) -> web.Response:
+    if body.count(b"\n") > BULK_LINES_MAX:
+        raise ApiError(413, f"more than {BULK_LINES_MAX} operations in one batch")
+    if ctrl.native_bulk:
+        parsed, _, _ = bulk_native.parse(body, ctrl.digest_key)
+        if parsed is not None:
+            with parsed:
+                done = ctrl.apply_parsed(parsed)
+            if done is not None:
+                return _bulk_response(*done)
     ops, error = [], None
     lines = body.split(b"\n")
-    if len(lines) > BULK_LINES_MAX + 1:
-        raise ApiError(413, f"more than {BULK_LINES_MAX} operations in one batch")
     for line, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
@@ -250,7 +258,10 @@ def _bulk(ctrl: Controller, body: bytes) -> web.Response:
         return _json({"applied": False, "line": bad_line, **e.body()}, e.status)
     if not ops:
         raise ApiError(400, "the batch is empty (one JSON operation a line)")
-    results, status = ctrl.apply(ops)
+    return _bulk_response(*ctrl.apply(ops))
+
+
+def _bulk_response(results: list[dict], status: int) -> web.Response:
     failed = None
     for r in results:
         err = r.pop("error_obj", None)
