@@ -332,11 +332,15 @@ class Device:
         _check(lib.dp_device_peer_rearm(self._dev, peer_id), f"rearm peer {peer_id}")
 
     def keepalive(self, peer_id: int) -> bool:
-        """Sends a keepalive; False when the peer has no keypair to send with."""
+        """Sends a keepalive; False when the peer has no keypair or no
+        endpoint to send with. A send the kernel refuses (no route, no
+        socket of that family) is counted as a drop, not raised: the
+        keypair is there, and a handshake would fare no better."""
         rc = lib.dp_device_peer_keepalive(self._dev, peer_id)
         if rc in (-errno_mod.ENOKEY, -errno_mod.EDESTADDRREQ):
             return False
-        _check(rc, f"keepalive to peer {peer_id}")
+        if rc in (-errno_mod.ENOENT, -errno_mod.ENOMEM):
+            _check(rc, f"keepalive to peer {peer_id}")
         return True
 
     # -- allowed IPs

@@ -452,8 +452,8 @@ class Controller:
                 installed += 1
                 heapq.heappush(deadlines, (expires - REKEY_MARGIN_NS, 0, sgen_of[i],
                                            peer.public_key))
-                if act & DO_CREATE and b.keepalive[i]:
-                    self._kick(peer)
+            if act & DO_CREATE and b.keepalive[i]:
+                self._kick(peer)
             if ops[i] == PUT_PEER:
                 if rec.session is not None:
                     results.append({"line": line[i], "op": "put_peer",

@@ -1262,9 +1262,14 @@ void dp_flush_staged(struct dp_device *d, uint32_t peer_id)
 
 int dp_device_peer_keepalive(struct dp_device *d, uint32_t peer_id)
 {
+    int err;
+
     if (peer_id >= d->cfg.max_peers || !d->peers[peer_id].in_use)
         return -ENOENT;
-    return send_one(d, peer_id, NULL, 0);
+    err = send_one(d, peer_id, NULL, 0);
+    if (err < 0 && err != -ENOKEY && err != -EDESTADDRREQ && err != -ENOMEM)
+        count_drop(d, DP_DROP_SEND_FAILED, 1);
+    return err;
 }
 
 /* ---------------------------------------------------------------- threads */

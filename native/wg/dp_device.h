@@ -223,7 +223,9 @@ int64_t dp_device_peer_stats_all(struct dp_device *d, struct dp_peer_stats *out,
 /* Drop every keypair and staged packet of the peer (keys wiped). */
 int dp_device_peer_clear_keypairs(struct dp_device *d, uint32_t peer_id);
 /* Send an empty data message (keepalive) with the current keypair; 0,
- * -ENOKEY without a usable keypair, -errno. */
+ * -ENOKEY without a usable keypair, -EDESTADDRREQ without an endpoint,
+ * -ENOENT for no such peer, or the send's -errno (counted as a
+ * DP_DROP_SEND_FAILED). */
 int dp_device_peer_keepalive(struct dp_device *d, uint32_t peer_id);
 
 /* Install a keypair on a reserved or claimed receiver index: an
