@@ -153,8 +153,18 @@ class Client:
             fields["private_key"] = _key(fields["private_key"])
         return self.request("PATCH", "/v1/interface", fields)[1]
 
-    def peers(self) -> list[dict]:
-        return self.request("GET", "/v1/peers")[1]["peers"]
+    def peers(self, page: Optional[int] = None) -> list[dict]:
+        """Every peer; with `page`, fetched that many at a time."""
+        if page is None:
+            return self.request("GET", "/v1/peers")[1]["peers"]
+        out, after = [], None
+        while True:
+            query = f"?limit={page}" + (f"&after={_quote(after)}" if after else "")
+            answer = self.request("GET", "/v1/peers" + query)[1]
+            out.extend(answer["peers"])
+            after = answer["next"]
+            if after is None:
+                return out
 
     def peer(self, public_key: Key) -> dict:
         return self.request("GET", f"/v1/peers/{_quote(public_key)}")[1]

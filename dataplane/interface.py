@@ -168,6 +168,8 @@ class Interface:
         self.clock = clock
         self.wallclock = wallclock
         self.peers: dict[bytes, Peer] = {}
+        # counts additions and removals of peers (for listings kept in order)
+        self.peers_version = 0
         self.by_id: dict[int, Peer] = {}
         self.pending_by_index: dict[int, Peer] = {}
         self._next_id = 0
@@ -241,6 +243,7 @@ class Interface:
             raise OSError(f"no room for another peer (at most {self.device.max_peers})")
         self._next_id = free + 1
         self.device.peer_add(free)
+        self.peers_version += 1
         peer = Peer(free, PublicKey(public_key))
         self.peers[peer.public_key] = peer
         self.by_id[free] = peer
@@ -267,12 +270,14 @@ class Interface:
         peer = Peer(peer_id, public_key)
         self.peers[public_key] = peer
         self.by_id[peer_id] = peer
+        self.peers_version += 1
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
         if peer is None:
             return
+        self.peers_version += 1
         del self.by_id[peer.id]
         self.keepalive_ids.discard(peer.id)
         self._cancel_pending(peer)

@@ -12,6 +12,7 @@ sessions (keys cannot be taken back one by one), and peers it deleted stay
 deleted (their keys were wiped at once)."""
 from __future__ import annotations
 
+import bisect
 import collections
 import heapq
 import hmac
@@ -112,6 +113,7 @@ class Controller:
         self.records: dict[PublicKey, PeerRecord] = {}
         self.tombstones: collections.OrderedDict[PublicKey, int] = collections.OrderedDict()
         self.interface_generation = 0
+        self._sorted: Optional[tuple[int, list]] = None  # (peers_version, keys in order)
         self._digest_key = os.urandom(32)
         # POST /v1/bulk tries the native parser and apply_parsed first
         self.native_bulk = True
@@ -147,9 +149,23 @@ class Controller:
             raise ApiError(404, "no such peer", "public_key")
         return self._peer_view(p, stats)
 
-    def peers(self) -> list[dict]:
-        table = self.iface.device.stats_table()
-        return [self._peer_view(p, table[p.id]) for p in self.iface.peers.values()]
+    def peers(self, limit: Optional[int] = None,
+              after: Optional[PublicKey] = None) -> tuple[list[dict], Optional[str]]:
+        """Every peer; or, with `limit`, a page of them in the order of
+        their keys' bytes, starting after the key `after`. Also the key to
+        ask for the next page after (None: this was the last)."""
+        peers = self.iface.peers
+        if limit is None and after is None:
+            table = self.iface.device.stats_table()
+            return [self._peer_view(p, table[p.id]) for p in peers.values()], None
+        if self._sorted is None or self._sorted[0] != self.iface.peers_version:
+            self._sorted = (self.iface.peers_version, sorted(peers))
+        ordered = self._sorted[1]
+        start = bisect.bisect_right(ordered, after) if after is not None else 0
+        end = len(ordered) if limit is None else start + limit
+        page = [peers[k] for k in ordered[start:end]]
+        views = [self._peer_view(p) for p in page]
+        return views, (page[-1].public_key.base64() if page and end < len(ordered) else None)
 
     def _peer_view(self, p: Peer, row=None) -> dict:
         if row is None:  # one peer's counters (the table has every peer's)
@@ -417,6 +433,7 @@ class Controller:
                 peer = Peer(pid, new_key(PublicKey, key))  # checked by the parser
                 peers[peer.public_key] = peer
                 by_id[pid] = peer
+                iface.peers_version += 1
                 mine = peer.prefixes
                 for p in b.prefixes_of(i):
                     owner[p] = peer

@@ -133,10 +133,22 @@ _PATHS = {
                   "requestBody": _json_body(_ref("InterfacePatch")),
                   "responses": {"200": _resp("The interface", _ref("Interface")),
                                 **{k: v for k, v in _ERRORS.items() if k != "404"}}}},
-    "/v1/peers": {"get": {"summary": "Every peer", "operationId": "listPeers",
-                          "responses": {"200": _resp("The peers", {
-                              "type": "object", "properties": {
-                                  "peers": {"type": "array", "items": _ref("Peer")}}})}}},
+    "/v1/peers": {"get": {
+        "summary": "Every peer, or a page of them in the order of their keys' bytes",
+        "operationId": "listPeers",
+        "parameters": [
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+             "description": "At most this many peers"},
+            {"name": "after", "in": "query", "required": False, "schema": _KEY,
+             "description": "Start after this key (the previous page's next)"}],
+        "responses": {"200": _resp("The peers", {
+            "type": "object", "required": ["peers", "next"], "properties": {
+                "peers": {"type": "array", "items": _ref("Peer")},
+                "next": {"type": "string", "nullable": True,
+                         "description": "The key to ask for the next page after; "
+                                        "null on the last page"}}}),
+            "400": _resp("Bad query", _ERROR)}}},
     "/v1/peers/{public_key}": {
         "parameters": [_KEY_PARAM],
         "get": {"summary": "One peer", "operationId": "getPeer",

@@ -614,3 +614,32 @@ def test_a_batch_that_fails_while_applying_is_undone():
         assert out["applied"]
     finally:
         world.close()
+
+
+def test_peers_come_in_pages_in_key_order(world):
+    keys = [new_key() for _ in range(25)]
+    for i, k in enumerate(keys):
+        world.client.put_peer(k, allowed_ips=[f"10.8.4.{i}/32"])
+    status, first = world.client.request("GET", "/v1/peers?limit=7")
+    assert [p["public_key"] for p in first["peers"]] == \
+        sorted(keys, key=base64.b64decode)[:7]
+    assert first["next"] == first["peers"][-1]["public_key"]
+    # a peer added between pages is not missed (the order is the keys')
+    late = new_key()
+    world.client.put_peer(late, allowed_ips=["10.8.4.99/32"])
+    got = first["peers"]
+    after = first["next"]
+    while after is not None:
+        _, page = world.client.request("GET", f"/v1/peers?limit=7&after={quoted(after)}")
+        assert len(page["peers"]) <= 7
+        got += page["peers"]
+        after = page["next"]
+    want = sorted(keys + [late], key=base64.b64decode)
+    if base64.b64decode(late) < base64.b64decode(first["next"]):
+        want.remove(late)  # it sorts into the page already read
+    assert [p["public_key"] for p in got] == want
+    assert len(world.client.peers(page=10)) == 26
+    assert world.client.request("GET", "/v1/peers")[1]["next"] is None
+    for query, field in (("limit=0", "limit"), ("limit=10001", "limit"), ("limit=x", "limit"),
+                         ("after=AAAA", "after"), ("offset=3", "offset")):
+        refused(lambda: world.client.request("GET", f"/v1/peers?{query}"), 400, field)
