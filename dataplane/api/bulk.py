@@ -141,22 +141,20 @@ def settings_digest(digest_key: bytes, psk: Optional[bytes], allowed_ips, endpoi
                     keepalive: int) -> bytes:
     """As the parser's: the peer settings a PUT gives (allowed_ips as
     the model's prefixes, endpoint as (host, port) or None)."""
-    head = bytearray(b"S")
-    head.append(1 if psk else 0)
-    head += psk if psk else bytes(32)
+    head = bytearray(psk if psk else bytes(32))
     head += keepalive.to_bytes(2, "big")
     if endpoint is None:
-        head += bytes(19)
+        head += bytes(3)
     else:
         host, port = endpoint
         v6 = ":" in host
         head.append(6 if v6 else 4)
         head += port.to_bytes(2, "big")
-        head += socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, host).ljust(16, b"\0")
+        head += socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, host)
     head += len(allowed_ips).to_bytes(2, "big")
     for version, addr, cidr in allowed_ips:
         head += bytes((version, cidr))
-        head += addr.ljust(16, b"\0")
+        head += addr
     try:
         return hashlib.blake2s(head, key=digest_key, digest_size=DIGEST_BYTES).digest()
     finally:
@@ -164,7 +162,6 @@ def settings_digest(digest_key: bytes, psk: Optional[bytes], allowed_ips, endpoi
 
 
 def session_digest(digest_key: bytes, send_key: bytes, recv_key: bytes) -> bytes:
-    h = hashlib.blake2s(b"K", key=digest_key, digest_size=DIGEST_BYTES)
-    h.update(send_key)
+    h = hashlib.blake2s(send_key, key=digest_key, digest_size=DIGEST_BYTES)
     h.update(recv_key)
     return h.digest()

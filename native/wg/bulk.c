@@ -103,6 +103,12 @@ static bool string(struct cursor *c, struct text *t)
     return true;
 }
 
+/* What may follow a number or a literal (strchr alone would take NUL). */
+static bool ends_value(uint8_t ch)
+{
+    return ch && strchr(" \t\r,}]", ch);
+}
+
 static bool literal(struct cursor *c, const char *word)
 {
     size_t n = strlen(word);
@@ -112,7 +118,7 @@ static bool literal(struct cursor *c, const char *word)
         return false;
     c->p += n;
     /* a literal ends where a value may end */
-    return c->p == c->end || strchr(" \t\r,}]", *c->p);
+    return c->p == c->end || ends_value(*c->p);
 }
 
 static bool is_null(struct cursor *c)
@@ -144,7 +150,7 @@ static bool integer(struct cursor *c, uint64_t max, uint64_t *out)
     }
     if (c->p == start || (*start == '0' && c->p - start > 1))
         return false;
-    if (c->p < c->end && !strchr(" \t\r,}]", *c->p))
+    if (c->p < c->end && !ends_value(*c->p))
         return false; /* '.', 'e', ... */
     *out = v;
     return true;
@@ -634,8 +640,8 @@ int dp_bulk_parse(const uint8_t *body, size_t len, const uint8_t *digest_key,
     void *mem;
 
     memset(out, 0, sizeof(*out));
-    for (size_t i = 0; i < len; i++)
-        lines += body[i] == '\n';
+    for (const uint8_t *q = body; (q = memchr(q, '\n', (size_t)(end - q))) != NULL; q++)
+        lines++;
     if (lines > UINT32_MAX / 2) {
         out->declined_why = DP_BULK_DECLINED_VALUE;
         return 1;
@@ -706,40 +712,41 @@ static void settings_digest(const uint8_t *digest_key, const struct dp_bulk_op *
                             const struct dp_bulk_prefix *prefixes, uint8_t *out)
 {
     struct dp_blake2s_state st;
-    uint8_t head[1 + 1 + 32 + 2 + 1 + 2 + 16 + 2];
-    size_t o = 0;
+    uint8_t buf[64];
+    size_t o = 0, alen = op->endpoint_family == 6 ? 16 : op->endpoint_family == 4 ? 4 : 0;
 
-    /* "S", psk flag, psk (zeros if none), keepalive, endpoint family,
-     * port, address, prefix count (big endian), then each prefix as
-     * version, length, 16 address bytes */
-    head[o++] = 'S';
-    head[o++] = (op->flags & DP_BULK_HAS_PSK) ? 1 : 0;
-    if (op->flags & DP_BULK_HAS_PSK)
-        memcpy(head + o, op->preshared_key, 32);
-    else
-        memset(head + o, 0, 32);
-    o += 32;
-    head[o++] = (uint8_t)(op->keepalive >> 8);
-    head[o++] = (uint8_t)op->keepalive;
-    head[o++] = op->endpoint_family;
-    head[o++] = (uint8_t)(op->endpoint_port >> 8);
-    head[o++] = (uint8_t)op->endpoint_port;
-    memcpy(head + o, op->endpoint_addr, 16);
-    o += 16;
-    head[o++] = (uint8_t)(op->n_prefixes >> 8);
-    head[o++] = (uint8_t)op->n_prefixes;
+    /* The preshared key (zeros: none), keepalive, endpoint family, port
+     * and address (4, 16 or no bytes), the number of prefixes (big
+     * endian), then each prefix: version, length, address (4 or 16
+     * bytes). One peer with one prefix fits a block. Digests of settings
+     * and of sessions are compared only with their own kind. */
+    memcpy(buf, op->preshared_key, 32); /* zeros unless DP_BULK_HAS_PSK */
+    o = 32;
+    buf[o++] = (uint8_t)(op->keepalive >> 8);
+    buf[o++] = (uint8_t)op->keepalive;
+    buf[o++] = op->endpoint_family;
+    buf[o++] = (uint8_t)(op->endpoint_port >> 8);
+    buf[o++] = (uint8_t)op->endpoint_port;
+    memcpy(buf + o, op->endpoint_addr, alen);
+    o += alen;
+    buf[o++] = (uint8_t)(op->n_prefixes >> 8);
+    buf[o++] = (uint8_t)op->n_prefixes;
     dp_blake2s_init(&st, DP_BULK_DIGEST_BYTES, digest_key, 32);
-    dp_blake2s_update(&st, head, o);
-    dp_wipe(head, sizeof(head));
     for (uint32_t i = 0; i < op->n_prefixes; i++) {
         const struct dp_bulk_prefix *p = &prefixes[op->first_prefix + i];
-        uint8_t one[18];
+        size_t plen = p->version == 6 ? 16 : 4;
 
-        one[0] = p->version;
-        one[1] = p->cidr;
-        memcpy(one + 2, p->addr, 16);
-        dp_blake2s_update(&st, one, sizeof(one));
+        if (o + 2 + plen > sizeof(buf)) {
+            dp_blake2s_update(&st, buf, o);
+            o = 0;
+        }
+        buf[o++] = p->version;
+        buf[o++] = p->cidr;
+        memcpy(buf + o, p->addr, plen);
+        o += plen;
     }
+    dp_blake2s_update(&st, buf, o);
+    dp_wipe(buf, sizeof(buf));
     dp_blake2s_final(&st, out);
 }
 
@@ -755,7 +762,6 @@ void dp_bulk_session_digest(const uint8_t *digest_key, const uint8_t *send_key,
     struct dp_blake2s_state st;
 
     dp_blake2s_init(&st, DP_BULK_DIGEST_BYTES, digest_key, 32);
-    dp_blake2s_update(&st, (const uint8_t *)"K", 1);
     dp_blake2s_update(&st, send_key, 32);
     dp_blake2s_update(&st, recv_key, 32);
     dp_blake2s_final(&st, out);
