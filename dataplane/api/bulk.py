@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from dataplane._native import ffi, lib
-from dataplane.keys import LOW_ORDER_POINTS
+from dataplane.keys import LOW_ORDER_POINTS, PublicKey
 
 PUT_PEER = lib.DP_BULK_PUT_PEER
 DELETE_PEER = lib.DP_BULK_DELETE_PEER
@@ -59,8 +59,8 @@ PREFIX_DTYPE = np.dtype({"names": ["version", "cidr", "addr"],
 
 
 class Parsed:
-    """A batch the native parser read: column lists for the controller,
-    the records for dp_device_bulk_apply. Use as a context manager: the
+    """A batch the native parser read: column lists for the controller
+    (public keys as PublicKey), the records for dp_device_bulk_apply. Use as a context manager: the
     records (with their keys) are wiped and unmapped on exit."""
 
     def __init__(self, c) -> None:
@@ -80,7 +80,8 @@ class Parsed:
         self.sender_index = arr["sender_index"].tolist()
         self.lifetime = arr["lifetime"].tolist()
         keys = arr["public_key"].tobytes()
-        self.public_key = [keys[i:i + 32] for i in range(0, 32 * n, 32)]
+        new = bytes.__new__  # the parser checked them: no PublicKey() checks again
+        self.public_key = [new(PublicKey, keys[i:i + 32]) for i in range(0, 32 * n, 32)]
         dig = arr["settings_digest"].tobytes()
         self.settings_digest = [dig[i:i + DIGEST_BYTES] for i in range(0, DIGEST_BYTES * n,
                                                                        DIGEST_BYTES)]
@@ -88,15 +89,16 @@ class Parsed:
         self.session_digest = [dig[i:i + DIGEST_BYTES] for i in range(0, DIGEST_BYTES * n,
                                                                       DIGEST_BYTES)]
         del arr
-        self.prefixes = _prefixes(c)
+        prefixes = _prefixes(c)
+        # each op's allowed IPs (most have one: the list is shared then)
+        self.prefixes = [prefixes[f:f + k] for f, k in zip(self.first_prefix, self.n_prefixes)]
 
     def preshared_key(self, i: int) -> bytes:
         """Op i's preshared key (only for a peer that keeps it)."""
         return bytes(ffi.buffer(self.c.ops[i].preshared_key))
 
     def prefixes_of(self, i: int) -> list:
-        first = self.first_prefix[i]
-        return self.prefixes[first:first + self.n_prefixes[i]]
+        return self.prefixes[i]
 
     def close(self) -> None:
         lib.dp_bulk_free(self.c)

@@ -117,7 +117,11 @@ class Controller:
         self._digest_key = os.urandom(32)
         # POST /v1/bulk tries the native parser and apply_parsed first
         self.native_bulk = True
+        # (when, kind, generation or group number, key or group): kind 0 a
+        # session's rekey, 1 its expiry; 2 and 3 the same for a group of
+        # sessions a bulk batch installed together
         self._deadlines: list = []
+        self._group_seq = 0
         self._next_event = 1
         self.history: collections.deque[Event] = collections.deque(maxlen=EVENT_HISTORY)
         self.subscribers: set = set()
@@ -313,7 +317,7 @@ class Controller:
             iface.prefix_owner
         own = iface.private_key.public_key() if iface.private_key is not None else None
         n = b.n
-        ops, flags, keys = b.op, b.flags, b.public_key
+        ops, flags, keys, prefixes = b.op, b.flags, b.public_key, b.prefixes
         gens, sgens = b.generation, b.session_generation
         indices, senders, lifetimes = b.receiver_index, b.sender_index, b.lifetime
         seen: set = set()
@@ -346,7 +350,7 @@ class Controller:
                         return None
                     if g is not None and g < rec.generation:
                         return None
-                    for p in b.prefixes_of(i):
+                    for p in prefixes[i]:
                         if owner.get(p) is not peer:
                             return None
                     gen_of[i] = g if g is not None else rec.generation
@@ -359,7 +363,7 @@ class Controller:
                     room -= 1
                     if room < 0:
                         return None
-                    for p in b.prefixes_of(i):
+                    for p in prefixes[i]:
                         if p in owner or p in taken:
                             return None
                         taken.add(p)
@@ -421,21 +425,21 @@ class Controller:
         results: list[dict] = []
         added: list = []
         installed = 0
-        by_id, deadlines, line = iface.by_id, self._deadlines, b.line
+        by_id, line = iface.by_id, b.line
+        groups: dict[int, list] = {}  # lifetime -> keys: one deadline for each
         wall_s = wall / NS
-        new_key = bytes.__new__
         for i in range(n):
             key = keys[i]
             f = flags[i]
             act = actions[i]
             if act & DO_CREATE:
                 pid = ids[i]
-                peer = Peer(pid, new_key(PublicKey, key))  # checked by the parser
-                peers[peer.public_key] = peer
+                peer = Peer(pid, key)
+                peers[key] = peer
                 by_id[pid] = peer
                 iface.peers_version += 1
                 mine = peer.prefixes
-                for p in b.prefixes_of(i):
+                for p in prefixes[i]:
                     owner[p] = peer
                     mine.add(p)
                     added.append(p)
@@ -467,8 +471,10 @@ class Controller:
                                             "now" if now_flag else "on_receive",
                                             b.session_digest[i], now, wall_s, expires)
                 installed += 1
-                heapq.heappush(deadlines, (expires - REKEY_MARGIN_NS, 0, sgen_of[i],
-                                           peer.public_key))
+                due = groups.get(lifetimes[i])
+                if due is None:
+                    due = groups[lifetimes[i]] = []
+                due.append(key)
             if act & DO_CREATE and b.keepalive[i]:
                 self._kick(peer)
             if ops[i] == PUT_PEER:
@@ -485,6 +491,10 @@ class Controller:
                 results.append({"line": line[i], "op": "put_session",
                                 "status": 201 if act & DO_SESSION else 200,
                                 "session_generation": rec.session.generation})
+        for lifetime, keys_due in groups.items():
+            self._group_seq += 1
+            heapq.heappush(self._deadlines, (now + lifetime * NS - REKEY_MARGIN_NS, 2,
+                                             self._group_seq, (now, lifetime * NS, keys_due)))
         self.counters["sessions_installed"] += installed
         self.counters["bulk_native"] += 1
         if added:
@@ -826,6 +836,9 @@ class Controller:
         now = self.iface.clock()
         while self._deadlines and self._deadlines[0][0] <= now:
             _, kind, gen, key = heapq.heappop(self._deadlines)
+            if kind >= 2:
+                self._group_due(kind, gen, key)
+                continue
             rec = self.records.get(key)
             s = rec.session if rec is not None else None
             if s is None or s.generation != gen or key not in self.iface.peers:
@@ -837,6 +850,27 @@ class Controller:
                     s.rekey_sent = True
                     self.emit("rekey_needed", key, reason="age", session=s)
             elif kind == 1 and not s.expired_sent:
+                s.expired_sent = True
+                self.emit("expired", key, session=s)
+
+    def _group_due(self, kind: int, seq: int, group: tuple) -> None:
+        """The deadline of the sessions a bulk batch installed together
+        (one heap entry for all of them): kind 2 their rekey, then kind 3
+        their expiry. A session replaced since is not theirs any more."""
+        installed_ns, lifetime_ns, keys = group
+        if kind == 2:
+            heapq.heappush(self._deadlines, (installed_ns + lifetime_ns, 3, seq, group))
+        records, peers = self.records, self.iface.peers
+        for key in keys:
+            rec = records.get(key)
+            s = rec.session if rec is not None else None
+            if s is None or s.installed_ns != installed_ns or \
+                    s.expires_ns != installed_ns + lifetime_ns or key not in peers:
+                continue
+            if kind == 2 and not s.rekey_sent:
+                s.rekey_sent = True
+                self.emit("rekey_needed", key, reason="age", session=s)
+            elif kind == 3 and not s.expired_sent:
                 s.expired_sent = True
                 self.emit("expired", key, session=s)
 

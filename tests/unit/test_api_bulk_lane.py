@@ -209,3 +209,38 @@ def test_an_index_in_use_is_refused_before_anything_changes():
         assert world.device.memory()["indices_used"] == 1
     finally:
         world.close()
+
+
+def test_sessions_a_batch_installed_together_are_due_together():
+    """The lane gives the sessions of one batch one deadline (a group):
+    each still gets its rekey_needed and expired events, and a session
+    replaced in between is left out of the group's."""
+    from dataplane._native import lib
+    world = ApiWorld()
+    try:
+        keys = [PrivateKey.generate().public_key().base64() for _ in range(3)]
+        ops = [{"op": "put_peer", "public_key": k, "allowed_ips": [f"10.5.0.{i}/32"],
+                "session": {"receiver_index": 0x7000 + i, "sender_index": i, "lifetime": 70,
+                            "send_key": b64(os.urandom(32)), "receive_key": b64(os.urandom(32))}}
+               for i, k in enumerate(keys)]
+        assert push(world, ops)[0] == 200 and world.ctrl.counters["bulk_native"] == 1
+        world.call(world.ctrl.tick)
+        assert world.ctrl.events_since(0) == []
+        lib.dp_device_test_advance_clock(11 * 1_000_000_000)  # 59 s left
+        world.call(world.ctrl.tick)
+        due = world.ctrl.events_since(0)
+        assert sorted((e.type, e.data["public_key"]) for e in due) == \
+            sorted(("rekey_needed", k) for k in keys)
+        # the control plane answers for one of them
+        world.client.put_session(keys[1], receiver_index=0x7100, sender_index=9,
+                                 send_key=os.urandom(32), receive_key=os.urandom(32))
+        lib.dp_device_test_advance_clock(60 * 1_000_000_000)
+        world.call(world.ctrl.tick)
+        world.call(world.ctrl.tick)
+        expired = [e.data["public_key"] for e in world.ctrl.events_since(due[-1].id)
+                   if e.type == "expired"]
+        assert sorted(expired) == sorted([keys[0], keys[2]])
+        assert world.client.peer(keys[0])["session"]["expired"] is True
+        assert world.client.peer(keys[1])["session"]["expired"] is False
+    finally:
+        world.close()
