@@ -486,6 +486,10 @@ def add_ratios(rows: list[dict]) -> None:
                           ("vs_no_tunnel", "no-tunnel")):
             other = by.get((ref, *key))
             r[name] = r["pps"] / other["pps"] if other and other["pps"] else None
+        # packets per DUT CPU-second against wireguard-go's (its ns/pkt over ours)
+        wg = by.get(("wireguard-go", *key))
+        r["cpu_vs_wireguard_go"] = wg["cpu_ns_per_pkt"] / r["cpu_ns_per_pkt"] \
+            if wg and wg.get("cpu_ns_per_pkt") and r.get("cpu_ns_per_pkt") else None
 
 
 def _fmt(v, spec: str, width: int) -> str:
@@ -495,7 +499,8 @@ def _fmt(v, spec: str, width: int) -> str:
 def print_table(rows: list[dict], out=sys.stdout) -> None:
     print(f"\n{'dut':17} {'size':>5} {'peers':>5} {'dir':6} {'kpps':>8} {'min':>8} {'max':>8} "
           f"{'Gbit/s':>7} {'loss%':>6} {'DUT ns/pkt':>10} {'p50 us':>7} {'p99 us':>7} "
-          f"{'p999 us':>8} {'vs wg-go':>8} {'vs xsk':>8} {'vs plain':>8}", file=out)
+          f"{'p999 us':>8} {'vs wg-go':>8} {'vs xsk':>8} {'vs plain':>8} {'pkt/CPU-s vs wg-go':>18}",
+          file=out)
     for r in rows:
         print(f"{r['dut']:17} {str(r['size']):>5} {r['peers']:5} {r['direction']:6} "
               f"{r['pps'] / 1e3:8.1f} {r['pps_min'] / 1e3:8.1f} {r['pps_max'] / 1e3:8.1f} "
@@ -503,7 +508,7 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
               f"{_fmt(r['cpu_ns_per_pkt'], '.0f', 10)} {_fmt(r['lat_p50_us'], '.0f', 7)} "
               f"{_fmt(r['lat_p99_us'], '.0f', 7)} {_fmt(r['lat_p999_us'], '.0f', 8)} "
               f"{_fmt(r['vs_wireguard_go'], '.2f', 8)} {_fmt(r['vs_xsk_forward'], '.2f', 8)} "
-              f"{_fmt(r['vs_no_tunnel'], '.2f', 8)}",
+              f"{_fmt(r['vs_no_tunnel'], '.2f', 8)} {_fmt(r['cpu_vs_wireguard_go'], '.2f', 18)}",
               file=out)
 
 

@@ -40,6 +40,11 @@ def test_bench_rows_are_well_formed_for_every_dut(topo, tmp_path):
             assert row["vs_wireguard_go"] > 0, where
         if row["machine"]["cores"] >= 2:
             assert row["cpu_ns_per_pkt"] > 0 and 0 < row["dut_core_busy"] <= 1.05, where
+            wg = next(w for w in rows if w["dut"] == "wireguard-go" and
+                      w["size"] == row["size"])
+            if row["dut"] != "no-tunnel":  # packets per DUT CPU-second against wireguard-go's
+                assert row["cpu_vs_wireguard_go"] == \
+                    pytest.approx(wg["cpu_ns_per_pkt"] / row["cpu_ns_per_pkt"]), where
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "vs wg-go" in r.stdout and "dataplane-socket" in r.stdout
 
