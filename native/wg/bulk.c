@@ -4,6 +4,7 @@
  * dataplane.api.model does; whatever it is unsure of, it declines. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -629,19 +630,79 @@ static bool blank(const uint8_t *s, size_t n)
     return true;
 }
 
+/* A body this large is read by two threads, one half each (this machine
+ * class has two cores, and the daemon's loop waits for the parse). */
+#define PARALLEL_MIN_BYTES (1u << 20)
+
+/* The lines of [p, end), numbered from first_line, into b.ops (a window of
+ * the batch's records) with prefixes of its own. */
+struct part {
+    struct reader r;
+    struct dp_bulk b;
+    const uint8_t *p, *end;
+    uint32_t first_line;
+    bool declined;
+};
+
+static void *parse_part(void *arg)
+{
+    struct part *pt = arg;
+    const uint8_t *p = pt->p, *end = pt->end;
+    uint32_t number = pt->first_line - 1;
+
+    pt->r.b = &pt->b;
+    while (p <= end) {
+        const uint8_t *nl = memchr(p, '\n', (size_t)(end - p));
+        const uint8_t *stop = nl ? nl : end;
+
+        number++;
+        if (!blank(p, (size_t)(stop - p))) {
+            struct dp_bulk_op *op = &pt->b.ops[pt->b.n_ops];
+
+            pt->r.c.p = p;
+            pt->r.c.end = stop;
+            pt->r.why = DP_BULK_DECLINED_SYNTAX;
+            op->line = number;
+            if (!line(&pt->r, op)) {
+                pt->declined = true;
+                pt->b.declined_line = number;
+                pt->b.declined_why = pt->r.why ? pt->r.why : DP_BULK_DECLINED_SYNTAX;
+                return NULL;
+            }
+            pt->b.n_ops++;
+        }
+        if (!nl)
+            break;
+        p = nl + 1;
+    }
+    return NULL;
+}
+
+static size_t count_lines(const uint8_t *p, const uint8_t *end)
+{
+    size_t n = 1;
+
+    while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        n++;
+        p++;
+    }
+    return n;
+}
+
 int dp_bulk_parse(const uint8_t *body, size_t len, const uint8_t *digest_key,
                   const uint8_t *low_order_keys, size_t n_low_order, struct dp_bulk *out)
 {
-    struct reader r = {.digest_key = digest_key, .low_order = low_order_keys,
-                       .n_low_order = n_low_order, .b = out};
-    size_t lines = 1, bytes;
-    const uint8_t *p = body, *end = body + len;
-    uint32_t number = 0;
+    const uint8_t *end = body + len, *mid = NULL;
+    struct part parts[2];
+    size_t lines, first_lines, bytes;
+    int n_parts = 1;
+    pthread_t helper;
+    bool threaded = false;
     void *mem;
 
     memset(out, 0, sizeof(*out));
-    for (const uint8_t *q = body; (q = memchr(q, '\n', (size_t)(end - q))) != NULL; q++)
-        lines++;
+    memset(parts, 0, sizeof(parts));
+    lines = count_lines(body, end);
     if (lines > UINT32_MAX / 2) {
         out->declined_why = DP_BULK_DECLINED_VALUE;
         return 1;
@@ -659,31 +720,70 @@ int dp_bulk_parse(const uint8_t *body, size_t len, const uint8_t *digest_key,
     madvise(mem, bytes, MADV_WIPEONFORK);
     out->ops = mem;
     out->bytes = bytes;
-    while (p <= end) {
-        const uint8_t *nl = memchr(p, '\n', (size_t)(end - p));
-        const uint8_t *stop = nl ? nl : end;
 
-        number++;
-        if (!blank(p, (size_t)(stop - p))) {
-            struct dp_bulk_op *op = &out->ops[out->n_ops];
+    if (len >= PARALLEL_MIN_BYTES)
+        mid = memchr(body + len / 2, '\n', (size_t)(end - (body + len / 2)));
+    first_lines = mid ? count_lines(body, mid) : lines; /* lines before mid's '\n' */
+    for (int i = 0; i < 2; i++) {
+        parts[i].r = (struct reader){.digest_key = digest_key, .low_order = low_order_keys,
+                                     .n_low_order = n_low_order};
+    }
+    parts[0].p = body;
+    parts[0].end = mid ? mid : end;
+    parts[0].first_line = 1;
+    parts[0].b.ops = out->ops;
+    if (mid) {
+        n_parts = 2;
+        parts[1].p = mid + 1;
+        parts[1].end = end;
+        parts[1].first_line = (uint32_t)first_lines + 1;
+        parts[1].b.ops = out->ops + first_lines;
+        threaded = pthread_create(&helper, NULL, parse_part, &parts[1]) == 0;
+    }
+    parse_part(&parts[0]);
+    if (n_parts == 2) {
+        if (threaded)
+            pthread_join(helper, NULL);
+        else
+            parse_part(&parts[1]);
+    }
 
-            r.c.p = p;
-            r.c.end = stop;
-            r.why = DP_BULK_DECLINED_SYNTAX;
-            op->line = number;
-            if (!line(&r, op)) {
-                uint32_t why = r.why ? r.why : DP_BULK_DECLINED_SYNTAX;
+    for (int i = 0; i < n_parts; i++)
+        if (parts[i].declined) {
+            for (int j = 0; j < n_parts; j++)
+                free(parts[j].b.prefixes);
+            dp_bulk_free(out);
+            out->declined_line = parts[i].b.declined_line;
+            out->declined_why = parts[i].b.declined_why;
+            return 1;
+        }
+    /* the halves joined: ops closed up, prefixes appended */
+    out->n_ops = parts[0].b.n_ops;
+    out->prefixes = parts[0].b.prefixes;
+    out->n_prefixes = parts[0].b.n_prefixes;
+    if (n_parts == 2) {
+        uint32_t n1 = parts[1].b.n_ops, np1 = parts[1].b.n_prefixes;
 
+        if (out->n_ops != first_lines)
+            memmove(out->ops + out->n_ops, parts[1].b.ops, n1 * sizeof(struct dp_bulk_op));
+        for (uint32_t k = 0; k < n1; k++)
+            out->ops[out->n_ops + k].first_prefix += out->n_prefixes;
+        if (np1) {
+            struct dp_bulk_prefix *all =
+                realloc(out->prefixes, (out->n_prefixes + np1) * sizeof(*all));
+
+            if (!all) {
+                free(parts[1].b.prefixes);
                 dp_bulk_free(out);
-                out->declined_line = number;
-                out->declined_why = why;
+                out->declined_why = DP_BULK_DECLINED_MEMORY;
                 return 1;
             }
-            out->n_ops++;
+            memcpy(all + out->n_prefixes, parts[1].b.prefixes, np1 * sizeof(*all));
+            out->prefixes = all;
+            out->n_prefixes += np1;
         }
-        if (!nl)
-            break;
-        p = nl + 1;
+        free(parts[1].b.prefixes);
+        out->n_ops += n1;
     }
     if (out->n_ops == 0) {
         dp_bulk_free(out);

@@ -641,3 +641,35 @@ def test_a_large_body():
         assert parsed.line == [op.line for op in want]
         for i, op in enumerate(want):
             assert_same(parsed, i, op)
+    assert len(body) > 1 << 20, "too small for the parser's two halves"
+
+
+def test_a_body_read_in_two_halves_joins_them():
+    """Over 1 MiB the parser reads the halves on two threads: blank lines
+    at the split, allowed IPs on both sides (their indices joined), and a
+    bad line in either half declining the body with its number."""
+    rng = random.Random(9)
+    out = lines(rng, 6000)
+    size = sum(len(x) + 1 for x in out)
+    # blank lines where the split falls (the first newline after half)
+    half, at = size // 2, 0
+    for i, x in enumerate(out):
+        at += len(x) + 1
+        if at >= half:
+            out[i + 1:i + 1] = [b"", b"  ", b""]
+            break
+    body = b"\n".join(out)
+    assert len(body) > 1 << 20
+    want = model_ops(body)
+    parsed, line, why = bulk.parse(body, DIGEST_KEY)
+    assert parsed is not None, (line, why)
+    with parsed:
+        assert parsed.n == len(want) == 6000
+        assert parsed.line == [op.line for op in want]
+        for i, op in enumerate(want):
+            assert_same(parsed, i, op)
+    for where in (5, len(out) // 2 + 10, len(out) - 3):
+        bad = list(out)
+        bad[where] = b'{"op":"put_peer"}'
+        parsed, line, why = bulk.parse(b"\n".join(bad), DIGEST_KEY)
+        assert parsed is None and line == where + 1, (where, line)
