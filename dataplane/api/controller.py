@@ -328,7 +328,6 @@ class Controller:
         gen_of = [0] * n
         sgen_of: list = [None] * n
         creating = []
-        PUT_PEER, ACTIVATE_NOW = bulk.PUT_PEER, bulk.ACTIVATE_NOW
         DO_CREATE, DO_SETTINGS, DO_SESSION = (lib.DP_BULK_DO_CREATE, lib.DP_BULK_DO_SETTINGS,
                                               lib.DP_BULK_DO_SESSION)
         for i in range(n):
@@ -410,23 +409,57 @@ class Controller:
         now, wall = iface.clock(), time.time_ns()
         done, err = iface.device.bulk_apply(b.c, ids, actions, now)
         if err < 0:
-            for i in range(done):
-                if actions[i] & DO_CREATE:
-                    iface.device.peer_remove(ids[i])
-                elif actions[i] & DO_SESSION:  # its keys cannot be taken back one by one
-                    peer = peers[keys[i]]
-                    iface.drop_sessions(peer)
-                    records[keys[i]].session = None
+            self._undo_parsed(keys, ids, actions, done)
             log.info("API bulk: the device refused the batch at line %d (%s); "
                      "checking it line by line", b.line[min(done, n - 1)], os.strerror(-err))
             return None
+        try:
+            return self._record_parsed(b, ids, actions, gen_of, sgen_of, now, wall)
+        except BaseException:
+            # (nothing here is expected to fail; if it does, the device and
+            # the records must not disagree)
+            log.exception("API bulk: recording an applied batch failed; undoing it")
+            self._undo_parsed(keys, ids, actions, n)
+            raise
 
-        # what the device now has, in the protocol's and the API's records
+    def _undo_parsed(self, keys: list, ids: list, actions: bytearray, done: int) -> None:
+        """The first `done` operations of a batch the device applied, taken
+        back: peers it created removed (with whatever records they got),
+        sessions it installed on other peers dropped with the peer's others
+        (keys cannot be taken back one by one)."""
+        iface = self.iface
+        for i in range(done):
+            key = keys[i]
+            if actions[i] & lib.DP_BULK_DO_CREATE:
+                if iface.by_id.get(ids[i]) is not None:
+                    iface.remove_peer(key)
+                    self.records.pop(key, None)
+                else:
+                    iface.device.peer_remove(ids[i])
+            elif actions[i] & lib.DP_BULK_DO_SESSION:
+                iface.drop_sessions(iface.peers[key])
+                rec = self.records.get(key)
+                if rec is not None:
+                    rec.session = None
+
+    def _record_parsed(self, b: bulk.Parsed, ids: list, actions: bytearray, gen_of: list,
+                       sgen_of: list, now: int, wall: int) -> tuple[list[dict], int]:
+        """The protocol's and the API's records of what the device now has,
+        and the batch's answer."""
+        iface = self.iface
+        peers, records, stones, owner = iface.peers, self.records, self.tombstones, \
+            iface.prefix_owner
+        n = b.n
+        ops, flags, keys, prefixes = b.op, b.flags, b.public_key, b.prefixes
+        indices, senders, lifetimes = b.receiver_index, b.sender_index, b.lifetime
+        PUT_PEER, ACTIVATE_NOW = bulk.PUT_PEER, bulk.ACTIVATE_NOW
+        DO_CREATE, DO_SESSION = lib.DP_BULK_DO_CREATE, lib.DP_BULK_DO_SESSION
         results: list[dict] = []
         added: list = []
         installed = 0
         by_id, line = iface.by_id, b.line
         groups: dict[int, list] = {}  # lifetime -> keys: one deadline for each
+        kick: list[Peer] = []
         wall_s = wall / NS
         for i in range(n):
             key = keys[i]
@@ -476,7 +509,7 @@ class Controller:
                     due = groups[lifetimes[i]] = []
                 due.append(key)
             if act & DO_CREATE and b.keepalive[i]:
-                self._kick(peer)
+                kick.append(peer)
             if ops[i] == PUT_PEER:
                 if rec.session is not None:
                     results.append({"line": line[i], "op": "put_peer",
@@ -497,6 +530,11 @@ class Controller:
                                              self._group_seq, (now, lifetime * NS, keys_due)))
         self.counters["sessions_installed"] += installed
         self.counters["bulk_native"] += 1
+        for peer in kick:
+            try:
+                self._kick(peer)
+            except Exception:  # noqa: BLE001 - the batch stands; the timers try again
+                log.exception("API bulk: starting a persistent keepalive failed")
         if added:
             try:
                 self.routes_changed(added, [])

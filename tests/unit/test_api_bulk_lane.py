@@ -244,3 +244,36 @@ def test_sessions_a_batch_installed_together_are_due_together():
         assert world.client.peer(keys[1])["session"]["expired"] is False
     finally:
         world.close()
+
+
+def test_a_batch_whose_records_fail_is_taken_back_from_the_device(monkeypatch):
+    """Were recording an applied batch to fail (nothing there should), the
+    device must not keep what the API does not know of."""
+    from dataplane.api import controller
+    world = ApiWorld()
+    made = []
+
+    def failing(*args):
+        made.append(args)
+        if len(made) == 5:
+            raise MemoryError("test")
+        return real(*args)
+    real = controller.SessionRecord
+    monkeypatch.setattr(controller, "SessionRecord", failing)
+    try:
+        ops = [{"op": "put_peer", "public_key": PrivateKey.generate().public_key().base64(),
+                "allowed_ips": [f"10.4.0.{i}/32"],
+                "session": {"receiver_index": 0x6000 + i, "sender_index": i,
+                            "send_key": b64(os.urandom(32)), "receive_key": b64(os.urandom(32))}}
+               for i in range(10)]
+        status, _ = push(world, ops)
+        assert status == 500
+        assert world.client.peers() == [] and world.iface.prefix_owner == {}
+        mem = world.device.memory()
+        assert mem["keypairs_live"] == 0 and mem["indices_used"] == 0
+        assert world.device.lookup(ipaddress.ip_address("10.4.0.7")) is None
+        monkeypatch.setattr(controller, "SessionRecord", real)
+        assert push(world, ops)[0] == 200
+        assert len(world.client.peers()) == 10
+    finally:
+        world.close()
