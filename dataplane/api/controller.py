@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import bisect
 import collections
+import errno
 import heapq
 import hmac
 import ipaddress
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -407,45 +409,74 @@ class Controller:
             if not actions[i] & DO_CREATE:
                 ids[i] = peers[keys[i]].id
         now, wall = iface.clock(), time.time_ns()
-        done, err = iface.device.bulk_apply(b.c, ids, actions, now)
-        if err < 0:
-            self._undo_parsed(keys, ids, actions, done)
+        # The device installs (without the GIL) while the records are made
+        # here; if either fails, both are taken back.
+        native: list = []
+        worker = threading.Thread(
+            target=lambda: native.append(iface.device.bulk_apply(b.c, ids, actions, now)),
+            name="bulk-apply")
+        worker.start()
+        undo = _RecordsUndo()
+        failure: Optional[BaseException] = None
+        try:
+            out = self._record_parsed(b, ids, actions, gen_of, sgen_of, now, wall, undo)
+        except BaseException as e:  # noqa: BLE001 - re-raised below, once undone
+            failure = e
+        worker.join()
+        done, err = native[0] if native else (0, -errno.EFAULT)
+        if failure is not None or err < 0:
+            undo.run(self)
+            self._undo_native(keys, ids, actions, done)
+            if failure is not None:
+                log.error("API bulk: recording an applied batch failed; undone")
+                raise failure
             log.info("API bulk: the device refused the batch at line %d (%s); "
                      "checking it line by line", b.line[min(done, n - 1)], os.strerror(-err))
             return None
-        try:
-            return self._record_parsed(b, ids, actions, gen_of, sgen_of, now, wall)
-        except BaseException:
-            # (nothing here is expected to fail; if it does, the device and
-            # the records must not disagree)
-            log.exception("API bulk: recording an applied batch failed; undoing it")
-            self._undo_parsed(keys, ids, actions, n)
-            raise
+        results, added, kick, cancel, groups, installed = out
+        for peer in cancel:
+            iface._cancel_pending(peer)
+        for lifetime, keys_due in groups.items():
+            self._group_seq += 1
+            heapq.heappush(self._deadlines, (now + lifetime * NS - REKEY_MARGIN_NS, 2,
+                                             self._group_seq, (now, lifetime * NS, keys_due)))
+        self.counters["sessions_installed"] += installed
+        self.counters["bulk_native"] += 1
+        for peer in kick:
+            try:
+                self._kick(peer)
+            except Exception:  # noqa: BLE001 - the batch stands; the timers try again
+                log.exception("API bulk: starting a persistent keepalive failed")
+        if added:
+            try:
+                self.routes_changed(added, [])
+            except Exception:  # noqa: BLE001 - the batch stands; routes are the kernel's
+                log.exception("API batch applied, but updating the kernel's routes failed")
+        return results, 200
 
-    def _undo_parsed(self, keys: list, ids: list, actions: bytearray, done: int) -> None:
-        """The first `done` operations of a batch the device applied, taken
-        back: peers it created removed (with whatever records they got),
-        sessions it installed on other peers dropped with the peer's others
-        (keys cannot be taken back one by one)."""
+    def _undo_native(self, keys: list, ids: list, actions: bytearray, done: int) -> None:
+        """The first `done` operations of a batch, taken back from the
+        device: peers it created removed, sessions it installed on other
+        peers dropped with the peer's others (keys cannot be taken back one
+        by one: as apply() does, the peer is left without a session)."""
         iface = self.iface
         for i in range(done):
-            key = keys[i]
             if actions[i] & lib.DP_BULK_DO_CREATE:
-                if iface.by_id.get(ids[i]) is not None:
-                    iface.remove_peer(key)
-                    self.records.pop(key, None)
-                else:
-                    iface.device.peer_remove(ids[i])
+                iface.device.peer_remove(ids[i])
             elif actions[i] & lib.DP_BULK_DO_SESSION:
-                iface.drop_sessions(iface.peers[key])
-                rec = self.records.get(key)
+                peer = iface.peers[keys[i]]
+                iface.drop_sessions(peer)
+                rec = self.records.get(keys[i])
                 if rec is not None:
                     rec.session = None
 
     def _record_parsed(self, b: bulk.Parsed, ids: list, actions: bytearray, gen_of: list,
-                       sgen_of: list, now: int, wall: int) -> tuple[list[dict], int]:
-        """The protocol's and the API's records of what the device now has,
-        and the batch's answer."""
+                       sgen_of: list, now: int, wall: int, undo: "_RecordsUndo"):
+        """The protocol's and the API's records of what the device holds
+        once the batch is in (the answer, prefixes added, peers to kick,
+        peers whose pending handshake to cancel, session groups by
+        lifetime, sessions installed); `undo` learns how to take each
+        back. Runs while the device installs: nothing here calls it."""
         iface = self.iface
         peers, records, stones, owner = iface.peers, self.records, self.tombstones, \
             iface.prefix_owner
@@ -460,7 +491,9 @@ class Controller:
         by_id, line = iface.by_id, b.line
         groups: dict[int, list] = {}  # lifetime -> keys: one deadline for each
         kick: list[Peer] = []
+        cancel: list[Peer] = []
         wall_s = wall / NS
+        created, changed = undo.created, undo.changed
         for i in range(n):
             key = keys[i]
             f = flags[i]
@@ -481,11 +514,16 @@ class Controller:
                 if b.keepalive[i]:
                     iface.set_persistent_keepalive(peer, b.keepalive[i])
                 rec = records[key] = PeerRecord(gen_of[i], b.settings_digest[i])
-                if stones and key in stones:
-                    del stones[key]
+                created.append((key, pid, stones.pop(key, None) if stones else None))
             else:
                 peer = peers[key]
-                rec = self.record(key)
+                rec = records.get(key)
+                changed.append((key, None if rec is None else
+                                (rec.generation, rec.settings, rec.session),
+                                (peer.managed, peer.last_handshake_ns,
+                                 peer.last_handshake_wall_ns, peer.attempt_started_ns)))
+                if rec is None:
+                    rec = records[key] = PeerRecord()
                 if ops[i] == PUT_PEER:
                     rec.settings = b.settings_digest[i]
                     rec.generation = gen_of[i]
@@ -496,8 +534,16 @@ class Controller:
                     if now_flag:
                         peer.last_handshake_ns = now
                         peer.last_handshake_wall_ns = wall
-                else:
-                    iface.adopt_session(peer, bool(now_flag), now, wall)
+                else:  # as iface.adopt_session, but a pending handshake is
+                    # cancelled once the device has the batch (its index is
+                    # released then, not while the device claims the batch's)
+                    if peer.pending is not None:
+                        cancel.append(peer)
+                    peer.managed = True
+                    if now_flag:
+                        peer.last_handshake_ns = now
+                        peer.last_handshake_wall_ns = wall
+                        peer.attempt_started_ns = 0
                 expires = now + lifetimes[i] * NS
                 rec.session = SessionRecord(sgen_of[i], indices[i], senders[i],
                                             float(lifetimes[i]),
@@ -524,23 +570,7 @@ class Controller:
                 results.append({"line": line[i], "op": "put_session",
                                 "status": 201 if act & DO_SESSION else 200,
                                 "session_generation": rec.session.generation})
-        for lifetime, keys_due in groups.items():
-            self._group_seq += 1
-            heapq.heappush(self._deadlines, (now + lifetime * NS - REKEY_MARGIN_NS, 2,
-                                             self._group_seq, (now, lifetime * NS, keys_due)))
-        self.counters["sessions_installed"] += installed
-        self.counters["bulk_native"] += 1
-        for peer in kick:
-            try:
-                self._kick(peer)
-            except Exception:  # noqa: BLE001 - the batch stands; the timers try again
-                log.exception("API bulk: starting a persistent keepalive failed")
-        if added:
-            try:
-                self.routes_changed(added, [])
-            except Exception:  # noqa: BLE001 - the batch stands; routes are the kernel's
-                log.exception("API batch applied, but updating the kernel's routes failed")
-        return results, 200
+        return results, added, kick, cancel, groups, installed
 
     def _undo(self, undo: list, claimed: list[int], installed: dict) -> None:
         for fn in reversed(undo):
@@ -951,6 +981,40 @@ class Controller:
 
     def events_since(self, last_id: int) -> list[Event]:
         return [e for e in self.history if e.id > last_id]
+
+
+@dataclass
+class _RecordsUndo:
+    """How to take back the records a parsed batch made (see
+    Controller._record_parsed): the peers it created, with the tombstone
+    each replaced, and what it changed of existing peers."""
+    created: list = field(default_factory=list)  # (key, peer id, tombstone or None)
+    changed: list = field(default_factory=list)  # (key, record fields or None, peer fields)
+
+    def run(self, ctrl: "Controller") -> None:
+        iface = ctrl.iface
+        for key, pid, stone in reversed(self.created):
+            peer = iface.peers.pop(key, None)
+            iface.by_id.pop(pid, None)
+            iface.keepalive_ids.discard(pid)
+            iface.peers_version += 1
+            if peer is not None:
+                for p in peer.prefixes:
+                    if iface.prefix_owner.get(p) is peer:
+                        del iface.prefix_owner[p]
+            ctrl.records.pop(key, None)
+            if stone is not None:
+                ctrl.tombstones[key] = stone
+        for key, fields, peer_fields in reversed(self.changed):
+            if fields is None:
+                ctrl.records.pop(key, None)
+            else:
+                rec = ctrl.records[key]
+                rec.generation, rec.settings, rec.session = fields
+            peer = iface.peers.get(key)
+            if peer is not None:
+                (peer.managed, peer.last_handshake_ns, peer.last_handshake_wall_ns,
+                 peer.attempt_started_ns) = peer_fields
 
 
 class _Refused(Exception):

@@ -277,3 +277,45 @@ def test_a_batch_whose_records_fail_is_taken_back_from_the_device(monkeypatch):
         assert len(world.client.peers()) == 10
     finally:
         world.close()
+
+
+def test_sessions_refused_half_way_leave_the_api_and_the_device_agreeing():
+    """Peers with sessions, then a batch of new sessions for them that the
+    device's keypair cap stops half-way: whatever each peer is left with,
+    the API reports what the device holds (a session iff keypairs)."""
+    world = ApiWorld(max_keypairs=48)
+    try:
+        keys = [PrivateKey.generate().public_key().base64() for _ in range(20)]
+
+        def session(index: int) -> dict:
+            return {"receiver_index": index, "sender_index": index, "activate": "now",
+                    "send_key": b64(os.urandom(32)), "receive_key": b64(os.urandom(32))}
+        first = [{"op": "put_peer", "public_key": k, "allowed_ips": [f"10.3.0.{i}/32"],
+                  "session": session(0x8000 + i)} for i, k in enumerate(keys)]
+        assert push(world, first)[0] == 200
+        # new sessions for half the peers (each keeps its old one as
+        # previous), then more new peers than the keypair chunks hold, then
+        # sessions for the other half
+        sessions = [{"op": "put_session", "public_key": k, **session(0x8100 + i)}
+                    for i, k in enumerate(keys)]
+        second = sessions[:10]
+        second += [{"op": "put_peer", "public_key": PrivateKey.generate().public_key().base64(),
+                    "allowed_ips": [f"10.3.1.{i}/32"], "session": session(0x8200 + i)}
+                   for i in range(100)]
+        second += sessions[10:]
+        status, body = push(world, second)
+        assert status == 507 and body["applied"] is False, body
+        views = {v["public_key"]: v for v in world.client.peers()}
+        assert set(views) == set(keys)  # the new peers are gone
+        for k in keys:
+            v = views[k]
+            assert (v["session"] is not None) == (v["keypairs"] > 0), v
+            if v["session"] is not None:  # untouched: still the first batch's
+                assert v["session"]["receiver_index"] < 0x8100, v
+        assert world.device.memory()["indices_used"] == \
+            sum(v["keypairs"] for v in views.values())
+        # the device got to the first half's sessions (dropped now), not
+        # to the second half's (the first batch's, still there)
+        assert [views[k]["session"] is None for k in keys] == [True] * 10 + [False] * 10
+    finally:
+        world.close()
