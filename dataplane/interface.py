@@ -334,9 +334,12 @@ class Interface:
         if not claimed:  # else the caller claimed receiver_index already
             self.device.index_claim(receiver_index)
         try:
+            # the data path ages keypairs in unsigned arithmetic: within
+            # REJECT_AFTER_TIME of boot the creation time wraps around, and
+            # still ages right
             self.device.keypair_install(peer.id, receiver_index, sender_index, send_key,
                                         recv_key, activate_now,
-                                        now - (REJECT_AFTER_NS - lifetime_ns))
+                                        (now - (REJECT_AFTER_NS - lifetime_ns)) % (1 << 64))
         except BaseException:
             self.device.index_release(receiver_index)
             raise

@@ -27,6 +27,7 @@ PUT_SESSION = lib.DP_BULK_PUT_SESSION
 DELETE_SESSION = lib.DP_BULK_DELETE_SESSION
 OP_NAMES = {PUT_PEER: "put_peer", DELETE_PEER: "delete_peer", PUT_SESSION: "put_session",
             DELETE_SESSION: "delete_session"}
+DECLINED_MEMORY = lib.DP_BULK_DECLINED_MEMORY
 HAS_GENERATION = lib.DP_BULK_HAS_GENERATION
 HAS_PSK = lib.DP_BULK_HAS_PSK
 HAS_SESSION = lib.DP_BULK_HAS_SESSION
@@ -131,7 +132,7 @@ def parse(body: bytes, digest_key: bytes) -> tuple[Optional[Parsed], int, int]:
                            ffi.from_buffer("uint8_t[]", digest_key), _LOW_ORDER,
                            len(LOW_ORDER_POINTS), c)
     if rc != 0:
-        return None, c.declined_line, c.declined_why if rc > 0 else lib.DP_BULK_DECLINED_MEMORY
+        return None, c.declined_line, c.declined_why if rc > 0 else DECLINED_MEMORY
     try:
         return Parsed(c), 0, 0
     except BaseException:
@@ -143,24 +144,23 @@ def settings_digest(digest_key: bytes, psk: Optional[bytes], allowed_ips, endpoi
                     keepalive: int) -> bytes:
     """As the parser's: the peer settings a PUT gives (allowed_ips as
     the model's prefixes, endpoint as (host, port) or None)."""
-    head = bytearray(psk if psk else bytes(32))
-    head += keepalive.to_bytes(2, "big")
+    # the key goes straight into the hash: no growing buffer leaves copies
+    h = hashlib.blake2s(psk if psk else bytes(32), key=digest_key, digest_size=DIGEST_BYTES)
+    rest = bytearray(keepalive.to_bytes(2, "big"))
     if endpoint is None:
-        head += bytes(3)
+        rest += bytes(3)
     else:
         host, port = endpoint
         v6 = ":" in host
-        head.append(6 if v6 else 4)
-        head += port.to_bytes(2, "big")
-        head += socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, host)
-    head += len(allowed_ips).to_bytes(2, "big")
+        rest.append(6 if v6 else 4)
+        rest += port.to_bytes(2, "big")
+        rest += socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, host)
+    rest += len(allowed_ips).to_bytes(2, "big")
     for version, addr, cidr in allowed_ips:
-        head += bytes((version, cidr))
-        head += addr
-    try:
-        return hashlib.blake2s(head, key=digest_key, digest_size=DIGEST_BYTES).digest()
-    finally:
-        head[:] = bytes(len(head))
+        rest += bytes((version, cidr))
+        rest += addr
+    h.update(rest)
+    return h.digest()
 
 
 def session_digest(digest_key: bytes, send_key: bytes, recv_key: bytes) -> bytes:

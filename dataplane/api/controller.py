@@ -412,26 +412,41 @@ class Controller:
         # The device installs (without the GIL) while the records are made
         # here; if either fails, both are taken back.
         native: list = []
-        worker = threading.Thread(
-            target=lambda: native.append(iface.device.bulk_apply(b.c, ids, actions, now)),
-            name="bulk-apply")
+
+        def install() -> None:
+            try:
+                native.append(iface.device.bulk_apply(b.c, ids, actions, now))
+            except BaseException as e:  # noqa: BLE001 - before the device call: nothing done
+                native.append((0, -errno.EFAULT, e))
+        worker = threading.Thread(target=install, name="bulk-apply")
         worker.start()
-        undo = _RecordsUndo()
         failure: Optional[BaseException] = None
         try:
+            undo = _RecordsUndo()
             out = self._record_parsed(b, ids, actions, gen_of, sgen_of, now, wall, undo)
         except BaseException as e:  # noqa: BLE001 - re-raised below, once undone
             failure = e
-        worker.join()
-        done, err = native[0] if native else (0, -errno.EFAULT)
+        finally:
+            worker.join()  # the batch's records stay mapped until the device is done
+        done, err = native[0][:2]
         if failure is not None or err < 0:
             undo.run(self)
             self._undo_native(keys, ids, actions, done)
+            touched = any(actions[i] & DO_SESSION and not actions[i] & DO_CREATE
+                          for i in range(done))
             if failure is not None:
                 log.error("API bulk: recording an applied batch failed; undone")
-                raise failure
+                try:
+                    raise failure
+                finally:
+                    failure = None  # no cycle through the traceback
+            at = b.line[min(done, n - 1)]
+            if touched:
+                # peers that had sessions lost them (as apply() would leave
+                # them): the batch is refused here, not tried again
+                return self._refused_parsed(b, at, err), 507
             log.info("API bulk: the device refused the batch at line %d (%s); "
-                     "checking it line by line", b.line[min(done, n - 1)], os.strerror(-err))
+                     "checking it line by line", at, os.strerror(-err))
             return None
         results, added, kick, cancel, groups, installed = out
         for peer in cancel:
@@ -454,6 +469,15 @@ class Controller:
                 log.exception("API batch applied, but updating the kernel's routes failed")
         return results, 200
 
+    def _refused_parsed(self, b: bulk.Parsed, at: int, err: int) -> list[dict]:
+        """apply()'s answer for a batch that failed while applying."""
+        error = ApiError(507, f"applying the batch failed at line {at} "
+                              f"({os.strerror(-err)}); nothing was applied")
+        return [{"line": line, "op": bulk.OP_NAMES[op], "status": error.status,
+                 **error.body(), "error_obj": error} if line == at else
+                {"line": line, "op": bulk.OP_NAMES[op], "status": 0, "result": "not applied"}
+                for line, op in zip(b.line, b.op)]
+
     def _undo_native(self, keys: list, ids: list, actions: bytearray, done: int) -> None:
         """The first `done` operations of a batch, taken back from the
         device: peers it created removed, sessions it installed on other
@@ -468,7 +492,7 @@ class Controller:
                 iface.drop_sessions(peer)
                 rec = self.records.get(keys[i])
                 if rec is not None:
-                    rec.session = None
+                    _forget_session(rec)
 
     def _record_parsed(self, b: bulk.Parsed, ids: list, actions: bytearray, gen_of: list,
                        sgen_of: list, now: int, wall: int, undo: "_RecordsUndo"):
@@ -500,6 +524,7 @@ class Controller:
             act = actions[i]
             if act & DO_CREATE:
                 pid = ids[i]
+                created.append((key, pid, stones.pop(key, None) if stones else None))
                 peer = Peer(pid, key)
                 peers[key] = peer
                 by_id[pid] = peer
@@ -514,7 +539,6 @@ class Controller:
                 if b.keepalive[i]:
                     iface.set_persistent_keepalive(peer, b.keepalive[i])
                 rec = records[key] = PeerRecord(gen_of[i], b.settings_digest[i])
-                created.append((key, pid, stones.pop(key, None) if stones else None))
             else:
                 peer = peers[key]
                 rec = records.get(key)
@@ -586,7 +610,7 @@ class Controller:
             peer = self.iface.peers.get(key)
             if peer is not None:
                 self.iface.drop_sessions(peer)
-                self.record(key).session = None
+                _forget_session(self.record(key))
 
     def _refusal(self, ops: list[BulkOp], r: "_Refused") -> list[dict]:
         out = []
@@ -903,13 +927,16 @@ class Controller:
         """Sessions due for replacement or expired: tell the control plane."""
         now = self.iface.clock()
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, kind, gen, key = heapq.heappop(self._deadlines)
+            when, kind, gen, key = heapq.heappop(self._deadlines)
             if kind >= 2:
                 self._group_due(kind, gen, key)
                 continue
             rec = self.records.get(key)
             s = rec.session if rec is not None else None
-            if s is None or s.generation != gen or key not in self.iface.peers:
+            # this session's deadline (a generation may come again: after a
+            # peer is deleted and put anew)
+            if s is None or s.generation != gen or key not in self.iface.peers or \
+                    when != (s.expires_ns - REKEY_MARGIN_NS if kind == 0 else s.expires_ns):
                 continue
             if kind == 0:
                 # a session has one deadline at a time: its expiry follows
@@ -1026,6 +1053,14 @@ class _Refused(Exception):
 def _stale(given: int, held: int) -> ApiError:
     return ApiError(409, f"generation {given} is older than the one held ({held})",
                     "generation", held=held)
+
+
+def _forget_session(rec: PeerRecord) -> None:
+    """A session dropped (its keys wiped): its generation stays the floor,
+    so that older pushes are still refused."""
+    if rec.session is not None:
+        rec.session_floor = max(rec.session_floor, rec.session.generation)
+        rec.session = None
 
 
 def _session_gen(rec: Optional[PeerRecord]) -> Optional[int]:

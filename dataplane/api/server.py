@@ -167,7 +167,8 @@ async def list_peers(request: web.Request) -> web.Response:
     limit = after = None
     for name, value in request.query.items():
         if name == "limit":
-            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= PAGE_MAX:
+            if not (value.isascii() and value.isdigit() and len(value) <= 5) or \
+                    not 1 <= int(value) <= PAGE_MAX:
                 raise model.bad("limit", f"must be an integer in 1..{PAGE_MAX}")
             limit = int(value)
         elif name == "after":
@@ -221,29 +222,41 @@ async def bulk(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > BULK_BODY_MAX:
         raise ApiError(413, f"the batch is larger than {BULK_BODY_MAX} bytes")
     body = await _read_all(request, BULK_BODY_MAX)
-    with _no_gc(freeze=body.count(b"\n") >= FREEZE_AFTER_LINES):
-        return _bulk(request.app[CONTROLLER], body)
+    large = body.count(b"\n") >= FREEZE_AFTER_LINES
+    if large:
+        gc.collect()  # what is garbage now must not be frozen below
+    with _no_gc() as batch:
+        response = _bulk(request.app[CONTROLLER], body)
+        batch.keep = large and response.status == 200
+        return response
 
 
 # A batch this large leaves its objects out of later cyclic collections.
 FREEZE_AFTER_LINES = 10_000
 
 
+class _Batch:
+    keep = False
+
+
 @contextlib.contextmanager
-def _no_gc(freeze: bool = False):
+def _no_gc():
     """A batch makes and keeps many small objects: cyclic collection
     passes over them all, again and again, while nothing cyclic is made.
-    With `freeze`, what the batch made (peers, records: they live until
-    deleted, and are freed by reference counting then) moves to the
-    permanent generation, so that no collection after it walks them all
-    again (at 10^5 peers a full one stalls the event loop for a tenth of a
-    second)."""
+    With `keep` set (a large batch that was applied), what the batch made
+    (peers, records: they live until deleted, and reference counting frees
+    them then) moves to the permanent generation, so that no collection
+    after it walks them all again (at 10^5 peers one stalls the event loop
+    for a tenth of a second). The caller collects garbage before a large
+    batch, and only an applied one (no exception, no traceback cycle) is
+    kept."""
     was = gc.isenabled()
     gc.disable()
+    batch = _Batch()
     try:
-        yield
+        yield batch
     finally:
-        if freeze:
+        if batch.keep:
             gc.freeze()
         if was:
             gc.enable()
@@ -253,7 +266,10 @@ def _bulk(ctrl: Controller, body: bytes) -> web.Response:
     if body.count(b"\n") > BULK_LINES_MAX:
         raise ApiError(413, f"more than {BULK_LINES_MAX} operations in one batch")
     if ctrl.native_bulk:
-        parsed, _, _ = bulk_native.parse(body, ctrl.digest_key)
+        parsed, _, why = bulk_native.parse(body, ctrl.digest_key)
+        if why == bulk_native.DECLINED_MEMORY:
+            log.warning("API bulk: no locked memory for the batch's keys "
+                        "(RLIMIT_MEMLOCK?); checking it line by line")
         if parsed is not None:
             with parsed:
                 done = ctrl.apply_parsed(parsed)

@@ -643,3 +643,21 @@ def test_peers_come_in_pages_in_key_order(world):
     for query, field in (("limit=0", "limit"), ("limit=10001", "limit"), ("limit=x", "limit"),
                          ("after=AAAA", "after"), ("offset=3", "offset")):
         refused(lambda: world.client.request("GET", f"/v1/peers?{query}"), 400, field)
+
+
+def test_a_deleted_sessions_deadline_does_not_fire_for_the_next_one(world):
+    """A peer deleted and put again starts its session generations anew:
+    the old session's rekey deadline must not speak for the new one."""
+    key = new_key()
+    world.client.put_peer(key, allowed_ips=["10.8.0.2/32"],
+                          session=Session(0xD1).body(activate="now", lifetime=70))
+    world.client.delete_peer(key)
+    world.client.put_peer(key, allowed_ips=["10.8.0.2/32"],
+                          session=Session(0xD2).body(activate="now"))
+    assert world.client.peer(key)["session"]["generation"] == 1
+    lib.dp_device_test_advance_clock(11 * 1_000_000_000)  # the old one's rekey time
+    world.call(world.ctrl.tick)
+    assert [e.type for e in world.ctrl.events_since(0)] == []
+    lib.dp_device_test_advance_clock(110 * 1_000_000_000)  # the new one's (60 s left)
+    world.call(world.ctrl.tick)
+    assert [e.type for e in world.ctrl.events_since(0)] == ["rekey_needed"]

@@ -317,5 +317,9 @@ def test_sessions_refused_half_way_leave_the_api_and_the_device_agreeing():
         # the device got to the first half's sessions (dropped now), not
         # to the second half's (the first batch's, still there)
         assert [views[k]["session"] is None for k in keys] == [True] * 10 + [False] * 10
+        # a dropped session's generation stays held: the next one counts on
+        view = world.client.put_session(keys[0], **{
+            k: v for k, v in session(0x8300).items() if k != "activate"})
+        assert view["session"]["generation"] == 2, view
     finally:
         world.close()
