@@ -127,6 +127,7 @@ def measure(n_peers: int, single_puts: int, background: int, replay_window: int 
             native0 = world.client.interface()["status"].get("native_memory") or {}
             with world.peers(n_peers) as peers:
                 ops = peers.session_ops(activate="now")
+                taken = {op["session"]["receiver_index"] for op in ops}
                 body = "".join(json.dumps(op, separators=(",", ":")) + "\n" for op in ops)
                 del ops
                 say(f"  bulk: {n_peers} peers with sessions, {len(body) / 1e6:.1f} MB of NDJSON")
@@ -134,7 +135,6 @@ def measure(n_peers: int, single_puts: int, background: int, replay_window: int 
                 status, answer = world.client.request("POST", "/v1/bulk", body.encode(),
                                                       content_type="application/x-ndjson")
                 out["bulk_seconds"] = time.perf_counter() - t0
-                del body
                 assert answer["applied"] and len(answer["results"]) == n_peers, answer
                 say(f"  bulk: applied in {out['bulk_seconds']:.2f} s "
                     f"({n_peers / out['bulk_seconds']:.0f} peers/s)")
@@ -155,10 +155,32 @@ def measure(n_peers: int, single_puts: int, background: int, replay_window: int 
                 sent, got, bad = world.send(peers, sample, rate=5000)
                 out["traffic"] = {"sent": sent, "received": got, "rejected": bad}
                 say(f"  traffic through the pushed sessions: {got}/{sent} arrived")
+                # a control plane's resync (the same batch again: nothing
+                # changes) and a rotation of every session
+                out["resync_seconds"] = _timed_bulk(world, body.encode(), n_peers, 200)
+                del body
+                ops = peers.session_ops(activate="on_receive", put_peer=False, taken=taken,
+                                        stage=True)
+                rotation = "".join(json.dumps(op, separators=(",", ":")) + "\n" for op in ops)
+                del ops
+                out["rotation_seconds"] = _timed_bulk(world, rotation.encode(), n_peers, 201)
+                say(f"  the same batch again: {out['resync_seconds']:.2f} s; a new session "
+                    f"for every peer: {out['rotation_seconds']:.2f} s")
             out["put_latency_ms"] = _put_latency(world, single_puts, background, say)
         finally:
             world.close()
     return out
+
+
+def _timed_bulk(world: PushWorld, body: bytes, n: int, status: int) -> float:
+    """Seconds for one bulk push whose every line must answer `status`."""
+    t0 = time.perf_counter()
+    _, answer = world.client.request("POST", "/v1/bulk", body,
+                                     content_type="application/x-ndjson")
+    seconds = time.perf_counter() - t0
+    assert answer["applied"] and len(answer["results"]) == n, answer
+    assert all(r["status"] == status for r in answer["results"]), answer["results"][:3]
+    return seconds
 
 
 def _put_latency(world: PushWorld, n: int, background: int, say) -> dict:
@@ -238,6 +260,7 @@ def run(args) -> int:
           f"RSS {out['rss_bytes_per_peer']:.0f} B/peer"
           + (f", native {out['native_bytes_per_peer_total']:.0f} B/peer"
              if "native_bytes_per_peer_total" in out else "")
-          + f"; traffic {t['received']}/{t['sent']}; PUT p50 {out['put_latency_ms']['p50']:.2f}"
-          f" ms, p99 {out['put_latency_ms']['p99']:.2f} ms")
+          + f"; traffic {t['received']}/{t['sent']}; again {out['resync_seconds']:.2f} s, "
+          f"rotation {out['rotation_seconds']:.2f} s; PUT p50 "
+          f"{out['put_latency_ms']['p50']:.2f} ms, p99 {out['put_latency_ms']['p99']:.2f} ms")
     return 0 if t["received"] == t["sent"] else 1

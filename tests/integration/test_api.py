@@ -216,6 +216,9 @@ def test_bench_api_reports_its_figures(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["peers"] == 300 and figures["replay_window"] == 2048
     assert figures["bulk_seconds"] > 0
+    # the same batch again, and a new session for every peer (each line's
+    # status checked by the bench itself)
+    assert figures["resync_seconds"] > 0 and figures["rotation_seconds"] > 0
     assert figures["traffic"]["received"] == figures["traffic"]["sent"] > 250
     assert figures["native_memory"]["keypairs_live"] >= 300
     assert 0 < figures["put_latency_ms"]["p50"] <= figures["put_latency_ms"]["p99"]
