@@ -478,9 +478,13 @@ def test_handshake_flood_gets_cookies_and_the_honest_client_gets_through(world):
     assert d["cookie_replies_sent"] == handled["handshake_bad_mac2"]
     assert handled.get(ratelimited, 0) > 0, d
     # under load the exit node answers with cookies instead of doing the DH
-    # work: few initiations get decrypted (before the load shows, and the
-    # rate limit's allowance for the cookie holder)
-    assert handled.get("handshake_invalid", 0) < 0.05 * sent, d
+    # work: few initiations get decrypted. Without that, the control plane
+    # would decrypt all it can, 1 / FLOOD_OVER_CAPACITY (59%) of the flood.
+    # With it, some still are: until the queue is 1/8 full, again each time
+    # it has drained and the second of load has passed (as the kernel's
+    # under_load), and the rate limit's allowance for the cookie holder.
+    # Those cycles stayed under 5% in most runs here, and made 6.4% in one.
+    assert handled.get("handshake_invalid", 0) < 0.15 * sent, d
     assert_still_serving(w)
 
 
