@@ -51,6 +51,13 @@ static const char *const field_names[F_COUNT] = {
     (BIT(F_OP) | BIT(F_PUBLIC_KEY) | BIT(F_GENERATION) | BIT(F_PRESHARED_KEY) |            \
      BIT(F_ALLOWED_IPS) | BIT(F_ENDPOINT) | BIT(F_KEEPALIVE) | BIT(F_REPLACE) | BIT(F_SESSION))
 
+/* A line's prefixes are compared one by one up to this many, then through
+ * a table of PREFIX_SLOTS (at least twice DP_BULK_PREFIXES_MAX). */
+#define PREFIXES_HASHED 16
+#define PREFIX_SLOTS 2048
+_Static_assert(PREFIX_SLOTS >= 2 * DP_BULK_PREFIXES_MAX && (PREFIX_SLOTS & (PREFIX_SLOTS - 1)) == 0,
+               "the table keeps free slots for a line's every prefix");
+
 struct reader {
     struct cursor c;
     const uint8_t *digest_key;
@@ -59,6 +66,8 @@ struct reader {
     struct dp_bulk *b;
     size_t prefixes_cap;
     uint32_t why;
+    const struct dp_bulk_op *hashed_line; /* whose prefixes `slots` holds */
+    uint16_t slots[PREFIX_SLOTS];          /* index + 1 into the line's prefixes; 0: free */
 };
 
 /* ------------------------------------------------------------ scanning */
@@ -346,15 +355,70 @@ static bool field_name(struct cursor *c, enum field *f)
     return false;
 }
 
+static uint32_t prefix_hash(const struct dp_bulk_prefix *p)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    const uint8_t *bytes = (const uint8_t *)p;
+
+    for (size_t i = 0; i < sizeof(*p); i++)
+        h = (h ^ bytes[i]) * 16777619u;
+    return h;
+}
+
+static bool same_prefix(const struct dp_bulk_prefix *a, const struct dp_bulk_prefix *b)
+{
+    return a->version == b->version && a->cidr == b->cidr && memcmp(a->addr, b->addr, 16) == 0;
+}
+
+/* Is p one of the line's prefixes already? A few are compared one by one;
+ * from PREFIXES_HASHED on, a hash table of the line's prefixes answers, so
+ * that a line of 1024 costs 1024 probes, not half a million comparisons. */
+static bool repeated(struct reader *r, const struct dp_bulk_op *op,
+                     const struct dp_bulk_prefix *p)
+{
+    const struct dp_bulk_prefix *mine = r->b->prefixes + op->first_prefix;
+    uint32_t n = op->n_prefixes, mask = PREFIX_SLOTS - 1;
+
+    if (n < PREFIXES_HASHED) {
+        for (uint32_t i = 0; i < n; i++)
+            if (same_prefix(&mine[i], p))
+                return true;
+        return false;
+    }
+    if (r->hashed_line != op) { /* the table is built once the line has enough */
+        memset(r->slots, 0, sizeof(r->slots));
+        for (uint32_t i = 0; i < n; i++) {
+            uint32_t h = prefix_hash(&mine[i]) & mask;
+
+            while (r->slots[h])
+                h = (h + 1) & mask;
+            r->slots[h] = (uint16_t)(i + 1);
+        }
+        r->hashed_line = op;
+    }
+    for (uint32_t h = prefix_hash(p) & mask; r->slots[h]; h = (h + 1) & mask)
+        if (same_prefix(&mine[r->slots[h] - 1], p))
+            return true;
+    return false;
+}
+
+static void remember(struct reader *r, const struct dp_bulk_op *op, uint32_t i)
+{
+    if (r->hashed_line == op) {
+        uint32_t mask = PREFIX_SLOTS - 1, h = prefix_hash(&r->b->prefixes[op->first_prefix + i]) & mask;
+
+        while (r->slots[h])
+            h = (h + 1) & mask;
+        r->slots[h] = (uint16_t)(i + 1);
+    }
+}
+
 static bool add_prefix(struct reader *r, struct dp_bulk_op *op, const struct dp_bulk_prefix *p)
 {
     struct dp_bulk *b = r->b;
-    struct dp_bulk_prefix *mine = b->prefixes + op->first_prefix;
 
-    for (uint32_t i = 0; i < op->n_prefixes; i++) /* a repeat: the first one stays */
-        if (mine[i].version == p->version && mine[i].cidr == p->cidr &&
-            memcmp(mine[i].addr, p->addr, 16) == 0)
-            return true;
+    if (repeated(r, op, p)) /* a repeat: the first one stays */
+        return true;
     if (b->n_prefixes == r->prefixes_cap) {
         size_t cap = r->prefixes_cap ? r->prefixes_cap * 2 : 1024;
         struct dp_bulk_prefix *grown = realloc(b->prefixes, cap * sizeof(*grown));
@@ -367,6 +431,7 @@ static bool add_prefix(struct reader *r, struct dp_bulk_op *op, const struct dp_
         r->prefixes_cap = cap;
     }
     b->prefixes[b->n_prefixes++] = *p;
+    remember(r, op, op->n_prefixes);
     op->n_prefixes++;
     return true;
 }

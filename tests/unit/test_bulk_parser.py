@@ -673,3 +673,22 @@ def test_a_body_read_in_two_halves_joins_them():
         bad[where] = b'{"op":"put_peer"}'
         parsed, line, why = bulk.parse(b"\n".join(bad), DIGEST_KEY)
         assert parsed is None and line == where + 1, (where, line)
+
+
+def test_many_prefixes_with_repeats_keep_the_first_of_each():
+    """Past 16 prefixes a line's repeats are found through a table: the
+    same prefixes, in the same order, as the model keeps."""
+    rng = random.Random(10)
+    distinct = [f"10.{i >> 8}.{i & 255}.{rng.randrange(256)}/{rng.choice((24, 30, 32))}"
+                for i in range(400)] + [f"fd00::{i:x}:{rng.randrange(1 << 16):x}/112"
+                                        for i in range(200)]
+    ips = [rng.choice(distinct) for _ in range(1024)]
+    line = json.dumps({"op": "put_peer", "public_key": key_text(rng),
+                       "allowed_ips": ips}).encode()
+    want = model_ops(line)
+    parsed, at, why = bulk.parse(line, DIGEST_KEY)
+    assert parsed is not None, (at, why)
+    with parsed:
+        assert parsed.prefixes_of(0) == list(want[0].spec.allowed_ips)
+        assert 300 < len(parsed.prefixes_of(0)) < 1024
+        assert_same(parsed, 0, want[0])
