@@ -419,10 +419,10 @@ class Controller:
             except BaseException as e:  # noqa: BLE001 - before the device call: nothing done
                 native.append((0, -errno.EFAULT, e))
         worker = threading.Thread(target=install, name="bulk-apply")
-        worker.start()
+        undo = _RecordsUndo()
         failure: Optional[BaseException] = None
+        worker.start()
         try:
-            undo = _RecordsUndo()
             out = self._record_parsed(b, ids, actions, gen_of, sgen_of, now, wall, undo)
         except BaseException as e:  # noqa: BLE001 - re-raised below, once undone
             failure = e
