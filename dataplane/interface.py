@@ -251,8 +251,8 @@ class Interface:
 
     def reserve_ids(self, n: int) -> list[int]:
         """n free peer ids, taken round-robin as add_peer takes them, for
-        peers the caller adds with adopt_peer (OSError if there is no
-        room)."""
+        peers the caller adds to the device and to peers/by_id itself
+        (OSError if there is no room)."""
         if len(self.by_id) + n > self.device.max_peers:
             raise OSError(f"no room for {n} more peers (at most {self.device.max_peers})")
         out, by_id, size = [], self.by_id, self.device.max_peers
@@ -264,14 +264,6 @@ class Interface:
         if out:
             self._next_id = out[-1] + 1
         return out
-
-    def adopt_peer(self, peer_id: int, public_key: PublicKey) -> Peer:
-        """The Peer of one the device already has under peer_id."""
-        peer = Peer(peer_id, public_key)
-        self.peers[public_key] = peer
-        self.by_id[peer_id] = peer
-        self.peers_version += 1
-        return peer
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
@@ -347,11 +339,12 @@ class Interface:
         self.adopt_session(peer, activate_now, now, wall_ns)
 
     def adopt_session(self, peer: Peer, activate_now: bool, now: int,
-                      wall_ns: Optional[int] = None) -> None:
+                      wall_ns: Optional[int] = None, cancel_pending: bool = True) -> None:
         """The protocol side of a pushed session the device has installed:
         the peer is the control plane's from now on (no handshakes of our
-        own), and one activated now counts as a handshake."""
-        if not peer.managed or peer.pending is not None:
+        own: one in flight is cancelled, unless the caller does that
+        later), and one activated now counts as a handshake."""
+        if cancel_pending:
             self._cancel_pending(peer)
         peer.managed = True
         if activate_now:

@@ -23,7 +23,6 @@ int dp_xdp_forward(struct xdp_md *ctx)
     struct ipv6hdr *ip6;
     __be16 proto;
     __u8 l4;
-    int action;
 
     cursor_init(&c, ctx);
     if (parse_ethernet(&c, &proto) < 0)
@@ -43,11 +42,7 @@ int dp_xdp_forward(struct xdp_md *ctx)
     }
     if (l4 != IPPROTO_UDP)
         return pass();
-    count(DP_XDP_FORWARD_STEER);
-    action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-    if (action != XDP_REDIRECT)
-        count(DP_XDP_FORWARD_STEER_NO_SOCKET);
-    return action;
+    return steer(ctx, DP_XDP_FORWARD_STEER, DP_XDP_FORWARD_STEER_NO_SOCKET);
 }
 
 char LICENSE[] SEC("license") = "Apache-2.0";

@@ -10,13 +10,7 @@ DP_XDP_STEERING_MAPS(DP_XDP_INNER_COUNT)
 SEC("xdp")
 int dp_xdp_inner(struct xdp_md *ctx)
 {
-    int action;
-
-    count(DP_XDP_INNER_STEER);
-    action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-    if (action != XDP_REDIRECT)
-        count(DP_XDP_INNER_STEER_NO_SOCKET);
-    return action;
+    return steer(ctx, DP_XDP_INNER_STEER, DP_XDP_INNER_STEER_NO_SOCKET);
 }
 
 char LICENSE[] SEC("license") = "Apache-2.0";

@@ -1,5 +1,6 @@
 /* What every XDP program here has: xsks, the AF_XDP socket of each RX
- * queue (the loader fills it), and counters, per-CPU, with count(). A
+ * queue (the loader fills it), and counters, per-CPU, with count() and
+ * steer(). A
  * program says DP_XDP_STEERING_MAPS(number of its counters) once, at file
  * scope; the loader finds both maps by these names.
  */
@@ -32,6 +33,23 @@
                                                                  \
         if (value)                                               \
             *value += 1;                                         \
+    }                                                            \
+                                                                 \
+    /* To the AF_XDP socket of this RX queue, counted, or to the  \
+     * kernel when the queue has none (also what                  \
+     * BPF_PROG_TEST_RUN sees: it never has a socket). */         \
+    static __always_inline int steer(const struct xdp_md *ctx,   \
+                                     __u32 counter,              \
+                                     __u32 no_socket)            \
+    {                                                            \
+        int action;                                              \
+                                                                 \
+        count(counter);                                          \
+        action = bpf_redirect_map(&xsks, ctx->rx_queue_index,    \
+                                  XDP_PASS);                     \
+        if (action != XDP_REDIRECT)                              \
+            count(no_socket);                                    \
+        return action;                                           \
     }
 
 #endif

@@ -52,19 +52,6 @@ static __always_inline int drop(__u32 counter)
     return XDP_DROP;
 }
 
-/* To the AF_XDP socket of this RX queue, or to the kernel when the queue
- * has none (also what BPF_PROG_TEST_RUN sees: it never has a socket). */
-static __always_inline int steer(const struct xdp_md *ctx, __u32 counter)
-{
-    int action;
-
-    count(counter);
-    action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-    if (action != XDP_REDIRECT)
-        count(DP_XDP_WAN_STEER_NO_SOCKET);
-    return action;
-}
-
 /* Token bucket per source (see struct dp_xdp_rl_bucket): 1 to admit a
  * handshake message from saddr (4 bytes of IPv4, or the first 8 of IPv6). */
 static __always_inline int ratelimit_admit(__u32 family, const __u8 *saddr)
@@ -132,7 +119,7 @@ static __always_inline int wan_message(const struct xdp_md *ctx, struct cursor *
     case DP_XDP_WG_DATA:
         if (msg_len < DP_XDP_WG_DATA_MIN_LEN)
             return drop(DP_XDP_WAN_DROP_WG_BAD_SIZE);
-        return steer(ctx, DP_XDP_WAN_STEER_DATA);
+        return steer(ctx, DP_XDP_WAN_STEER_DATA, DP_XDP_WAN_STEER_NO_SOCKET);
     default:
         return drop(DP_XDP_WAN_DROP_WG_BAD_TYPE);
     }
@@ -142,7 +129,7 @@ static __always_inline int wan_message(const struct xdp_md *ctx, struct cursor *
     if ((dp_settings.flags & DP_XDP_SETTINGS_RATELIMIT) && !ratelimit_resting() &&
         !ratelimit_admit(family, saddr))
         return drop(DP_XDP_WAN_DROP_RATELIMITED);
-    return steer(ctx, counter);
+    return steer(ctx, counter, DP_XDP_WAN_STEER_NO_SOCKET);
 }
 
 /* The UDP header of a datagram to the listen port; ip_payload_len is what

@@ -553,21 +553,12 @@ class Controller:
                     rec.generation = gen_of[i]
             if act & DO_SESSION:
                 now_flag = f & ACTIVATE_NOW
-                if act & DO_CREATE:  # nothing pending to cancel
-                    peer.managed = True
-                    if now_flag:
-                        peer.last_handshake_ns = now
-                        peer.last_handshake_wall_ns = wall
-                else:  # as iface.adopt_session, but a pending handshake is
-                    # cancelled once the device has the batch (its index is
-                    # released then, not while the device claims the batch's)
-                    if peer.pending is not None:
-                        cancel.append(peer)
-                    peer.managed = True
-                    if now_flag:
-                        peer.last_handshake_ns = now
-                        peer.last_handshake_wall_ns = wall
-                        peer.attempt_started_ns = 0
+                # a pending handshake is cancelled once the device has the
+                # batch (its index released then, not while the device
+                # claims the batch's)
+                if peer.pending is not None:
+                    cancel.append(peer)
+                iface.adopt_session(peer, bool(now_flag), now, wall, cancel_pending=False)
                 expires = now + lifetimes[i] * NS
                 rec.session = SessionRecord(sgen_of[i], indices[i], senders[i],
                                             float(lifetimes[i]),

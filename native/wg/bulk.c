@@ -341,6 +341,11 @@ static bool endpoint(const struct text *t, struct dp_bulk_op *op)
 
 /* ------------------------------------------------------------ lines */
 
+static bool text_is(const struct text *t, const char *word)
+{
+    return strlen(word) == t->n && memcmp(word, t->s, t->n) == 0;
+}
+
 static bool field_name(struct cursor *c, enum field *f)
 {
     struct text t;
@@ -348,7 +353,7 @@ static bool field_name(struct cursor *c, enum field *f)
     if (!string(c, &t) || !expect(c, ':'))
         return false;
     for (int i = 0; i < F_COUNT; i++)
-        if (strlen(field_names[i]) == t.n && memcmp(field_names[i], t.s, t.n) == 0) {
+        if (text_is(&t, field_names[i])) {
             *f = (enum field)i;
             return true;
         }
@@ -495,9 +500,9 @@ static bool session_field(struct reader *r, enum field f, struct dp_bulk_op *op,
     case F_ACTIVATE:
         if (!string(c, &t))
             return false;
-        if (t.n == 3 && memcmp(t.s, "now", 3) == 0)
+        if (text_is(&t, "now"))
             op->flags |= DP_BULK_ACTIVATE_NOW;
-        else if (!(t.n == 10 && memcmp(t.s, "on_receive", 10) == 0))
+        else if (!text_is(&t, "on_receive"))
             return false;
         return true;
     case F_GENERATION:
@@ -550,6 +555,8 @@ static bool session_object(struct reader *r, struct dp_bulk_op *op)
 
 static void settings_digest(const uint8_t *digest_key, const struct dp_bulk_op *op,
                             const struct dp_bulk_prefix *prefixes, uint8_t *out);
+static void session_digest(const uint8_t *digest_key, const uint8_t *send_key,
+                           const uint8_t *recv_key, uint8_t *out);
 
 /* One line: an object whose fields may come in any order, the operation
  * among them; which fields it may have is checked once it is known. */
@@ -559,7 +566,6 @@ static bool line(struct reader *r, struct dp_bulk_op *op)
     uint32_t seen = 0;
     struct text t;
     uint64_t v;
-    bool psk_null = false;
 
     if (!expect(c, '{'))
         return false;
@@ -577,13 +583,13 @@ static bool line(struct reader *r, struct dp_bulk_op *op)
             case F_OP:
                 if (!string(c, &t))
                     return false;
-                if (t.n == 8 && memcmp(t.s, "put_peer", 8) == 0)
+                if (text_is(&t, "put_peer"))
                     op->op = DP_BULK_PUT_PEER;
-                else if (t.n == 11 && memcmp(t.s, "delete_peer", 11) == 0)
+                else if (text_is(&t, "delete_peer"))
                     op->op = DP_BULK_DELETE_PEER;
-                else if (t.n == 11 && memcmp(t.s, "put_session", 11) == 0)
+                else if (text_is(&t, "put_session"))
                     op->op = DP_BULK_PUT_SESSION;
-                else if (t.n == 14 && memcmp(t.s, "delete_session", 14) == 0)
+                else if (text_is(&t, "delete_session"))
                     op->op = DP_BULK_DELETE_SESSION;
                 else
                     return false;
@@ -593,10 +599,8 @@ static bool line(struct reader *r, struct dp_bulk_op *op)
                     return false;
                 break;
             case F_PRESHARED_KEY:
-                if (is_null(c)) {
-                    psk_null = true;
+                if (is_null(c))
                     break;
-                }
                 if (!string(c, &t) || !key(&t, op->preshared_key))
                     return false;
                 break;
@@ -668,12 +672,11 @@ static bool line(struct reader *r, struct dp_bulk_op *op)
     if (op->flags & DP_BULK_HAS_SESSION) {
         if (!op->lifetime)
             op->lifetime = DP_BULK_LIFETIME_MAX;
-        dp_bulk_session_digest(r->digest_key, op->send_key, op->recv_key, op->session_digest);
+        session_digest(r->digest_key, op->send_key, op->recv_key, op->session_digest);
     }
     if (op->op == DP_BULK_PUT_PEER) {
         static const uint8_t zero[32];
 
-        (void)psk_null;
         /* an all-zero preshared key is none, as `wg` has it */
         if ((seen & BIT(F_PRESHARED_KEY)) && memcmp(op->preshared_key, zero, 32) != 0)
             op->flags |= DP_BULK_HAS_PSK;
@@ -915,14 +918,8 @@ static void settings_digest(const uint8_t *digest_key, const struct dp_bulk_op *
     dp_blake2s_final(&st, out);
 }
 
-void dp_bulk_settings_digest(const uint8_t *digest_key, const struct dp_bulk_op *op,
-                             const struct dp_bulk_prefix *prefixes, uint8_t *out)
-{
-    settings_digest(digest_key, op, prefixes, out);
-}
-
-void dp_bulk_session_digest(const uint8_t *digest_key, const uint8_t *send_key,
-                            const uint8_t *recv_key, uint8_t *out)
+static void session_digest(const uint8_t *digest_key, const uint8_t *send_key,
+                           const uint8_t *recv_key, uint8_t *out)
 {
     struct dp_blake2s_state st;
 

@@ -69,7 +69,7 @@ struct dp_bulk_op {
     uint8_t send_key[32];
     uint8_t recv_key[32];
     /* keyed BLAKE2s of the peer's settings and of the session's keys
-     * (dp_bulk_settings_digest, dp_bulk_session_digest) */
+     * (dataplane/api/bulk.py computes the same for the model's path) */
     uint8_t settings_digest[16];
     uint8_t session_digest[16];
 };
@@ -98,14 +98,6 @@ int dp_bulk_parse(const uint8_t *body, size_t len, const uint8_t *digest_key,
                   const uint8_t *low_order, size_t n_low_order, struct dp_bulk *out);
 /* Wipe and unmap a parsed batch; safe on a zeroed or freed one. */
 void dp_bulk_free(struct dp_bulk *b);
-
-/* The digests the parser writes, for operations parsed elsewhere: the
- * settings of a peer (preshared key or none, allowed IPs in order,
- * endpoint, keepalive) and a session's two keys. */
-void dp_bulk_settings_digest(const uint8_t *digest_key, const struct dp_bulk_op *op,
-                             const struct dp_bulk_prefix *prefixes, uint8_t *out);
-void dp_bulk_session_digest(const uint8_t *digest_key, const uint8_t *send_key,
-                            const uint8_t *recv_key, uint8_t *out);
 
 /* What dp_device_bulk_apply does for one operation of a checked batch. */
 #define DP_BULK_DO_CREATE 1    /* add the peer (peer_ids[i] is free) */

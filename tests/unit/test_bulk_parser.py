@@ -624,6 +624,19 @@ def test_a_last_line_without_newline_is_read():
         assert check(body) == (True, True)
 
 
+def assert_read_as_the_model_reads(body: bytes, n: int) -> None:
+    """All n operations of body parsed, each line's number and meaning as
+    the model has them."""
+    want = model_ops(body)
+    parsed, line, why = bulk.parse(body, DIGEST_KEY)
+    assert parsed is not None, (line, why)
+    with parsed:
+        assert parsed.n == len(want) == n
+        assert parsed.line == [op.line for op in want]
+        for i, op in enumerate(want):
+            assert_same(parsed, i, op)
+
+
 def test_a_large_body():
     """5000 operations and a few blank lines: every line number right."""
     rng = random.Random(8)
@@ -633,15 +646,8 @@ def test_a_large_body():
         if rng.random() < 0.05:
             out.append(rng.choice([b"", b" ", b"\t\r"]))
     body = b"\n".join(out) + b"\n"
-    want = model_ops(body)
-    parsed, line, why = bulk.parse(body, DIGEST_KEY)
-    assert parsed is not None, (line, why)
-    with parsed:
-        assert parsed.n == len(want) == 5000
-        assert parsed.line == [op.line for op in want]
-        for i, op in enumerate(want):
-            assert_same(parsed, i, op)
     assert len(body) > 1 << 20, "too small for the parser's two halves"
+    assert_read_as_the_model_reads(body, 5000)
 
 
 def test_a_body_read_in_two_halves_joins_them():
@@ -660,14 +666,7 @@ def test_a_body_read_in_two_halves_joins_them():
             break
     body = b"\n".join(out)
     assert len(body) > 1 << 20
-    want = model_ops(body)
-    parsed, line, why = bulk.parse(body, DIGEST_KEY)
-    assert parsed is not None, (line, why)
-    with parsed:
-        assert parsed.n == len(want) == 6000
-        assert parsed.line == [op.line for op in want]
-        for i, op in enumerate(want):
-            assert_same(parsed, i, op)
+    assert_read_as_the_model_reads(body, 6000)
     for where in (5, len(out) // 2 + 10, len(out) - 3):
         bad = list(out)
         bad[where] = b'{"op":"put_peer"}'
