@@ -315,11 +315,16 @@ class Receiver:
     """dp_lg_recv in a thread, until stop()."""
 
     def __init__(self, sock: socket.socket, peers: Optional[EmulatedPeers], *, sealed: bool,
-                 cpu: int = -1):
+                 cpu: int = -1, poll_us: int = 0):
+        """poll_us 0 waits on the socket for every datagram; otherwise the
+        receiver never sleeps on the socket (whose wakeups the delivering
+        CPU pays) and checks it every poll_us microseconds when idle."""
+        if not 0 <= poll_us <= 1_000_000:
+            raise ValueError("poll_us must be 0..1000000")
         self.sock, self.peers = sock, peers
         self.cfg = ffi.new("struct dp_lg_recv_config *", {
             "fd": sock.fileno(), "mode": lib.DP_LG_MODE_SEALED if sealed else lib.DP_LG_MODE_PLAIN,
-            "cpu": cpu})
+            "cpu": cpu, "poll_ns": poll_us * 1000})
         self.stop_flag = ffi.new("int *", 0)
         self.stats = ffi.new("struct dp_lg_recv_stats *")
         self.thread = _Thread(self._run)

@@ -54,8 +54,10 @@ int dp_crypto_use(int impl);
 /* ChaCha20-Poly1305 with a 96-bit nonce.
  * seal: dst receives src_len bytes of ciphertext then the 16-byte tag.
  * open: src is ciphertext || tag (src_len >= 16); dst receives
- *       src_len - 16 bytes. The tag is checked in constant time before any
- *       plaintext is written; on failure dst is zeroed and -DP_EAUTH returned.
+ *       src_len - 16 bytes. The tag is checked in constant time; on failure
+ *       dst is zeroed and -DP_EAUTH returned. In place (dst == src) nothing
+ *       is written before the check; a separate dst is decrypted in the
+ *       same pass that makes the MAC key, and zeroed again on failure.
  */
 int dp_aead_seal(uint8_t *dst, const uint8_t *src, size_t src_len,
                  const uint8_t *ad, size_t ad_len,

@@ -90,6 +90,12 @@ struct dp_lg_recv_config {
     int fd;
     int mode; /* DP_LG_MODE_* */
     int cpu;  /* pin the calling thread to this CPU, or -1 */
+    /* 0: wait in poll() for each datagram (the lowest latency). Else
+     * never wait on the socket: read whatever has arrived, and sleep this
+     * many ns after a read that did not fill a burst. A receiver asleep
+     * on the socket is woken by whoever delivers to it, and with the
+     * sender's CPU under test that wakeup (an IPI) is charged to it. */
+    uint64_t poll_ns;
 };
 
 struct dp_lg_recv_stats {

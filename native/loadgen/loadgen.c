@@ -427,15 +427,28 @@ int dp_lg_recv(const struct dp_lg_recv_config *cfg, struct dp_lg_peers *peers,
     const uint64_t cpu0 = now_ns(CLOCK_THREAD_CPUTIME_ID);
     const int sealed = cfg->mode == DP_LG_MODE_SEALED;
 
+    const struct timespec nap = {.tv_sec = (time_t)(cfg->poll_ns / 1000000000ull),
+                                 .tv_nsec = (long)(cfg->poll_ns % 1000000000ull)};
+    int last = DP_LG_BURST;
+
+    if (cfg->poll_ns)
+        prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     while (!*stop) {
-        struct pollfd pfd = {.fd = cfg->fd, .events = POLLIN};
-        if (poll(&pfd, 1, 20) <= 0)
-            continue;
+        if (cfg->poll_ns) {
+            /* a short read means the socket is drained: nap, then read */
+            if (last < DP_LG_BURST)
+                nanosleep(&nap, NULL);
+        } else {
+            struct pollfd pfd = {.fd = cfg->fd, .events = POLLIN};
+            if (poll(&pfd, 1, 20) <= 0)
+                continue;
+        }
         for (unsigned k = 0; k < DP_LG_BURST; k++) {
             s->iov[k] = (struct iovec){s->buf[k], SLOT};
             s->mm[k].msg_hdr = (struct msghdr){.msg_iov = &s->iov[k], .msg_iovlen = 1};
         }
         int r = recvmmsg(cfg->fd, s->mm, DP_LG_BURST, MSG_DONTWAIT, NULL);
+        last = r < 0 ? 0 : r;
         if (r <= 0)
             continue;
         uint64_t now = now_ns(CLOCK_MONOTONIC);

@@ -75,6 +75,9 @@ def test_bench_refuses_bad_arguments():
     r = subprocess.run([DATAPLANE, "bench", "--peers", "0"], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 2 and "peers must be 1..60000" in r.stderr
+    r = subprocess.run([DATAPLANE, "bench", "--receiver-poll-us", "-5"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "receiver poll must be 0..10000 us" in r.stderr
 
 
 def test_bench_xsk_forward_ceiling_row(topo, tmp_path):

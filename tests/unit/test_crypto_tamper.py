@@ -62,3 +62,41 @@ def test_batch_open_zeroes_only_failed_outputs(impl):
     sealed = crypto.seal_batch(keys, [1, 2, 3], pts)
     sealed[1] = sealed[1][:-1] + bytes([sealed[1][-1] ^ 1])
     assert crypto.open_batch(keys, [1, 2, 3], sealed) == [pts[0], None, pts[2]]
+
+
+def test_batch_open_in_place_and_apart_with_bad_tags(impl):
+    """One batch mixes messages opened in place (MACed, then decrypted) and
+    into a buffer of their own (decrypted in the pass that makes the MAC
+    key): the good ones of both kinds open, the bad ones of both kinds
+    leave their output zeroed, and a bad one opened in place leaves no
+    plaintext behind either."""
+    from dataplane._native import ffi, lib
+
+    n = 12
+    keys = [bytes([k + 1]) * 32 for k in range(n)]
+    pts = [bytes((i * 7 + k) % 256 for i in range(size))
+           for k, size in enumerate([1404, 0, 64, 1, 1500, 77, 1404, 16, 600, 63, 1420, 2])]
+    sealed = crypto.seal_batch(keys, list(range(n)), pts)
+    bad = {1, 2, 5, 8, 11}
+    in_place = {0, 2, 4, 5, 9, 11}
+    msgs = ffi.new("struct dp_aead_msg[]", n)
+    keep = []
+    for k in range(n):
+        ct = bytearray(sealed[k])
+        if k in bad:
+            ct[(k * 13) % len(ct)] ^= 0x10
+        src = ffi.new("uint8_t[]", bytes(ct))
+        dst = src if k in in_place else ffi.new("uint8_t[]", b"\xa5" * max(len(pts[k]), 1))
+        key = ffi.new("uint8_t[]", keys[k])
+        keep += [src, dst, key]
+        msgs[k] = {"key": key, "counter": k, "ad": ffi.NULL, "ad_len": 0, "len": len(ct),
+                   "src": src, "dst": dst}
+    assert lib.dp_aead_open_batch(msgs, n) == n - len(bad)
+    for k in range(n):
+        out = bytes(ffi.buffer(msgs[k].dst, len(pts[k])))
+        if k in bad:
+            assert msgs[k].status == -lib.DP_EAUTH, k
+            assert out == bytes(len(pts[k])), f"message {k}: output not zeroed"
+        else:
+            assert msgs[k].status == 0, k
+            assert out == pts[k], f"message {k} did not open to its plaintext"

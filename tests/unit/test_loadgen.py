@@ -103,13 +103,16 @@ def test_sealed_messages_open_with_the_session_key_and_carry_an_inner_packet():
         tx.close(), _rx.close()
 
 
-@pytest.mark.parametrize("sizes", [[64], [1420], list(IMIX)])
-def test_receiver_counts_every_sealed_packet_with_its_latency(sizes):
+@pytest.mark.parametrize("sizes,poll_us", [([64], 0), ([1420], 0), (list(IMIX), 0),
+                                           ([64], 100), (list(IMIX), 1000)])
+def test_receiver_counts_every_sealed_packet_with_its_latency(sizes, poll_us):
+    """Waiting on the socket (poll_us 0) or looking at it every poll_us
+    without ever waiting on it, the receiver counts every packet."""
     keys = [os.urandom(32) for _ in range(4)]
     tx, rx = session_tables(4, keys)
     a, b = udp_pair()
     try:
-        recv = Receiver(b, rx, sealed=True).start()
+        recv = Receiver(b, rx, sealed=True, poll_us=poll_us).start()
         sent = Sender(a, tx, sealed=True, sizes=sizes, dst=SINK_ADDR, rate=5000,
                       seconds=0.2).start().join(10)
         time.sleep(0.2)
@@ -179,5 +182,9 @@ def test_bad_configurations_are_refused():
         assert lib.dp_lg_peer_set(peers.table, 1, ffi.NULL, ffi.NULL, 0, 0, 0) == -1
         with pytest.raises(ValueError):
             EmulatedPeers(0)
+        for bad in (-1, 1_000_001):
+            with pytest.raises(ValueError):
+                Receiver(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), None, sealed=False,
+                         poll_us=bad)
     finally:
         peers.close()
