@@ -1295,7 +1295,9 @@ static void reader_offline(struct dp_device *d, int reader)
     dp_allowedips_reader_offline(d->allowedips, d->aip_reader[reader]);
 }
 
-static int one_pass(struct dp_device *d, struct burst *b, int reader)
+/* sockets: the UDP sockets may have something (poll() said so, or we do
+ * not know). */
+static int one_pass(struct dp_device *d, struct burst *b, int reader, bool sockets)
 {
     int n = 0;
 
@@ -1308,8 +1310,9 @@ static int one_pass(struct dp_device *d, struct burst *b, int reader)
         /* With XDP, the sockets get only what the program lets through,
          * which is rare: while the AF_XDP ports are busy, they are looked
          * at every XSK_SOCKET_PASS_EVERY passes, not with two empty
-         * recvmmsg calls per burst; an idle worker looks at once. */
-        if (n && ++b->busy_passes % XSK_SOCKET_PASS_EVERY)
+         * recvmmsg calls per burst; a worker about to sleep leaves them
+         * to poll(), which wakes it at once if they have something. */
+        if (!sockets && (!n || ++b->busy_passes % XSK_SOCKET_PASS_EVERY))
             return n;
     }
     n += dp_rx_pass(d, b, b->udp4_fd, reader);
@@ -1327,7 +1330,7 @@ int dp_device_poll_once(struct dp_device *d)
 {
     int n;
 
-    n = one_pass(d, d->bursts[POLL_READER], POLL_READER);
+    n = one_pass(d, d->bursts[POLL_READER], POLL_READER, true);
     reader_offline(d, POLL_READER);
     return n;
 }
@@ -1407,17 +1410,24 @@ void *dp_worker_main(void *arg)
         {.fd = inner_fd, .events = POLLIN},
     };
 
+    bool sockets = true;
+
     for (;;) {
         /* Busy bursts go on without sleeping; an idle worker goes offline
          * so that retired keypairs need not wait for it. The stop eventfd
          * is never read here, so it wakes every worker. */
-        if (one_pass(d, b, w) > 0)
+        if (one_pass(d, b, w, sockets) > 0) {
+            sockets = false;
             continue;
+        }
         reader_offline(d, w);
-        if (poll(fds, 6, -1) < 0 && errno != EINTR)
+        int r = poll(fds, 6, -1);
+
+        if (r < 0 && errno != EINTR)
             break;
-        if (fds[0].revents)
+        if (r > 0 && fds[0].revents)
             break;
+        sockets = r < 0 || fds[2].revents || fds[3].revents;
     }
     reader_offline(d, w);
     return NULL;
