@@ -4,9 +4,9 @@ scenario of `dataplane bench`:
     .venv/bin/python bench/profile_dut.py dataplane-xdp 1420 decap 1 /tmp/dut.data
     perf report -i /tmp/dut.data --no-children --sort sym -g none
 
-A seventh argument `napi-threads` measures as `dataplane bench
---napi-threads` does (the DUT's interfaces receive in NAPI threads on its
-CPU).
+The DUT's interfaces receive in NAPI threads on its CPU, as `dataplane
+bench` does by default; a seventh argument `softirq` measures as `dataplane
+bench --softirq` does.
 
 (root; perf from linux-perf; `-e cpu-clock` works without hardware
 counters, as on these VMs)."""
@@ -23,7 +23,7 @@ from dataplane.topology import Topology
 
 def main() -> None:
     dut, size, direction, peers, out = sys.argv[1:6]
-    napi_threads = sys.argv[6:7] == ["napi-threads"]
+    napi_threads = sys.argv[6:7] != ["softirq"]
     with tempfile.TemporaryDirectory() as tmp, Topology("pf") as topo:
         w = World(topo, dut, int(peers), Path(tmp), pin=True, say=lambda s: None,
                   napi_threads=napi_threads)

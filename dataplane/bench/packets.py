@@ -14,10 +14,10 @@ to the sink); the far side sends plain UDP to the peers' inner addresses
 packet carries a flow, a sequence number and its send time, so loss,
 reordering and latency are counted where it lands.
 
-By default the DUT is pinned to the last CPU and the generator and sink
-to the others, so the DUT's CPU time is its own; the DUT's CPU time
-per packet comes from its process accounting (/proc/PID/stat), which
-includes kernel work done in its threads.
+By default the DUT is pinned to the last CPU, with its interfaces'
+receive in NAPI threads pinned there too, and the generator and sink to
+the others; the DUT's CPU time per packet is that CPU's busy time
+(/proc/stat), the kernel's work for the DUT included.
 """
 from __future__ import annotations
 
@@ -142,10 +142,16 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "generator (default), or pushed through the control-plane API")
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the DUT and the generator to separate CPUs")
-    p.add_argument("--napi-threads", action="store_true",
-                   help="the DUT's interfaces receive in NAPI threads pinned to the DUT's CPU "
-                        "instead of softirq with RPS (see README: XDP's receive counted as "
-                        "the DUT's; no receive livelock; higher latency on a busy CPU)")
+    receive = p.add_mutually_exclusive_group()
+    receive.add_argument("--napi-threads", dest="napi_threads", action="store_true",
+                         default=True,
+                         help="the DUT's interfaces receive in NAPI threads pinned to the DUT's "
+                              "CPU (the default: every DUT pays for its own receive, XDP's "
+                              "included; no receive livelock)")
+    receive.add_argument("--softirq", dest="napi_threads", action="store_false",
+                         help="the DUT's interfaces receive in softirq, steered to the DUT's CPU "
+                              "with RPS; XDP on a veth then runs on the sender's CPU and an XDP "
+                              "DUT's WAN receive is not counted (see README)")
     p.add_argument("--receiver-poll-us", type=_poll_us_arg, default=RECEIVER_POLL_US,
                    metavar="US",
                    help="in saturated runs the sink and the generator's receiver never sleep on "
@@ -189,7 +195,7 @@ class World:
     """The three namespaces, the DUT with `peers` peers, and sessions."""
 
     def __init__(self, topo: Topology, dut: str, n_peers: int, tmp: Path, pin: bool,
-                 say=print, napi_threads: bool = False, sessions: str = "handshake"):
+                 say=print, napi_threads: bool = True, sessions: str = "handshake"):
         self.topo, self.dut, self.say = topo, dut, say
         # dataplane DUTs may get their sessions pushed through the control-
         # plane API instead of made by handshakes (wireguard-go cannot)
@@ -279,9 +285,9 @@ class World:
                 any(_comm(p).startswith(x) for x in prefixes)}
 
     def _receive_in_napi_threads(self, ifnames) -> None:
-        """--napi-threads: the DUT's interfaces receive in NAPI threads (a
-        veth has a NAPI with GRO on, or with XDP) pinned to the DUT's CPU
-        once the DUT is up. Two differences from softirq with RPS: XDP on
+        """The default (--napi-threads): the DUT's interfaces receive in
+        NAPI threads (a veth has a NAPI with GRO on, or with XDP) pinned to
+        the DUT's CPU once the DUT is up. Two differences from softirq with RPS: XDP on
         a veth runs in the receiving veth's NAPI, which the sender
         schedules on its own CPU, so in softirq mode an XDP DUT's WAN
         receive (XDP, the copy into AF_XDP) is done, uncounted, on the

@@ -27,6 +27,8 @@ def test_bench_rows_are_well_formed_for_every_dut(topo, tmp_path):
     for row in rows:
         where = f"{row['dut']} {row['size']}"
         assert row["peers"] == 3 and row["direction"] == "both" and row["runs"] == 2, where
+        # the defaults: receive in NAPI threads, receivers that never sleep on sockets
+        assert row["napi_threads"] is True and row["receiver_poll_us"] == 100, where
         assert row["pps"] > 0 and row["gbps"] > 0, where
         assert row["pps_min"] <= row["pps"] <= row["pps_max"], where
         assert 0 <= row["loss"] <= 1, where
@@ -122,3 +124,29 @@ def test_xsk_forwarder_refuses_bad_arguments(topo):
     r = topo.run(ns, [sys.executable, "-m", "dataplane.bench.xsk_forward", "--wan", "lo",
                       "--wan-macs", "bad", "--inner", "lo", "--inner-macs", "bad"], check=False)
     assert r.returncode == 2 and "two MAC addresses" in r.stderr
+
+
+def test_every_napi_thread_of_an_xdp_dut_is_on_its_cpu(topo, tmp_path):
+    """The XDP backend receives on its end of the inner pair in a NAPI
+    thread of its own; the bench pins it, and the DUT's interfaces' NAPI
+    threads, to the DUT's CPU, where their work is counted as the DUT's."""
+    import os
+
+    from dataplane.bench.packets import World, xdp_available
+
+    if not xdp_available():
+        pytest.skip("the XDP programs are not built (python ebpf/build.py)")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the DUT is pinned only with two CPUs or more")
+    w = World(topo, "dataplane-xdp", 1, tmp_path, pin=True, say=lambda s: None)
+    try:
+        links = w._links(w.server)
+        own = [name for name in links if name.endswith("-x")]
+        assert own, links
+        threads = w._napi_threads(links)
+        assert w._napi_threads(own), "the XDP backend's inner pair has no NAPI thread"
+        assert len(threads) >= 3, threads  # WAN, far side, and ours
+        for tid in threads:
+            assert os.sched_getaffinity(tid) == {w.dut_cpu}, tid
+    finally:
+        w.close()
