@@ -126,10 +126,14 @@ def test_xsk_forwarder_refuses_bad_arguments(topo):
     assert r.returncode == 2 and "two MAC addresses" in r.stderr
 
 
-def test_every_napi_thread_of_an_xdp_dut_is_on_its_cpu(topo, tmp_path):
-    """The XDP backend receives on its end of the inner pair in a NAPI
-    thread of its own; the bench pins it, and the DUT's interfaces' NAPI
-    threads, to the DUT's CPU, where their work is counted as the DUT's."""
+@pytest.mark.parametrize("napi_threads", [True, False])
+def test_every_napi_thread_of_an_xdp_dut_is_on_its_cpu(topo, tmp_path, napi_threads):
+    """Receiving in NAPI threads (the default), the DUT's interfaces have
+    one each, and the XDP backend steers what they route into the tunnel
+    in those threads: its end of the inner pair has none of its own. In
+    softirq (--softirq) it has one, since softirq work would starve its
+    workers. Either way every NAPI thread of the DUT is on the DUT's CPU,
+    where its work is counted as the DUT's."""
     import os
 
     from dataplane.bench.packets import World, xdp_available
@@ -138,14 +142,20 @@ def test_every_napi_thread_of_an_xdp_dut_is_on_its_cpu(topo, tmp_path):
         pytest.skip("the XDP programs are not built (python ebpf/build.py)")
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("the DUT is pinned only with two CPUs or more")
-    w = World(topo, "dataplane-xdp", 1, tmp_path, pin=True, say=lambda s: None)
+    w = World(topo, "dataplane-xdp", 1, tmp_path, pin=True, say=lambda s: None,
+              napi_threads=napi_threads)
     try:
         links = w._links(w.server)
         own = [name for name in links if name.endswith("-x")]
-        assert own, links
+        assert len(own) == 1, links
+        # /sys as the DUT's namespace sees it
+        threaded = {name: topo.run(w.server, ["cat", f"/sys/class/net/{name}/threaded"],
+                                   check=False).stdout.strip() in ("1", "enabled")
+                    for name in links if name != "lo"}
+        assert threaded[own[0]] is not napi_threads, threaded
+        assert sum(threaded.values()) == (2 if napi_threads else 1), threaded
         threads = w._napi_threads(links)
-        assert w._napi_threads(own), "the XDP backend's inner pair has no NAPI thread"
-        assert len(threads) >= 3, threads  # WAN, far side, and ours
+        assert threads, links
         for tid in threads:
             assert os.sched_getaffinity(tid) == {w.dut_cpu}, tid
     finally:
