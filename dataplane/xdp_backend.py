@@ -403,6 +403,7 @@ class XdpPlumbing:
             return
         try:
             Path(f"/sys/class/net/{self.peer_name}/threaded").write_text("1\n")
+            log.info("%s: receives in a NAPI thread of its own", self.peer_name)
         except OSError as e:
             log.info("%s: receive stays in softirq (threaded NAPI: %s)", self.peer_name,
                      e.strerror or e)

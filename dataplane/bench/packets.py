@@ -287,8 +287,8 @@ class World:
     def _receive_in_napi_threads(self, ifnames) -> None:
         """The default (--napi-threads): the DUT's interfaces receive in
         NAPI threads (a veth has a NAPI with GRO on, or with XDP) pinned to
-        the DUT's CPU once the DUT is up. Two differences from softirq with RPS: XDP on
-        a veth runs in the receiving veth's NAPI, which the sender
+        the DUT's CPU once the DUT is up. Two differences from softirq with
+        RPS: XDP on a veth runs in the receiving veth's NAPI, which the sender
         schedules on its own CPU, so in softirq mode an XDP DUT's WAN
         receive (XDP, the copy into AF_XDP) is done, uncounted, on the
         generator's CPU; and a NAPI thread shares the CPU fairly with the
