@@ -392,7 +392,9 @@ class XdpPlumbing:
         tunnel is then steered in those threads, which the scheduler
         shares fairly, and a thread of our own would only add a wakeup and
         a context switch per burst (14-19% more CPU a packet for encap in
-        `dataplane bench`)."""
+        `dataplane bench`). Decided once, at start; traffic from elsewhere
+        (this machine's own, interfaces without a global address or added
+        later) is then steered in the context that sends it."""
         try:
             others = wan_interfaces((), [self.name])
         except XdpUnavailable:

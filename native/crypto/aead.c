@@ -106,20 +106,21 @@ static void seal_chunk(const struct dp_crypto_impl_ops *ops, struct aead_scratch
     dp_wipe(s->poly_key, n * sizeof(s->poly_key[0]));
 }
 
-/* Whether [a, a+n) and [b, b+n) share a byte. */
-static int overlaps(const uint8_t *a, const uint8_t *b, size_t n)
+/* Whether [a, a+an) and [b, b+bn) share a byte. */
+static int overlaps(const uint8_t *a, size_t an, const uint8_t *b, size_t bn)
 {
     uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
 
-    return n && x < y + n && y < x + n;
+    return an && bn && x < y + bn && y < x + an;
 }
 
-/* A message whose dst is apart from its src is opened in one ChaCha20
- * run (block 0 the Poly1305 key, blocks 1.. the plaintext, as seal does):
- * the separate one-block run for the key would fill one vector lane of a
- * job in a short burst. Its plaintext is zeroed again if the tag fails.
- * A message opened in place is MACed first and decrypted only when its
- * tag is good, since decrypting would destroy the ciphertext. */
+/* A message whose dst is apart from what its MAC reads (ciphertext, tag
+ * and AD) is opened in one ChaCha20 run (block 0 the Poly1305 key, blocks
+ * 1.. the plaintext, as seal does): the separate one-block run for the
+ * key would fill one vector lane of a job in a short burst. Its plaintext
+ * is zeroed again if the tag fails. A message whose dst overlaps any of
+ * those (in place, or over its own tag or header) is MACed first and
+ * decrypted only when its tag is good. */
 static size_t open_chunk(const struct dp_crypto_impl_ops *ops, struct aead_scratch *s,
                          const struct aead_req *r, size_t n)
 {
@@ -127,7 +128,9 @@ static size_t open_chunk(const struct dp_crypto_impl_ops *ops, struct aead_scrat
     uint8_t later[CHUNK];
 
     for (size_t i = 0; i < n; i++) {
-        later[i] = (uint8_t)overlaps(r[i].src, r[i].dst, r[i].len);
+        later[i] = (uint8_t)(overlaps(r[i].dst, r[i].len, r[i].src,
+                                      r[i].len + DP_CHACHA20POLY1305_TAG_BYTES) ||
+                             overlaps(r[i].dst, r[i].len, r[i].ad, r[i].ad_len));
         if (later[i]) {
             chacha_job(&s->cj[i], &r[i], 0, NULL, s->poly_key[i], POLY1305_KEY_BYTES);
         } else {

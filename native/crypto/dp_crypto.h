@@ -55,9 +55,11 @@ int dp_crypto_use(int impl);
  * seal: dst receives src_len bytes of ciphertext then the 16-byte tag.
  * open: src is ciphertext || tag (src_len >= 16); dst receives
  *       src_len - 16 bytes. The tag is checked in constant time; on failure
- *       dst is zeroed and -DP_EAUTH returned. In place (dst == src) nothing
- *       is written before the check; a separate dst is decrypted in the
- *       same pass that makes the MAC key, and zeroed again on failure.
+ *       dst is zeroed and -DP_EAUTH returned. When dst overlaps what the
+ *       MAC reads (in place, dst == src, or over the tag or the AD),
+ *       nothing is written before the check; a dst apart from them is
+ *       decrypted in the same pass that makes the MAC key, and zeroed
+ *       again on failure.
  */
 int dp_aead_seal(uint8_t *dst, const uint8_t *src, size_t src_len,
                  const uint8_t *ad, size_t ad_len,
@@ -93,7 +95,8 @@ struct dp_aead_msg {
 /* Seal or open n independent messages (n <= DP_AEAD_BATCH_MAX).
  * Returns how many succeeded, or -DP_EINVAL if the batch itself is bad
  * (then no message is touched). A message that fails gets its status set
- * and, for open, its dst zeroed; the others are unaffected. */
+ * and, for open, its dst zeroed; the others are unaffected. The messages'
+ * buffers must not overlap one another's. */
 int dp_aead_seal_batch(struct dp_aead_msg *msgs, size_t n);
 int dp_aead_open_batch(struct dp_aead_msg *msgs, size_t n);
 

@@ -100,3 +100,25 @@ def test_batch_open_in_place_and_apart_with_bad_tags(impl):
         else:
             assert msgs[k].status == 0, k
             assert out == pts[k], f"message {k} did not open to its plaintext"
+
+
+@pytest.mark.parametrize("length", [1, 10, 64, 100, 1420])
+def test_open_into_its_own_tag_or_header(impl, length):
+    """A dst over the message's own tag (dst = src + len) or over its AD
+    (a header decrypted over itself) still opens: the MAC reads them
+    before anything is written there."""
+    from dataplane._native import ffi, lib
+
+    pt = bytes((i * 11 + 3) % 256 for i in range(length))
+    nonce = bytes(4) + COUNTER.to_bytes(8, "little")
+    sealed = crypto.seal(KEY, COUNTER, pt, AAD)
+    key, n = ffi.new("uint8_t[]", KEY), ffi.new("uint8_t[]", nonce)
+    # the tag: plaintext written from src + len on
+    buf = ffi.new("uint8_t[]", sealed + bytes(length))
+    assert lib.dp_aead_open(buf + length, buf, len(sealed), AAD, len(AAD), n, key) == 0
+    assert bytes(ffi.buffer(buf + length, length)) == pt
+    # the header: AD first, ciphertext after it, plaintext over the AD
+    hdr = ffi.new("uint8_t[]", AAD + sealed)
+    ct = hdr + len(AAD)
+    assert lib.dp_aead_open(hdr, ct, len(sealed), hdr, len(AAD), n, key) == 0
+    assert bytes(ffi.buffer(hdr, length)) == pt
