@@ -90,7 +90,7 @@ class PushWorld:
                             src_port=GEN_PORT, dst_port=SINK_PORT, flow=flow, mtu=MTU,
                             rate=rate, seconds=packets / rate).start()
             sent = sender.join(packets / rate + 30)
-            time.sleep(0.3)
+            recv.settle()
         finally:
             got = recv.stop()
         return sent.packets, got.packets, got.rejected + got.foreign

@@ -343,6 +343,19 @@ class Receiver:
         self.thread.start()
         return self
 
+    def settle(self, quiet: float = 0.3, limit: float = 5.0) -> None:
+        """Wait until nothing has arrived for `quiet` seconds (at most
+        `limit`): what is still on its way through the DUT lands."""
+        deadline = time.monotonic() + limit
+        last, since = self.stats.packets, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self.stats.packets  # written by the receiving thread; a count only grows
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+
     def stop(self) -> RecvResult:
         self.stop_flag[0] = 1
         return self.thread.join_result(5)

@@ -111,13 +111,13 @@ def test_a_session_replaced_under_traffic_loses_nothing(world):
         sender.join(60)
         peers.use_staged()
         after = world.send(peers, 3000, rate=10000, flow=2)
-    for sent, got, bad in (before, during["run"], after):
-        assert sent > 0 and got == sent and bad == 0, (before, during, after)
-    for p in world.client.peers():
-        assert p["session"]["generation"] == 2 and p["keypairs"] == 2
     # nothing refused on the way in (no_route counts what the kernel itself
     # sends into the tunnel, such as IPv6 router solicitations)
     drops = world.client.interface()["status"]["drops"]
+    for sent, got, bad in (before, during["run"], after):
+        assert sent > 0 and got == sent and bad == 0, (before, during, after, drops)
+    for p in world.client.peers():
+        assert p["session"]["generation"] == 2 and p["keypairs"] == 2
     assert not {k: v for k, v in drops.items() if v and k != "no_route"}, drops
 
 
