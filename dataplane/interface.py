@@ -266,15 +266,22 @@ class Interface:
         return out
 
     def remove_peer(self, public_key: bytes) -> None:
+        peer = self.forget_peer(public_key)
+        if peer is not None:
+            self.device.peer_remove(peer.id)  # allowed IPs and keys go with it, wiped
+
+    def forget_peer(self, public_key: bytes) -> Optional[Peer]:
+        """The protocol side of removing a peer (the device's is the
+        caller's); the peer, or None if there was none."""
         peer = self.peers.pop(public_key, None)
         if peer is None:
-            return
+            return None
         self.peers_version += 1
         del self.by_id[peer.id]
         self.keepalive_ids.discard(peer.id)
         self._cancel_pending(peer)
         self._forget_prefixes(peer)
-        self.device.peer_remove(peer.id)  # allowed IPs and keys go with it, wiped
+        return peer
 
     def set_persistent_keepalive(self, peer: Peer, interval: int) -> None:
         peer.persistent_keepalive = interval

@@ -1,8 +1,7 @@
 /* What every XDP program here has: xsks, the AF_XDP socket of each RX
  * queue (the loader fills it), and counters, per-CPU, with count() and
- * steer(). A
- * program says DP_XDP_STEERING_MAPS(number of its counters) once, at file
- * scope; the loader finds both maps by these names.
+ * steer(). A program says DP_XDP_STEERING_MAPS(number of its counters)
+ * once, at file scope; the loader finds both maps by these names.
  */
 #ifndef DP_XDP_STEERING_H
 #define DP_XDP_STEERING_H

@@ -524,7 +524,7 @@ class Controller:
             act = actions[i]
             if act & DO_CREATE:
                 pid = ids[i]
-                created.append((key, pid, stones.pop(key, None) if stones else None))
+                created.append((key, stones.pop(key, None) if stones else None))
                 peer = Peer(pid, key)
                 peers[key] = peer
                 by_id[pid] = peer
@@ -572,15 +572,12 @@ class Controller:
             if act & DO_CREATE and b.keepalive[i]:
                 kick.append(peer)
             if ops[i] == PUT_PEER:
+                result = {"line": line[i], "op": "put_peer",
+                          "status": 201 if act & DO_CREATE else 200,
+                          "generation": rec.generation}
                 if rec.session is not None:
-                    results.append({"line": line[i], "op": "put_peer",
-                                    "status": 201 if act & DO_CREATE else 200,
-                                    "generation": rec.generation,
-                                    "session_generation": rec.session.generation})
-                else:
-                    results.append({"line": line[i], "op": "put_peer",
-                                    "status": 201 if act & DO_CREATE else 200,
-                                    "generation": rec.generation})
+                    result["session_generation"] = rec.session.generation
+                results.append(result)
             else:
                 results.append({"line": line[i], "op": "put_session",
                                 "status": 201 if act & DO_SESSION else 200,
@@ -1006,20 +1003,13 @@ class _RecordsUndo:
     """How to take back the records a parsed batch made (see
     Controller._record_parsed): the peers it created, with the tombstone
     each replaced, and what it changed of existing peers."""
-    created: list = field(default_factory=list)  # (key, peer id, tombstone or None)
+    created: list = field(default_factory=list)  # (key, tombstone or None)
     changed: list = field(default_factory=list)  # (key, record fields or None, peer fields)
 
     def run(self, ctrl: "Controller") -> None:
         iface = ctrl.iface
-        for key, pid, stone in reversed(self.created):
-            peer = iface.peers.pop(key, None)
-            iface.by_id.pop(pid, None)
-            iface.keepalive_ids.discard(pid)
-            iface.peers_version += 1
-            if peer is not None:
-                for p in peer.prefixes:
-                    if iface.prefix_owner.get(p) is peer:
-                        del iface.prefix_owner[p]
+        for key, stone in reversed(self.created):
+            iface.forget_peer(key)  # the device's side is Controller._undo_native's
             ctrl.records.pop(key, None)
             if stone is not None:
                 ctrl.tombstones[key] = stone

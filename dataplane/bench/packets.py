@@ -229,7 +229,8 @@ class World:
             topo.run(self.server, ["sh", "-c", f"for q in /sys/class/net/{dut_in}/queues/rx-* "
                                    f"/sys/class/net/{dut_out}/queues/rx-*; "
                                    f"do echo {mask} > $q/rps_cpus; done"])
-        self._napi_before: Optional[set] = None
+        # NAPI threads by these names from before this world are not its
+        self._napi_before = self._napi_threads([dut_in, dut_out])
         if self.dut_cpu is not None and napi_threads:
             self._receive_in_napi_threads([dut_in, dut_out])
         topo.run(self.server, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
@@ -261,14 +262,12 @@ class World:
         if self.dut_cpu is not None and self.dut_pid:
             subprocess.run(["taskset", "-a", "-p", "-c", str(self.dut_cpu), str(self.dut_pid)],
                            check=True, capture_output=True)
-        if self._napi_before is not None:
-            self._pin_napi_threads([dut_in, dut_out])
         if self.dut_cpu is not None:
-            # NAPI threads the DUT made itself (the XDP backend receives on
-            # its end of the inner pair in one) work for the DUT: on its CPU
-            # they are counted, elsewhere they would not be
-            own = [i for i in self._links(self.server) if i not in (dut_in, dut_out)]
-            for pid in self._napi_threads(own):
+            # Every NAPI thread of the DUT's interfaces works for the DUT,
+            # those it made itself too (the XDP backend receives on its end
+            # of the inner pair in one): on its CPU they are counted,
+            # elsewhere they would not be
+            for pid in self._napi_threads(self._links(self.server)) - self._napi_before:
                 subprocess.run(["taskset", "-p", "-c", str(self.dut_cpu), str(pid)],
                                check=True, capture_output=True)
 
@@ -297,15 +296,9 @@ class World:
         then wait for it and are dropped at its ring (receive livelock).
         The price is scheduling latency whenever anything else runs on
         the DUT's CPU."""
-        self._napi_before = self._napi_threads(ifnames)
         for ifname in ifnames:
             self.topo.run(self.server, ["ethtool", "-K", ifname, "gro", "on"])
             self.topo.run(self.server, ["sh", "-c", f"echo 1 > /sys/class/net/{ifname}/threaded"])
-
-    def _pin_napi_threads(self, ifnames) -> None:
-        for pid in self._napi_threads(ifnames) - self._napi_before:
-            subprocess.run(["taskset", "-p", "-c", str(self.dut_cpu), str(pid)], check=True,
-                           capture_output=True)
 
     def _start_tunnel(self, n_peers: int, tmp: Path) -> None:
         key = PrivateKey.generate()

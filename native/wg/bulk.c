@@ -378,6 +378,17 @@ static bool same_prefix(const struct dp_bulk_prefix *a, const struct dp_bulk_pre
 /* Is p one of the line's prefixes already? A few are compared one by one;
  * from PREFIXES_HASHED on, a hash table of the line's prefixes answers, so
  * that a line of 1024 costs 1024 probes, not half a million comparisons. */
+/* Prefix i of op's into the table. */
+static void slot_insert(struct reader *r, const struct dp_bulk_op *op, uint32_t i)
+{
+    uint32_t mask = PREFIX_SLOTS - 1;
+    uint32_t h = prefix_hash(&r->b->prefixes[op->first_prefix + i]) & mask;
+
+    while (r->slots[h])
+        h = (h + 1) & mask;
+    r->slots[h] = (uint16_t)(i + 1);
+}
+
 static bool repeated(struct reader *r, const struct dp_bulk_op *op,
                      const struct dp_bulk_prefix *p)
 {
@@ -392,13 +403,8 @@ static bool repeated(struct reader *r, const struct dp_bulk_op *op,
     }
     if (r->hashed_line != op) { /* the table is built once the line has enough */
         memset(r->slots, 0, sizeof(r->slots));
-        for (uint32_t i = 0; i < n; i++) {
-            uint32_t h = prefix_hash(&mine[i]) & mask;
-
-            while (r->slots[h])
-                h = (h + 1) & mask;
-            r->slots[h] = (uint16_t)(i + 1);
-        }
+        for (uint32_t i = 0; i < n; i++)
+            slot_insert(r, op, i);
         r->hashed_line = op;
     }
     for (uint32_t h = prefix_hash(p) & mask; r->slots[h]; h = (h + 1) & mask)
@@ -407,15 +413,11 @@ static bool repeated(struct reader *r, const struct dp_bulk_op *op,
     return false;
 }
 
+/* A new prefix i of op's: into the table, if op's prefixes are hashed. */
 static void remember(struct reader *r, const struct dp_bulk_op *op, uint32_t i)
 {
-    if (r->hashed_line == op) {
-        uint32_t mask = PREFIX_SLOTS - 1, h = prefix_hash(&r->b->prefixes[op->first_prefix + i]) & mask;
-
-        while (r->slots[h])
-            h = (h + 1) & mask;
-        r->slots[h] = (uint16_t)(i + 1);
-    }
+    if (r->hashed_line == op)
+        slot_insert(r, op, i);
 }
 
 static bool add_prefix(struct reader *r, struct dp_bulk_op *op, const struct dp_bulk_prefix *p)
