@@ -124,14 +124,23 @@ def _ago(ns: int) -> str:
 
 def backend_summary(status: dict) -> str:
     """"xdp on eth0 (queue 0), eth1 (queues 0, 1), 3 worker(s)" or
-    "socket, 1 worker(s)", from the status socket's figures."""
+    "socket, 1 worker(s)", from the status socket's figures; with busy
+    polling, ", busy polling 50 us (kernel receive in the workers: 2 of 4
+    sockets)"."""
     text = status.get("backend", "?")
     wan = status.get("wan") or {}
     if wan:
         text += " on " + ", ".join(
             f"{ifname} (queue{'s' if len(w['queues']) != 1 else ''} "
             f"{', '.join(map(str, w['queues']))})" for ifname, w in wan.items())
-    return f"{text}, {status.get('workers', '?')} worker(s)"
+    text += f", {status.get('workers', '?')} worker(s)"
+    busy = status.get("busy_poll") or {}
+    if busy.get("us"):
+        socks = [s for w in busy.get("sockets", ()) for s in w.values()]
+        napi = sum(1 for s in socks if s.get("napi_id"))
+        text += (f", busy polling {busy['us']} us (kernel receive in the workers: "
+                 f"{napi} of {len(socks)} sockets)")
+    return text
 
 
 def _show(args) -> int:

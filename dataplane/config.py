@@ -25,6 +25,8 @@
     ApiCertificateKey = /etc/dataplane/api.key    # its private key (PEM)
     ApiClientCA = /etc/dataplane/clients-ca.pem   # CA that signs client certificates
     ReplayWindow = 2048                   # anti-replay bits a keypair: 1024..8192, default 8192
+    BusyPoll = 50                         # xdp: workers busy-poll their AF_XDP sockets,
+                                          # polling this many µs before they sleep (default off)
 
 Keys are case-insensitive, '#' starts a comment, whitespace around '=' is
 free, as in wg-quick. Values follow `wg`: keys are 44-character base64,
@@ -69,6 +71,7 @@ BACKENDS = ("auto", "xdp", "socket")
 # The anti-replay window of a keypair, in bits (native/tables/dp_tables.h).
 REPLAY_WINDOW_MIN = lib.DP_REPLAY_BITS_MIN
 REPLAY_WINDOW_MAX = lib.DP_REPLAY_BITS_MAX
+BUSY_POLL_MAX_US = lib.DP_DEVICE_BUSY_POLL_MAX_US
 REPLAY_WINDOW_DEFAULT = lib.DP_REPLAY_BITS_DEFAULT
 WG_QUICK_ONLY = ("DNS", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")
 
@@ -261,6 +264,7 @@ class DataPlaneConfig:
     api_certificate_key: Optional[str] = None
     api_client_ca: Optional[str] = None
     replay_window: int = REPLAY_WINDOW_DEFAULT    # anti-replay bits per keypair
+    busy_poll_us: int = 0                         # xdp busy polling; 0: off
 
 
 @dataclass(frozen=True)
@@ -317,6 +321,8 @@ class Config:
                     out.append(f"{name} = {value}")
             if d.replay_window != REPLAY_WINDOW_DEFAULT:
                 out.append(f"ReplayWindow = {d.replay_window}")
+            if d.busy_poll_us:
+                out.append(f"BusyPoll = {d.busy_poll_us}")
         return "\n".join(out) + "\n"
 
 
@@ -398,6 +404,12 @@ def _replay_window(key, value):
                          f"({', '.join(map(str, sizes))}; {REPLAY_WINDOW_DEFAULT} as the kernel's "
                          f"WireGuard), got {value!r}")
     return int(value)
+
+
+def _busy_poll(key, value):
+    if value.lower() == "off":
+        return 0
+    return _number(key, value, 0, BUSY_POLL_MAX_US, "off or microseconds")
 
 
 def _count(maximum):
@@ -503,6 +515,7 @@ _KEYS: dict[str, dict[str, tuple[_Handler, bool]]] = {
         "ApiCertificateKey": (_set(_path), False),
         "ApiClientCA": (_set(_path), False),
         "ReplayWindow": (_set(_replay_window), False),
+        "BusyPoll": (_set(_busy_poll), False),
     },
 }
 _SECTIONS = {name.lower(): name for name in _KEYS}
@@ -631,7 +644,12 @@ class _Parser:
             api_certificate=d.get("ApiCertificate"),
             api_certificate_key=d.get("ApiCertificateKey"),
             api_client_ca=d.get("ApiClientCA"),
-            replay_window=d.get("ReplayWindow", REPLAY_WINDOW_DEFAULT))
+            replay_window=d.get("ReplayWindow", REPLAY_WINDOW_DEFAULT),
+            busy_poll_us=d.get("BusyPoll", 0))
+        if dataplane.busy_poll_us and dataplane.backend == "socket":
+            raise self.error("BusyPoll: only the xdp backend busy-polls (its AF_XDP sockets); "
+                             "this file says Backend = socket",
+                             line=self.dataplane.lines["BusyPoll"])
         tls = {"ApiCertificate": dataplane.api_certificate,
                "ApiCertificateKey": dataplane.api_certificate_key,
                "ApiClientCA": dataplane.api_client_ca}

@@ -187,8 +187,16 @@ class Daemon:
                 self._up("socket")
                 # one line, whatever the loader's message holds
                 log.info("backend: socket (xdp unavailable: %s)", " ".join(str(e).split()))
+                if conf.dataplane.busy_poll_us:
+                    log.warning("BusyPoll = %d ignored: the socket backend has no AF_XDP "
+                                "sockets to busy-poll", conf.dataplane.busy_poll_us)
             else:
                 log.info("backend: xdp on %s (%s)", ", ".join(self.xdp.wan), how)
+                if conf.dataplane.busy_poll_us:
+                    log.info("busy polling: workers poll their AF_XDP sockets for %d us "
+                             "before they sleep, and ask the kernel to receive in their "
+                             "threads where the driver allows it (`dataplane show` says "
+                             "where it does)", conf.dataplane.busy_poll_us)
         else:
             self._up("socket")
             log.info("backend: socket (Backend = socket)")
@@ -265,6 +273,8 @@ class Daemon:
                     for w, (ifname, queue) in enumerate(layout):
                         device.attach_xsk(w, ifname, queue, self.xdp.peer_name, w, macs[0],
                                           macs[1])
+                    if conf.dataplane.busy_poll_us:
+                        device.xsk_busy_poll(conf.dataplane.busy_poll_us)
                     self.xdp.attach(device)
                 except (DeviceError, XdpUnavailable) as e:
                     device.close()
@@ -701,8 +711,14 @@ class Daemon:
                 wan[ifname] = {"queues": [q for i, q in self.xdp.layout if i == ifname],
                                "xdp": counters}
         memory = getattr(self.iface.device, "memory", None)
+        busy_poll = None
+        if self.xdp is not None:
+            # what the kernel holds, not what the file asked for
+            busy_poll = {"us": self.conf.dataplane.busy_poll_us,
+                         "sockets": [self.iface.device.xsk_socket_options(w)
+                                     for w in range(self.workers)]}
         return {"backend": self.backend, "workers": self.workers, "xdp": xdp_counters,
-                "wan": wan,
+                "wan": wan, "busy_poll": busy_poll,
                 "native_memory": memory() if memory is not None else None,
                 "drops": self.iface.device.drops(),
                 "handshake": dict(self.iface.counters), "peer_state": peers}

@@ -8,6 +8,7 @@ import array
 import errno as errno_mod
 import ipaddress
 import os
+import socket
 import struct
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -28,6 +29,10 @@ REPLAY_WINDOW_DEFAULT: int = lib.DP_REPLAY_BITS_DEFAULT
 REPLAY_WINDOW_MIN: int = lib.DP_REPLAY_BITS_MIN
 REPLAY_WINDOW_MAX: int = lib.DP_REPLAY_BITS_MAX
 INDEX_TABLE_LOG2_MAX: int = lib.DP_DEVICE_INDEX_LOG2_MAX
+BUSY_POLL_MAX_US: int = lib.DP_DEVICE_BUSY_POLL_MAX_US
+# <asm-generic/socket.h>; not all in Python's socket module
+SO_BUSY_POLL, SO_INCOMING_NAPI_ID, SO_PREFER_BUSY_POLL = 46, 56, 69
+AF_XDP = 44  # given, as Python cannot find an AF_XDP socket's family itself
 
 DROP_REASONS = {
     lib.DP_DROP_MALFORMED: "malformed",
@@ -233,6 +238,29 @@ class Device:
         wan, inner = ffi.new("int *"), ffi.new("int *")
         _check(lib.dp_device_xsk_fds(self._dev, worker, wan, inner), "AF_XDP fds")
         return wan[0], inner[0]
+
+    def xsk_busy_poll(self, usecs: int) -> None:
+        """Busy polling on every worker's AF_XDP sockets, usecs of polling
+        before an idle worker sleeps; 0 turns it off (after attach_xsk,
+        before start; see dp_device_xsk_busy_poll)."""
+        if not 0 <= usecs <= BUSY_POLL_MAX_US:
+            raise ValueError(f"busy polling takes 0..{BUSY_POLL_MAX_US} us, not {usecs}")
+        _check(lib.dp_device_xsk_busy_poll(self._dev, usecs), f"busy polling of {usecs} us")
+
+    def xsk_socket_options(self, worker: int) -> dict[str, dict[str, int]]:
+        """What the kernel holds for a worker's AF_XDP sockets ("wan",
+        "inner"): busy_poll_us, prefer_busy_poll, and napi_id (0 until a
+        packet came, and on drivers without NAPI ids, veth among them: the
+        kernel then never busy-polls). The budget cannot be read back."""
+        out = {}
+        for side, fd in zip(("wan", "inner"), self.xsk_fds(worker)):
+            if fd < 0:
+                continue
+            with socket.socket(AF_XDP, socket.SOCK_RAW, 0, fileno=os.dup(fd)) as s:
+                out[side] = {name: s.getsockopt(socket.SOL_SOCKET, opt) for name, opt in (
+                    ("busy_poll_us", SO_BUSY_POLL), ("prefer_busy_poll", SO_PREFER_BUSY_POLL),
+                    ("napi_id", SO_INCOMING_NAPI_ID))}
+        return out
 
     def stop(self) -> None:
         lib.dp_device_stop(self._dev)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Optional
 
 from dataplane import __version__
+from dataplane._native import lib
 from dataplane.bench.loadgen import IMIX, EmulatedPeers, Receiver, RecvResult, Sender
 from dataplane.bench.tunnel import _median, cpu_seconds
 from dataplane.client import Client
@@ -119,6 +120,17 @@ def _poll_us_arg(text: str) -> int:
     return n
 
 
+def _busy_poll_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of microseconds: {text!r}")
+    if not 0 <= n <= lib.DP_DEVICE_BUSY_POLL_MAX_US:
+        raise argparse.ArgumentTypeError(
+            f"busy polling must be 0..{lib.DP_DEVICE_BUSY_POLL_MAX_US} us, not {n}")
+    return n
+
+
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dut", action="append", choices=DUTS, help="repeatable (default: all)")
     p.add_argument("--size", action="append", type=_size_arg, metavar="BYTES|imix",
@@ -158,6 +170,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "their sockets (the DUT's CPU, which delivers to them, would pay for "
                         f"waking them) and look every US when idle (default {RECEIVER_POLL_US}; "
                         "0 waits on the sockets, as latency runs always do)")
+    p.add_argument("--busy-poll", type=_busy_poll_arg, default=0, metavar="US",
+                   help="dataplane-xdp (BusyPoll = US) and xsk-forward busy-poll their AF_XDP "
+                        "sockets (default 0: off; the others ignore it)")
     p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and CPU per packet (matplotlib)")
 
@@ -195,8 +210,10 @@ class World:
     """The three namespaces, the DUT with `peers` peers, and sessions."""
 
     def __init__(self, topo: Topology, dut: str, n_peers: int, tmp: Path, pin: bool,
-                 say=print, napi_threads: bool = True, sessions: str = "handshake"):
+                 say=print, napi_threads: bool = True, sessions: str = "handshake",
+                 busy_poll_us: int = 0):
         self.topo, self.dut, self.say = topo, dut, say
+        self.busy_poll_us = busy_poll_us  # the XDP DUTs' busy polling; 0: off
         # dataplane DUTs may get their sessions pushed through the control-
         # plane API instead of made by handshakes (wireguard-go cannot)
         self.api: Optional[Client] = None
@@ -312,6 +329,8 @@ class World:
             conf = tmp / f"{name}.conf"
             backend = self.dut.split("-", 1)[1]
             wan = f"Interfaces = {self.wan}\n" if backend == "xdp" else ""
+            if backend == "xdp" and self.busy_poll_us:
+                wan += f"BusyPoll = {self.busy_poll_us}\n"
             conf.write_text(f"[Interface]\nPrivateKey = {key.reveal_base64()}\n"
                             f"ListenPort = {LISTEN_PORT}\nAddress = {TUNNEL_ADDRESS}\n"
                             f"MTU = {MTU}\n{peers_conf}\n[DataPlane]\nBackend = {backend}\n{wan}")
@@ -360,7 +379,8 @@ class World:
         with log.open("w") as out:
             proc = topo.popen(ns, [sys.executable, "-m", "dataplane.bench.xsk_forward",
                                    "--wan", self.wan, "--wan-macs", wan_macs,
-                                   "--inner", mine, "--inner-macs", inner_macs],
+                                   "--inner", mine, "--inner-macs", inner_macs,
+                                   "--busy-poll", str(self.busy_poll_us)],
                               stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while "ready" not in log.read_text():
@@ -627,7 +647,8 @@ def run(args) -> int:
                 mine = [s for s in scenarios if s[1] == n_peers]
                 with Topology("bp") as topo:
                     world = World(topo, dut, n_peers, Path(tmp), pin=not args.no_pin, say=say,
-                                  napi_threads=args.napi_threads, sessions=args.sessions)
+                                  napi_threads=args.napi_threads, sessions=args.sessions,
+                                  busy_poll_us=args.busy_poll)
                     first = len(rows)
                     try:
                         for size, _, direction in mine:
@@ -658,6 +679,7 @@ def run(args) -> int:
                             row["machine"] = machine
                             row["napi_threads"] = args.napi_threads
                             row["receiver_poll_us"] = args.receiver_poll_us
+                            row["busy_poll_us"] = args.busy_poll if dut in XDP_DUTS else 0
                             rows.append(row)
                     finally:
                         world.close()

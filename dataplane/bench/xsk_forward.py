@@ -16,7 +16,7 @@ Run in the DUT's namespace by the bench (one process, so its CPU time is
 its own):
 
     python -m dataplane.bench.xsk_forward --wan v1b --wan-macs CLIENT,WAN \\
-        --inner xf1-x --inner-macs INNER,INNER_X
+        --inner xf1-x --inner-macs INNER,INNER_X [--busy-poll US]
 
 It prints `ready` once both programs are attached, and on SIGTERM or
 SIGINT a JSON line of its counters, then exits 0.
@@ -59,6 +59,12 @@ class XskForwarder:
             raise OSError(-rc, f"opening AF_XDP sockets on {wan} and {inner} queue {QUEUE}")
         self._f = out[0]
 
+    def busy_poll(self, usecs: int) -> None:
+        """Busy polling (see dp_xsk_fwd_busy_poll); before run()."""
+        rc = lib.dp_xsk_fwd_busy_poll(self._f, usecs)
+        if rc < 0:
+            raise OSError(-rc, f"busy polling of {usecs} us")
+
     def fd(self, port: int) -> int:
         return lib.dp_xsk_fwd_fd(self._f, port)
 
@@ -84,6 +90,8 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
     p.add_argument("--inner", required=True, help="our end of the inner veth pair")
     p.add_argument("--inner-macs", required=True, type=_macs, metavar="DST,SRC",
                    help="Ethernet addresses of frames sent into the inner pair")
+    p.add_argument("--busy-poll", type=int, default=0, metavar="US",
+                   help="busy polling as the XDP backend's BusyPoll does it (default 0: off)")
     args = p.parse_args(argv)
 
     done = threading.Event()
@@ -92,6 +100,8 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
     fwd = XskForwarder(args.wan, args.wan_macs, args.inner, args.inner_macs)
     programs = []
     try:
+        if args.busy_poll:
+            fwd.busy_poll(args.busy_poll)
         wan_prog, inner_prog = XdpProgram.forward(), XdpProgram.inner()
         programs += [wan_prog, inner_prog]
         wan_prog.set_xsk(QUEUE, fwd.fd(lib.DP_XSK_FWD_A))

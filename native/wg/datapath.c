@@ -184,6 +184,21 @@ void dp_burst_xsk_fds(const struct burst *b, int *wan_fd, int *inner_fd)
     *inner_fd = b->xsk ? b->inner->fd : -1;
 }
 
+int dp_burst_xsk_busy_poll(struct burst *b, uint32_t usecs)
+{
+    int err;
+
+    if (!b->xsk)
+        return -EINVAL;
+    err = dp_xsk_port_busy_poll(b->wan, usecs);
+    if (!err) {
+        err = dp_xsk_port_busy_poll(b->inner, usecs);
+        if (err)
+            dp_xsk_port_busy_poll(b->wan, 0);
+    }
+    return err;
+}
+
 void dp_burst_free(struct burst *b)
 {
     if (!b)
@@ -1411,14 +1426,27 @@ void *dp_worker_main(void *arg)
     };
 
     bool sockets = true;
+    uint64_t idle_since = 0;
 
-    for (;;) {
+    while (!atomic_load_explicit(&d->stopping, memory_order_relaxed)) {
         /* Busy bursts go on without sleeping; an idle worker goes offline
          * so that retired keypairs need not wait for it. The stop eventfd
-         * is never read here, so it wakes every worker. */
+         * is never read here, so it wakes every sleeping worker; one that
+         * never runs out of work sees d->stopping. */
         if (one_pass(d, b, w, sockets) > 0) {
             sockets = false;
+            idle_since = 0;
             continue;
+        }
+        /* busy polling: an idle worker goes on polling for a while */
+        if (d->busy_poll_ns) {
+            uint64_t now = dp_now_ns();
+
+            if (!idle_since)
+                idle_since = now;
+            if (now - idle_since < d->busy_poll_ns)
+                continue;
+            idle_since = 0;
         }
         reader_offline(d, w);
         int r = poll(fds, 6, -1);

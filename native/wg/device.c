@@ -494,6 +494,7 @@ static void join_workers(struct dp_device *d, uint32_t n)
 {
     uint64_t one = 1, v;
 
+    atomic_store(&d->stopping, true);
     if (write(d->stop_fd, &one, sizeof(one)) < 0) {
         /* cannot fail on a fresh eventfd */
     }
@@ -504,6 +505,7 @@ static void join_workers(struct dp_device *d, uint32_t n)
     if (read(d->stop_fd, &v, sizeof(v)) < 0) {
         /* nothing to clear */
     }
+    atomic_store(&d->stopping, false);
 }
 
 int dp_device_attach_xsk(struct dp_device *d, uint32_t worker, const char *wan_ifname,
@@ -535,6 +537,33 @@ int dp_device_xsk_fds(struct dp_device *d, uint32_t worker, int *wan_fd, int *in
     dp_burst_xsk_fds(d->bursts[worker], wan_fd, inner_fd);
     pthread_mutex_unlock(&d->control);
     return 0;
+}
+
+int dp_device_xsk_busy_poll(struct dp_device *d, uint32_t usecs)
+{
+    uint32_t w;
+    int err = 0;
+
+    if (usecs > DP_DEVICE_BUSY_POLL_MAX_US)
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    if (d->running) {
+        pthread_mutex_unlock(&d->control);
+        return -EBUSY;
+    }
+    for (w = 0; w < d->cfg.workers; w++) {
+        err = dp_burst_xsk_busy_poll(d->bursts[w], usecs);
+        if (err) {
+            /* all or nothing: the workers before it are turned off again */
+            while (w--)
+                dp_burst_xsk_busy_poll(d->bursts[w], 0);
+            usecs = 0;
+            break;
+        }
+    }
+    d->busy_poll_ns = (uint64_t)usecs * 1000;
+    pthread_mutex_unlock(&d->control);
+    return err;
 }
 
 int dp_device_start(struct dp_device *d)

@@ -142,7 +142,14 @@ struct dp_device {
         pthread_t thread;
     } workers[DP_DEVICE_MAX_WORKERS];
     bool running;
+    /* Set before the stop eventfd is written: a worker that never runs
+     * out of work (a flood, busy polling) never reaches poll() to see
+     * that, so it looks here on every pass. */
+    atomic_bool stopping;
     int stop_fd;
+    /* the XDP backend's busy polling: how long an idle worker polls
+     * before it sleeps; 0: off (set before start) */
+    uint64_t busy_poll_ns;
     struct burst *bursts[DP_DEVICE_MAX_WORKERS + 1];
 };
 
@@ -226,6 +233,9 @@ int dp_burst_attach_xsk(struct burst *b, const char *wan_ifname, uint32_t wan_qu
                         const char *inner_ifname, uint32_t inner_queue,
                         const uint8_t *inner_dst_mac, const uint8_t *inner_src_mac, bool zerocopy);
 void dp_burst_xsk_fds(const struct burst *b, int *wan_fd, int *inner_fd);
+/* Busy polling on both AF_XDP ports (dp_xsk_port_busy_poll); -EINVAL
+ * without ports. 0 or -errno (then it is off on both). */
+int dp_burst_xsk_busy_poll(struct burst *b, uint32_t usecs);
 int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader);
 int dp_udp_fd(const struct dp_device *d, int w, int family);
 int dp_tx_pass(struct dp_device *d, struct burst *b, int reader);

@@ -182,6 +182,18 @@ int dp_device_attach_xsk(struct dp_device *d, uint32_t worker, const char *wan_i
 /* The AF_XDP socket fds of worker w (for the XDP programs' XSKMAPs), -1
  * when it has none. 0 or -errno. */
 int dp_device_xsk_fds(struct dp_device *d, uint32_t worker, int *wan_fd, int *inner_fd);
+/* Busy polling for the XDP backend, after dp_device_attach_xsk on every
+ * worker and before dp_device_start; usecs 0 turns it off. Every worker's
+ * AF_XDP sockets get SO_PREFER_BUSY_POLL, SO_BUSY_POLL = usecs and
+ * SO_BUSY_POLL_BUDGET = DP_DEVICE_BURST; each receive pass asks the kernel
+ * to run the queue's NAPI in the worker's thread (the kernel does so where
+ * the driver gives AF_XDP sockets a NAPI id: SO_INCOMING_NAPI_ID, nonzero
+ * once a packet came; veth gives none); and a worker that finds nothing
+ * goes on polling for usecs before it sleeps in poll(). 0, -EINVAL (over
+ * DP_DEVICE_BUSY_POLL_MAX_US, or a worker without AF_XDP sockets), -EBUSY
+ * (running), or the kernel's -errno (then it is off everywhere). */
+#define DP_DEVICE_BUSY_POLL_MAX_US 100000
+int dp_device_xsk_busy_poll(struct dp_device *d, uint32_t usecs);
 /* Start the workers; 0 or -errno. */
 int dp_device_start(struct dp_device *d);
 /* Stop the workers (joins them); safe to call twice. */

@@ -36,6 +36,14 @@ struct dp_xsk_fwd_stats {
  * -errno (no such interface, no AF_XDP, no memory). */
 int dp_xsk_fwd_open(const char *a_ifname, const char *b_ifname, uint32_t queue,
                     const uint8_t *a_macs, const uint8_t *b_macs, struct dp_xsk_fwd **out);
+/* Busy polling, as the XDP backend's workers do it (dp_device_xsk_busy_poll):
+ * both sockets get SO_PREFER_BUSY_POLL, SO_BUSY_POLL = usecs and a budget
+ * of one burst, every receive asks the kernel to run the queue's NAPI, and
+ * the idle thread polls for usecs before it sleeps. 0 turns it off. Before
+ * dp_xsk_fwd_run. 0, -EINVAL (over DP_XSK_FWD_BUSY_POLL_MAX_US) or the
+ * kernel's -errno (then it is off). */
+#define DP_XSK_FWD_BUSY_POLL_MAX_US 100000
+int dp_xsk_fwd_busy_poll(struct dp_xsk_fwd *f, uint32_t usecs);
 /* The AF_XDP socket of port DP_XSK_FWD_A or _B (for an XSKMAP), or -1. */
 int dp_xsk_fwd_fd(const struct dp_xsk_fwd *f, int port);
 /* Forwards until dp_xsk_fwd_stop; pins the calling thread to `cpu`

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "xsk_port.h"
 
@@ -19,6 +20,7 @@ struct dp_xsk_fwd {
     struct dp_xsk_port port[2];
     uint8_t macs[2][ETH_ADDRS]; /* written into frames leaving by port i */
     atomic_int stop;
+    uint64_t busy_poll_ns; /* how long an idle thread polls before it sleeps */
     struct dp_xsk_fwd_stats stats;
     struct dp_xsk_frame frames[DP_XSK_BURST];
 };
@@ -56,6 +58,30 @@ int dp_xsk_fwd_fd(const struct dp_xsk_fwd *f, int port)
     if (!f || (port != DP_XSK_FWD_A && port != DP_XSK_FWD_B))
         return -1;
     return f->port[port].fd;
+}
+
+int dp_xsk_fwd_busy_poll(struct dp_xsk_fwd *f, uint32_t usecs)
+{
+    int err;
+
+    if (!f || usecs > DP_XSK_FWD_BUSY_POLL_MAX_US)
+        return -EINVAL;
+    err = dp_xsk_port_busy_poll(&f->port[DP_XSK_FWD_A], usecs);
+    if (!err) {
+        err = dp_xsk_port_busy_poll(&f->port[DP_XSK_FWD_B], usecs);
+        if (err)
+            dp_xsk_port_busy_poll(&f->port[DP_XSK_FWD_A], 0);
+    }
+    f->busy_poll_ns = err ? 0 : (uint64_t)usecs * 1000;
+    return err;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* One burst from port `from` to the other; returns frames received. */
@@ -112,12 +138,25 @@ int dp_xsk_fwd_run(struct dp_xsk_fwd *f, int cpu, struct dp_xsk_fwd_stats *out)
         {.fd = f->port[DP_XSK_FWD_B].fd, .events = POLLIN},
     };
 
+    uint64_t idle_since = 0;
+
     while (!atomic_load_explicit(&f->stop, memory_order_relaxed)) {
         uint32_t n = forward_burst(f, DP_XSK_FWD_A);
 
         n += forward_burst(f, DP_XSK_FWD_B);
-        if (n)
+        if (n) {
+            idle_since = 0;
             continue;
+        }
+        if (f->busy_poll_ns) {
+            uint64_t now = now_ns();
+
+            if (!idle_since)
+                idle_since = now;
+            if (now - idle_since < f->busy_poll_ns)
+                continue;
+            idle_since = 0;
+        }
         f->stats.polls++;
         if (poll(fds, 2, POLL_TIMEOUT_MS) < 0 && errno != EINTR)
             break;

@@ -105,10 +105,32 @@ void dp_xsk_port_close(struct dp_xsk_port *p)
     p->fd = -1;
 }
 
+int dp_xsk_port_busy_poll(struct dp_xsk_port *p, uint32_t usecs)
+{
+    int on = usecs > 0, us = (int)usecs, budget = usecs ? DP_XSK_BURST : 0, err = 0;
+
+    if (usecs > INT32_MAX)
+        return -EINVAL;
+    if (setsockopt(p->fd, SOL_SOCKET, SO_BUSY_POLL_BUDGET, &budget, sizeof(budget)) ||
+        setsockopt(p->fd, SOL_SOCKET, SO_BUSY_POLL, &us, sizeof(us)) ||
+        setsockopt(p->fd, SOL_SOCKET, SO_PREFER_BUSY_POLL, &on, sizeof(on))) {
+        err = -errno;
+        if (on)
+            dp_xsk_port_busy_poll(p, 0); /* nothing left half set */
+        return err;
+    }
+    p->busy_poll = on;
+    return 0;
+}
+
 uint32_t dp_xsk_rx(struct dp_xsk_port *p, struct dp_xsk_frame *out, uint32_t max)
 {
-    uint32_t idx, n = xsk_ring_cons__peek(&p->rx, max, &idx);
+    uint32_t idx, n;
 
+    /* busy polling: the kernel receives into the ring now, in this call */
+    if (p->busy_poll)
+        recvfrom(p->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+    n = xsk_ring_cons__peek(&p->rx, max, &idx);
     for (uint32_t i = 0; i < n; i++) {
         const struct xdp_desc *d = xsk_ring_cons__rx_desc(&p->rx, idx + i);
 
@@ -116,7 +138,7 @@ uint32_t dp_xsk_rx(struct dp_xsk_port *p, struct dp_xsk_frame *out, uint32_t max
         out[i].data = xsk_umem__get_data(p->area, d->addr);
         out[i].len = d->len;
     }
-    if (n == 0 && xsk_ring_prod__needs_wakeup(&p->fill))
+    if (n == 0 && !p->busy_poll && xsk_ring_prod__needs_wakeup(&p->fill))
         recvfrom(p->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
     return n;
 }

@@ -34,6 +34,7 @@ struct dp_xsk_port {
     uint32_t pend_len[DP_XSK_BURST];
     uint32_t n_pend;
     uint64_t tx_no_frame; /* transmit frames ran out: packet dropped */
+    bool busy_poll;       /* dp_xsk_rx runs the queue's NAPI (see dp_xsk_port_busy_poll) */
 };
 
 /* A received frame. */
@@ -48,6 +49,13 @@ struct dp_xsk_frame {
  * XSKMAP entry are the caller's (the loader's) business. */
 int dp_xsk_port_open(struct dp_xsk_port *p, const char *ifname, uint32_t queue, bool zerocopy);
 void dp_xsk_port_close(struct dp_xsk_port *p);
+/* Busy polling: usecs > 0 sets SO_PREFER_BUSY_POLL, SO_BUSY_POLL = usecs
+ * and SO_BUSY_POLL_BUDGET = DP_XSK_BURST on the socket, and from then on
+ * every dp_xsk_rx first asks the kernel (recvfrom) to run the queue's NAPI
+ * in the caller's context. The kernel does that only where the driver
+ * gives the socket a NAPI id (SO_INCOMING_NAPI_ID after the first packet;
+ * veth here gives none). usecs 0 clears all three. 0 or -errno. */
+int dp_xsk_port_busy_poll(struct dp_xsk_port *p, uint32_t usecs);
 
 /* Up to max received frames; hand them back with dp_xsk_rx_release. */
 uint32_t dp_xsk_rx(struct dp_xsk_port *p, struct dp_xsk_frame *out, uint32_t max);

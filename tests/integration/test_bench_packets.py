@@ -80,12 +80,16 @@ def test_bench_refuses_bad_arguments():
     r = subprocess.run([DATAPLANE, "bench", "--receiver-poll-us", "-5"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and "receiver poll must be 0..10000 us" in r.stderr
+    r = subprocess.run([DATAPLANE, "bench", "--busy-poll", "100001"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "busy polling must be 0..100000 us" in r.stderr
 
 
-def test_bench_xsk_forward_ceiling_row(topo, tmp_path):
+@pytest.mark.parametrize("busy_poll", [0, 50])
+def test_bench_xsk_forward_ceiling_row(topo, tmp_path, busy_poll):
     """The raw AF_XDP forwarding row: packets reach the sink (both ways)
     through the forwarder's AF_XDP sockets, and the XDP backend's row says
-    how it compares."""
+    how it compares; with --busy-poll, both XDP DUTs busy-poll."""
     from dataplane.bench.packets import default_duts, xdp_available
 
     if not xdp_available():
@@ -95,11 +99,12 @@ def test_bench_xsk_forward_ceiling_row(topo, tmp_path):
     argv = [DATAPLANE, "bench", "--dut", "dataplane-xdp", "--dut", "xsk-forward",
             "--size", "64", "--peers", "1", "--direction", "both", "--duration", "0.5",
             "--repeat", "1", "--warmup", "0.2", "--latency-seconds", "0.3",
-            "--latency-rate", "2000", "--json", str(out)]
+            "--latency-rate", "2000", "--json", str(out), "--busy-poll", str(busy_poll)]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     rows = {row["dut"]: row for row in json.loads(out.read_text())}
     assert set(rows) == {"dataplane-xdp", "xsk-forward"}
+    assert all(row["busy_poll_us"] == busy_poll for row in rows.values()), rows
     fwd = rows["xsk-forward"]
     assert fwd["pps"] > 0 and 0 <= fwd["loss"] < 1, fwd
     assert fwd["rejected"] == 0 and fwd["duplicates"] == 0, fwd

@@ -54,6 +54,36 @@ def test_ping_both_ways_inner_v4_and_v6(topo, tmp_path, outer):
     assert counters["wan_steer_initiation"] >= 1 and counters["wan_steer_data"] >= 8, counters
     assert counters["inner_steer"] >= 4, counters
     assert counters["wan_steer_no_socket"] == counters["inner_steer_no_socket"] == 0, counters
+    # no busy polling unless the file asks for it: the kernel holds none
+    busy = status["busy_poll"]
+    assert busy["us"] == 0 and busy["sockets"], busy
+    assert all(s["busy_poll_us"] == s["prefer_busy_poll"] == 0
+               for worker in busy["sockets"] for s in worker.values()), busy
+
+
+def test_busy_poll_is_set_on_every_af_xdp_socket_and_carries_traffic(topo, tmp_path):
+    """[DataPlane] BusyPoll: what the kernel holds on each worker's AF_XDP
+    sockets (read back with getsockopt) is what the file asked for, the
+    tunnel carries pings both ways while the workers poll instead of
+    sleeping, `dataplane show` says so, and down stops polling workers."""
+    w = xdp_world(topo, tmp_path, exit_knows_client_endpoint=True,
+                  extra_exit_conf="[DataPlane]\nBusyPoll = 200\n")
+    for ns, dst in ((w.client_ns, "10.202.0.1"), (w.exit_ns, "10.202.0.2"),
+                    (w.client_ns, "fd00:202::1")):
+        r = w.ping(ns, dst, count=5)
+        assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+    status = w.status()
+    busy = status["busy_poll"]
+    assert busy["us"] == 200 and len(busy["sockets"]) == status["workers"], busy
+    for worker in busy["sockets"]:
+        assert set(worker) == {"wan", "inner"}, worker
+        for s in worker.values():
+            assert (s["busy_poll_us"], s["prefer_busy_poll"]) == (200, 1), busy
+    shown = w.topo.run(w.exit_ns, [DATAPLANE, "show", w.name]).stdout
+    assert "busy polling 200 us (kernel receive in the workers: " in shown, shown
+    assert "busy polling: workers poll their AF_XDP sockets for 200 us" in \
+        w.log_path.read_text()
+    assert w.down() == 0
 
 
 def test_exit_node_with_nat_to_an_internet_namespace(topo, tmp_path):

@@ -164,6 +164,16 @@ GOOD_CASES = [
      lambda c: c.dataplane.replay_window == 1024),
     (iface(),                                             # the kernel's window by default
      lambda c: c.dataplane.replay_window == 8192 and "ReplayWindow" not in c.to_wg_quick()),
+    (iface() + ["[DataPlane]", "BusyPoll = 50"],
+     lambda c: c.dataplane.busy_poll_us == 50 and "BusyPoll = 50" in c.to_wg_quick()),
+    (iface() + ["[DataPlane]", "Backend = xdp", "busypoll = 100000"],
+     lambda c: c.dataplane.busy_poll_us == 100000),
+    (iface() + ["[DataPlane]", "BusyPoll = off"],          # off, as 0, is the default
+     lambda c: c.dataplane.busy_poll_us == 0 and "BusyPoll" not in c.to_wg_quick()),
+    (iface() + ["[DataPlane]", "Backend = socket", "BusyPoll = 0"],
+     lambda c: c.dataplane.busy_poll_us == 0),
+    (iface(),
+     lambda c: c.dataplane.busy_poll_us == 0),
 ]
 
 
@@ -232,6 +242,14 @@ BAD_CASES = [
     (iface() + ["[DataPlane]", "ReplayWindow = 512"], 4, "power of two from 1024 to 8192"),
     (iface() + ["[DataPlane]", "ReplayWindow = 16384"], 4, "power of two from 1024 to 8192"),
     (iface() + ["[DataPlane]", "ReplayWindow = 2k"], 4, "got '2k'"),
+    (iface() + ["[DataPlane]", "BusyPoll = 100001"], 4,
+     "BusyPoll: expected off or microseconds 0..100000, got '100001'"),
+    (iface() + ["[DataPlane]", "BusyPoll = -1"], 4, "got '-1'"),
+    (iface() + ["[DataPlane]", "BusyPoll = 50us"], 4, "got '50us'"),
+    (iface() + ["[DataPlane]", "Backend = socket", "BusyPoll = 50"], 5,
+     "BusyPoll: only the xdp backend busy-polls (its AF_XDP sockets); this file says "
+     "Backend = socket"),
+    (iface() + ["[DataPlane]", "BusyPoll = 50", "Backend = socket"], 4, "Backend = socket"),
     (iface("[Wat]"), 3, "unknown section [Wat]; expected [Interface], [Peer] or [DataPlane]"),
     (["[Interface", "PrivateKey = " + SERVER_B64], 1, "a section header looks like [Peer]"),
     (["[Peer]", f"PublicKey = {PEER1}"], None, "no [Interface] section"),
@@ -459,7 +477,10 @@ def configs(draw):
         workers=draw(st.one_of(st.none(), st.integers(1, 1024))),
         queues=draw(st.one_of(st.none(), st.integers(1, 1024))),
         interfaces=tuple(draw(st.lists(_ifnames, max_size=3, unique=True))),
-        replay_window=draw(st.sampled_from([1024, 2048, 4096, 8192])))
+        replay_window=draw(st.sampled_from([1024, 2048, 4096, 8192])),
+        busy_poll_us=draw(st.integers(0, 100000)))
+    if dataplane.backend == "socket":
+        dataplane = dataclasses.replace(dataplane, busy_poll_us=0)
     return Config("dp0", interface, tuple(peers), dataplane)
 
 

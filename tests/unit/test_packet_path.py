@@ -2,6 +2,7 @@
 sockets to read, no TUN, no root): decap and encap of bursts with a real
 keypair, every drop counted under its reason, and the XDP backend's parse
 of WAN frames, well-formed and malformed."""
+import errno
 import ipaddress
 import os
 import socket
@@ -11,7 +12,7 @@ import pytest
 
 from dataplane import crypto
 from dataplane._native import lib
-from dataplane.device import Device, Endpoint, parse_outer_frame
+from dataplane.device import BUSY_POLL_MAX_US, Device, DeviceError, Endpoint, parse_outer_frame
 
 SEND_KEY, RECV_KEY = bytes(range(32)), bytes(range(32, 64))
 REMOTE_INDEX = 0x1234
@@ -179,3 +180,23 @@ def test_outer_parse_finds_the_message_and_its_source(kw):
 ], ids=range(12))
 def test_outer_parse_refuses_malformed_frames(frame):
     assert parse_outer_frame(frame) is None
+
+
+def test_busy_poll_needs_af_xdp_sockets_in_range_and_before_start(world):
+    """BusyPoll is for the XDP backend's AF_XDP sockets: a device without
+    them refuses it (EINVAL), values out of range are refused in Python
+    and in C, and a running device refuses it (EBUSY)."""
+    dev = world.dev
+    with pytest.raises(DeviceError) as e:
+        dev.xsk_busy_poll(50)
+    assert e.value.errno == errno.EINVAL
+    for bad in (-1, BUSY_POLL_MAX_US + 1):
+        with pytest.raises(ValueError, match="busy polling takes"):
+            dev.xsk_busy_poll(bad)
+    assert lib.dp_device_xsk_busy_poll(dev._dev, BUSY_POLL_MAX_US + 1) == -errno.EINVAL
+    assert dev.xsk_socket_options(0) == {}
+    dev.start()
+    try:
+        assert lib.dp_device_xsk_busy_poll(dev._dev, 50) == -errno.EBUSY
+    finally:
+        dev.stop()
