@@ -22,6 +22,7 @@ the others; the DUT's CPU time per packet is that CPU's busy time
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -325,9 +326,10 @@ class World:
                              for pub, addr in zip(self.peers.public_keys(), self.peers.inner))
         started = time.monotonic()
         if self.dut.startswith("dataplane-"):
-            name = f"bpd{tag}"
-            conf = tmp / f"{name}.conf"
             backend = self.dut.split("-", 1)[1]
+            # the two dataplane DUTs may be up at once (interleaved runs)
+            name = f"{'bpd' if backend == 'xdp' else 'bps'}{tag}"
+            conf = tmp / f"{name}.conf"
             wan = f"Interfaces = {self.wan}\n" if backend == "xdp" else ""
             if backend == "xdp" and self.busy_poll_us:
                 wan += f"BusyPoll = {self.busy_poll_us}\n"
@@ -622,6 +624,67 @@ def scenarios_of(args) -> list[tuple[str, int, str]]:
     return quick_scenarios() if args.quick else default_scenarios()
 
 
+def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, machine: dict,
+             say, progress: dict) -> list[dict]:
+    """The rows of every DUT for these scenarios (one peer count). Every
+    DUT's world is up at once and their runs take turns (A B C A B C ...),
+    so that the ratios between DUTs compare runs seconds apart: this
+    machine's speed drifts by a fifth over minutes, and DUTs measured one
+    after the other would carry that drift in their ratios. Idle worlds
+    sleep (their DUTs wait in poll() or on timers)."""
+    rows: list[dict] = []
+    worlds: dict[str, World] = {}
+    with contextlib.ExitStack() as stack:
+        for i, dut in enumerate(duts):
+            topo = stack.enter_context(Topology(f"bp{i}"))
+            world = World(topo, dut, n_peers, tmp, pin=not args.no_pin, say=say,
+                          napi_threads=args.napi_threads, sessions=args.sessions,
+                          busy_poll_us=args.busy_poll)
+            stack.callback(world.close)  # before its topology goes
+            worlds[dut] = world
+        for size, _, direction in scenarios:
+            labels = {}
+            for dut in duts:
+                progress["done"] += 1
+                labels[dut] = (f"[{progress['done']}/{progress['total']}] {dut} {size} B, "
+                               f"{n_peers} peer(s), {direction}")
+                if args.warmup > 0:
+                    worlds[dut].run(size, direction, args.warmup, args.rate,
+                                    args.receiver_poll_us)
+            runs: dict[str, list] = {dut: [] for dut in duts}
+            for i in range(args.repeat):
+                for dut in duts:
+                    r = worlds[dut].run(size, direction, args.duration, args.rate,
+                                        args.receiver_poll_us)
+                    runs[dut].append(r)
+                    say(f"  {labels[dut]}: run {i + 1}/{args.repeat} "
+                        f"{r['pps'] / 1e3:.1f} kpps, loss {r['loss'] or 0:.1%}, "
+                        f"DUT {_fmt(r['cpu_ns_per_pkt'], '.0f', 0)} ns/pkt")
+            lat_rate = args.rate or args.latency_rate
+            for dut in duts:
+                lat_run = None
+                if args.latency_seconds > 0:
+                    lat_run = worlds[dut].run(size, direction, args.latency_seconds, lat_rate,
+                                              poll_us=0)
+                    lat = lat_run["latency"]
+                    say(f"  {labels[dut]}: latency at {lat_rate} pps: p50 "
+                        f"{_fmt(lat.percentile_us(0.5), '.0f', 0)} us, p99 "
+                        f"{_fmt(lat.percentile_us(0.99), '.0f', 0)} us")
+                row = make_row(dut, size, n_peers, direction, runs[dut], lat_run, lat_rate,
+                               args.duration)
+                row["machine"] = machine
+                row["napi_threads"] = args.napi_threads
+                row["receiver_poll_us"] = args.receiver_poll_us
+                row["busy_poll_us"] = args.busy_poll if dut in XDP_DUTS else 0
+                row["interleaved"] = True
+                rows.append(row)
+    for row in rows:
+        # the forwarder's, over every run of its world (warm-up and latency runs too)
+        if worlds[row["dut"]].dut_counters is not None:
+            row["dut_counters"] = worlds[row["dut"]].dut_counters
+    return rows
+
+
 def run(args) -> int:
     if os.geteuid() != 0:
         print("dataplane bench: needs root (it builds network namespaces)", file=sys.stderr)
@@ -640,53 +703,12 @@ def run(args) -> int:
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     say(f"dataplane bench: {len(duts)} DUT(s) x {len(scenarios)} scenario(s), "
         f"{args.repeat} x {args.duration:g} s each; {machine['cpu']}, {machine['cores']} cores")
-    rows, total, done = [], len(duts) * len(scenarios), 0
+    rows: list[dict] = []
+    progress = {"done": 0, "total": len(duts) * len(scenarios)}
     with tempfile.TemporaryDirectory(prefix="dataplane-bench-") as tmp:
-        for dut in duts:
-            for n_peers in sorted({p for _, p, _ in scenarios}):
-                mine = [s for s in scenarios if s[1] == n_peers]
-                with Topology("bp") as topo:
-                    world = World(topo, dut, n_peers, Path(tmp), pin=not args.no_pin, say=say,
-                                  napi_threads=args.napi_threads, sessions=args.sessions,
-                                  busy_poll_us=args.busy_poll)
-                    first = len(rows)
-                    try:
-                        for size, _, direction in mine:
-                            done += 1
-                            label = f"[{done}/{total}] {dut} {size} B, {n_peers} peer(s), {direction}"
-                            if args.warmup > 0:
-                                world.run(size, direction, args.warmup, args.rate,
-                                          args.receiver_poll_us)
-                            runs = []
-                            for i in range(args.repeat):
-                                r = world.run(size, direction, args.duration, args.rate,
-                                              args.receiver_poll_us)
-                                runs.append(r)
-                                say(f"  {label}: run {i + 1}/{args.repeat} "
-                                    f"{r['pps'] / 1e3:.1f} kpps, loss {r['loss'] or 0:.1%}, "
-                                    f"DUT {_fmt(r['cpu_ns_per_pkt'], '.0f', 0)} ns/pkt")
-                            lat_run = None
-                            lat_rate = args.rate or args.latency_rate
-                            if args.latency_seconds > 0:
-                                lat_run = world.run(size, direction, args.latency_seconds,
-                                                    lat_rate, poll_us=0)
-                                lat = lat_run["latency"]
-                                say(f"  {label}: latency at {lat_rate} pps: p50 "
-                                    f"{_fmt(lat.percentile_us(0.5), '.0f', 0)} us, p99 "
-                                    f"{_fmt(lat.percentile_us(0.99), '.0f', 0)} us")
-                            row = make_row(dut, size, n_peers, direction, runs, lat_run,
-                                           lat_rate, args.duration)
-                            row["machine"] = machine
-                            row["napi_threads"] = args.napi_threads
-                            row["receiver_poll_us"] = args.receiver_poll_us
-                            row["busy_poll_us"] = args.busy_poll if dut in XDP_DUTS else 0
-                            rows.append(row)
-                    finally:
-                        world.close()
-                    if world.dut_counters is not None:
-                        # over every run of this world (warm-up and latency runs too)
-                        for row in rows[first:]:
-                            row["dut_counters"] = world.dut_counters
+        for n_peers in sorted({p for _, p, _ in scenarios}):
+            mine = [s for s in scenarios if s[1] == n_peers]
+            rows += _measure(args, duts, n_peers, mine, Path(tmp), machine, say, progress)
     add_ratios(rows)
     order = {d: i for i, d in enumerate(DUTS)}
     rows.sort(key=lambda r: (scenarios.index((str(r["size"]), r["peers"], r["direction"])),

@@ -2,6 +2,7 @@
 produces well-formed rows for every DUT, both directions, several peers;
 no speed is asserted."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,11 @@ def test_bench_rows_are_well_formed_for_every_dut(topo, tmp_path):
                     pytest.approx(wg["cpu_ns_per_pkt"] / row["cpu_ns_per_pkt"]), where
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "vs wg-go" in r.stdout and "dataplane-socket" in r.stdout
+    # the DUTs' runs take turns: run 1 of each, then run 2 of each
+    runs = re.findall(r"\] (\S+) (\S+ B), 3 peer\(s\), both: run (\d)/2", r.stderr)
+    for size in ("64 B", "imix B"):
+        order = [(dut, int(i)) for dut, sz, i in runs if sz == size]
+        assert order == [(d, 1) for d in DUTS] + [(d, 2) for d in DUTS], order
 
 
 def test_bench_with_sessions_pushed_through_the_api(topo, tmp_path):
