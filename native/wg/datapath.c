@@ -186,17 +186,9 @@ void dp_burst_xsk_fds(const struct burst *b, int *wan_fd, int *inner_fd)
 
 int dp_burst_xsk_busy_poll(struct burst *b, uint32_t usecs)
 {
-    int err;
-
     if (!b->xsk)
         return -EINVAL;
-    err = dp_xsk_port_busy_poll(b->wan, usecs);
-    if (!err) {
-        err = dp_xsk_port_busy_poll(b->inner, usecs);
-        if (err)
-            dp_xsk_port_busy_poll(b->wan, 0);
-    }
-    return err;
+    return dp_xsk_ports_busy_poll(b->wan, b->inner, usecs);
 }
 
 void dp_burst_free(struct burst *b)
@@ -1439,15 +1431,8 @@ void *dp_worker_main(void *arg)
             continue;
         }
         /* busy polling: an idle worker goes on polling for a while */
-        if (d->busy_poll_ns) {
-            uint64_t now = dp_now_ns();
-
-            if (!idle_since)
-                idle_since = now;
-            if (now - idle_since < d->busy_poll_ns)
-                continue;
-            idle_since = 0;
-        }
+        if (d->busy_poll_ns && dp_xsk_keep_polling(&idle_since, d->busy_poll_ns))
+            continue;
         reader_offline(d, w);
         int r = poll(fds, 6, -1);
 

@@ -8,7 +8,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "xsk_port.h"
 
@@ -66,22 +65,9 @@ int dp_xsk_fwd_busy_poll(struct dp_xsk_fwd *f, uint32_t usecs)
 
     if (!f || usecs > DP_XSK_FWD_BUSY_POLL_MAX_US)
         return -EINVAL;
-    err = dp_xsk_port_busy_poll(&f->port[DP_XSK_FWD_A], usecs);
-    if (!err) {
-        err = dp_xsk_port_busy_poll(&f->port[DP_XSK_FWD_B], usecs);
-        if (err)
-            dp_xsk_port_busy_poll(&f->port[DP_XSK_FWD_A], 0);
-    }
+    err = dp_xsk_ports_busy_poll(&f->port[DP_XSK_FWD_A], &f->port[DP_XSK_FWD_B], usecs);
     f->busy_poll_ns = err ? 0 : (uint64_t)usecs * 1000;
     return err;
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* One burst from port `from` to the other; returns frames received. */
@@ -148,15 +134,8 @@ int dp_xsk_fwd_run(struct dp_xsk_fwd *f, int cpu, struct dp_xsk_fwd_stats *out)
             idle_since = 0;
             continue;
         }
-        if (f->busy_poll_ns) {
-            uint64_t now = now_ns();
-
-            if (!idle_since)
-                idle_since = now;
-            if (now - idle_since < f->busy_poll_ns)
-                continue;
-            idle_since = 0;
-        }
+        if (f->busy_poll_ns && dp_xsk_keep_polling(&idle_since, f->busy_poll_ns))
+            continue;
         f->stats.polls++;
         if (poll(fds, 2, POLL_TIMEOUT_MS) < 0 && errno != EINTR)
             break;

@@ -123,6 +123,33 @@ int dp_xsk_port_busy_poll(struct dp_xsk_port *p, uint32_t usecs)
     return 0;
 }
 
+int dp_xsk_ports_busy_poll(struct dp_xsk_port *a, struct dp_xsk_port *b, uint32_t usecs)
+{
+    int err = dp_xsk_port_busy_poll(a, usecs);
+
+    if (!err) {
+        err = dp_xsk_port_busy_poll(b, usecs);
+        if (err)
+            dp_xsk_port_busy_poll(a, 0);
+    }
+    return err;
+}
+
+bool dp_xsk_keep_polling(uint64_t *idle_since, uint64_t window_ns)
+{
+    struct timespec ts;
+    uint64_t now;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    if (!*idle_since)
+        *idle_since = now;
+    if (now - *idle_since < window_ns)
+        return true;
+    *idle_since = 0;
+    return false;
+}
+
 uint32_t dp_xsk_rx(struct dp_xsk_port *p, struct dp_xsk_frame *out, uint32_t max)
 {
     uint32_t idx, n;

@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 #include <xdp/xsk.h>
 
 #ifndef DP_XSK_FRAMES
@@ -56,6 +57,12 @@ void dp_xsk_port_close(struct dp_xsk_port *p);
  * gives the socket a NAPI id (SO_INCOMING_NAPI_ID after the first packet;
  * veth here gives none). usecs 0 clears all three. 0 or -errno. */
 int dp_xsk_port_busy_poll(struct dp_xsk_port *p, uint32_t usecs);
+/* The same on the two ports a thread serves: both or neither. */
+int dp_xsk_ports_busy_poll(struct dp_xsk_port *a, struct dp_xsk_port *b, uint32_t usecs);
+/* A busy-polling thread that found nothing: whether it should go on
+ * polling, as it has been idle for less than window_ns. *idle_since is
+ * the thread's own (0 whenever it finds work). */
+bool dp_xsk_keep_polling(uint64_t *idle_since, uint64_t window_ns);
 
 /* Up to max received frames; hand them back with dp_xsk_rx_release. */
 uint32_t dp_xsk_rx(struct dp_xsk_port *p, struct dp_xsk_frame *out, uint32_t max);
