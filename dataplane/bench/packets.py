@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -526,6 +527,9 @@ def make_row(dut: str, size: str, peers: int, direction: str, runs: list,
                                           "dut_proc_cpu_ns_per_pkt", "dut_core_busy",
                                           "gen_cpu_ns_per_pkt", "sent_pps")},
         "pps_min": min(r["pps"] for r in runs), "pps_max": max(r["pps"] for r in runs),
+        # every run, in order: run i of each DUT was measured in turn (interleaved)
+        "pps_runs": [r["pps"] for r in runs],
+        "cpu_ns_per_pkt_runs": [r["cpu_ns_per_pkt"] for r in runs],
         "reordered": sum(r["reordered"] for r in runs),
         "duplicates": sum(r["duplicates"] for r in runs),
         "rejected": sum(r["rejected"] for r in runs),
@@ -539,9 +543,20 @@ def make_row(dut: str, size: str, peers: int, direction: str, runs: list,
     }
 
 
+def _paired(ours: list, theirs: list, invert: bool = False) -> Optional[float]:
+    """The median over i of ours[i] / theirs[i] (theirs[i] / ours[i] with
+    invert): runs i of two DUTs were measured one right after the other,
+    so each pair shares the machine's speed of that moment."""
+    pairs = [(a, b) for a, b in zip(ours, theirs) if a and b]
+    if not pairs or len(ours) != len(theirs):
+        return None
+    return statistics.median(b / a if invert else a / b for a, b in pairs)
+
+
 def add_ratios(rows: list[dict]) -> None:
     """pps against wireguard-go, the raw AF_XDP forwarding ceiling and the
-    no-tunnel ceiling of the same scenario in this run."""
+    no-tunnel ceiling of the same scenario in this run: the ratio of the
+    medians, and (`*_paired`) the median of the run-by-run ratios."""
     by = {(r["dut"], r["size"], r["peers"], r["direction"]): r for r in rows}
     for r in rows:
         key = (r["size"], r["peers"], r["direction"])
@@ -549,10 +564,15 @@ def add_ratios(rows: list[dict]) -> None:
                           ("vs_no_tunnel", "no-tunnel")):
             other = by.get((ref, *key))
             r[name] = r["pps"] / other["pps"] if other and other["pps"] else None
+            r[f"{name}_paired"] = _paired(r.get("pps_runs", []), other.get("pps_runs", [])) \
+                if other else None
         # packets per DUT CPU-second against wireguard-go's (its ns/pkt over ours)
         wg = by.get(("wireguard-go", *key))
         r["cpu_vs_wireguard_go"] = wg["cpu_ns_per_pkt"] / r["cpu_ns_per_pkt"] \
             if wg and wg.get("cpu_ns_per_pkt") and r.get("cpu_ns_per_pkt") else None
+        r["cpu_vs_wireguard_go_paired"] = _paired(
+            r.get("cpu_ns_per_pkt_runs", []), wg.get("cpu_ns_per_pkt_runs", []),
+            invert=True) if wg else None
 
 
 def _fmt(v, spec: str, width: int) -> str:

@@ -8,7 +8,6 @@
 
 #include <stdbool.h>
 #include <stdint.h>
-#include <time.h>
 #include <xdp/xsk.h>
 
 #ifndef DP_XSK_FRAMES

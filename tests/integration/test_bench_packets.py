@@ -3,6 +3,7 @@ produces well-formed rows for every DUT, both directions, several peers;
 no speed is asserted."""
 import json
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,9 @@ def test_bench_rows_are_well_formed_for_every_dut(topo, tmp_path):
         assert row["napi_threads"] is True and row["receiver_poll_us"] == 100, where
         assert row["pps"] > 0 and row["gbps"] > 0, where
         assert row["pps_min"] <= row["pps"] <= row["pps_max"], where
+        # every run is kept, in order, and the row's figure is their median
+        assert len(row["pps_runs"]) == len(row["cpu_ns_per_pkt_runs"]) == 2, where
+        assert row["pps"] == pytest.approx(statistics.median(row["pps_runs"])), where
         assert 0 <= row["loss"] <= 1, where
         # every packet that arrived opened and was ours: none forged, none twice
         assert row["rejected"] == 0 and row["duplicates"] == 0, where
@@ -48,6 +52,12 @@ def test_bench_rows_are_well_formed_for_every_dut(topo, tmp_path):
             if row["dut"] != "no-tunnel":  # packets per DUT CPU-second against wireguard-go's
                 assert row["cpu_vs_wireguard_go"] == \
                     pytest.approx(wg["cpu_ns_per_pkt"] / row["cpu_ns_per_pkt"]), where
+                # and run by run (run i of each DUT measured in turn)
+                assert row["cpu_vs_wireguard_go_paired"] == pytest.approx(statistics.median(
+                    w / c for w, c in zip(wg["cpu_ns_per_pkt_runs"],
+                                          row["cpu_ns_per_pkt_runs"]))), where
+            assert row["vs_wireguard_go_paired"] == pytest.approx(statistics.median(
+                p / w for p, w in zip(row["pps_runs"], wg["pps_runs"]))), where
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "vs wg-go" in r.stdout and "dataplane-socket" in r.stdout
     # the DUTs' runs take turns: run 1 of each, then run 2 of each
