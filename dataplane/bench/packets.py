@@ -200,6 +200,24 @@ def cpu_busy_seconds(cpu: int) -> float:
     raise ValueError(f"no cpu{cpu} in /proc/stat")
 
 
+def wait_idle(cpu: int, busy_below: float = 0.1, window: float = 0.1,
+              timeout: float = 3.0) -> Optional[float]:
+    """Waits until CPU `cpu` was busy less than busy_below of a window
+    (seconds), at most timeout seconds. With every DUT's world up at once,
+    what one DUT still does after its run (draining its rings, a Go
+    runtime's garbage collection) must not land in the next DUT's figures.
+    Returns None once idle, or the busy fraction of the last window."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = cpu_busy_seconds(cpu)
+        time.sleep(window)
+        busy = (cpu_busy_seconds(cpu) - before) / window
+        if busy < busy_below:
+            return None
+        if time.monotonic() > deadline:
+            return busy
+
+
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in Python's socket
 
 
@@ -650,8 +668,9 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
     DUT's world is up at once and their runs take turns (A B C A B C ...),
     so that the ratios between DUTs compare runs seconds apart: this
     machine's speed drifts by a fifth over minutes, and DUTs measured one
-    after the other would carry that drift in their ratios. Idle worlds
-    sleep (their DUTs wait in poll() or on timers)."""
+    after the other would carry that drift in their ratios. Before each
+    run the DUT's CPU must have gone quiet (wait_idle): idle worlds sleep,
+    but a DUT may go on working for a moment after its run."""
     rows: list[dict] = []
     worlds: dict[str, World] = {}
     with contextlib.ExitStack() as stack:
@@ -672,8 +691,17 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
                     worlds[dut].run(size, direction, args.warmup, args.rate,
                                     args.receiver_poll_us)
             runs: dict[str, list] = {dut: [] for dut in duts}
+
+            def settle(dut: str) -> None:
+                cpu = worlds[dut].dut_cpu
+                busy = wait_idle(cpu) if cpu is not None else None
+                if busy is not None:
+                    say(f"  {labels[dut]}: the DUT's CPU is still {busy:.0%} busy after 3 s; "
+                        f"measuring anyway")
+
             for i in range(args.repeat):
                 for dut in duts:
+                    settle(dut)
                     r = worlds[dut].run(size, direction, args.duration, args.rate,
                                         args.receiver_poll_us)
                     runs[dut].append(r)
@@ -684,6 +712,7 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
             for dut in duts:
                 lat_run = None
                 if args.latency_seconds > 0:
+                    settle(dut)
                     lat_run = worlds[dut].run(size, direction, args.latency_seconds, lat_rate,
                                               poll_us=0)
                     lat = lat_run["latency"]

@@ -2,6 +2,7 @@
 produces well-formed rows for every DUT, both directions, several peers;
 no speed is asserted."""
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -181,3 +182,22 @@ def test_every_napi_thread_of_an_xdp_dut_is_on_its_cpu(topo, tmp_path, napi_thre
             assert os.sched_getaffinity(tid) == {w.dut_cpu}, tid
     finally:
         w.close()
+
+
+def test_wait_idle_tells_a_busy_cpu_from_a_quiet_one():
+    """Before each run the bench waits for the DUT's CPU to go quiet (with
+    every DUT's world up, one may still be working): a CPU a spinning
+    process holds is reported busy once the wait runs out, and once it
+    stops the CPU counts as quiet."""
+    from dataplane.bench.packets import wait_idle
+
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(spin.pid, {cpu})
+        busy = wait_idle(cpu, timeout=0.5)
+        assert busy is not None and busy > 0.5, busy
+    finally:
+        spin.kill()
+        spin.wait()
+    assert wait_idle(cpu, timeout=5.0) is None
