@@ -681,8 +681,16 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
                           busy_poll_us=args.busy_poll)
             stack.callback(world.close)  # before its topology goes
             worlds[dut] = world
+        labels: dict[str, str] = {}
+
+        def settle(dut: str) -> None:
+            cpu = worlds[dut].dut_cpu
+            busy = wait_idle(cpu) if cpu is not None else None
+            if busy is not None:
+                say(f"  {labels[dut]}: the DUT's CPU is still {busy:.0%} busy after 3 s; "
+                    f"measuring anyway")
+
         for size, _, direction in scenarios:
-            labels = {}
             for dut in duts:
                 progress["done"] += 1
                 labels[dut] = (f"[{progress['done']}/{progress['total']}] {dut} {size} B, "
@@ -691,14 +699,6 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
                     worlds[dut].run(size, direction, args.warmup, args.rate,
                                     args.receiver_poll_us)
             runs: dict[str, list] = {dut: [] for dut in duts}
-
-            def settle(dut: str) -> None:
-                cpu = worlds[dut].dut_cpu
-                busy = wait_idle(cpu) if cpu is not None else None
-                if busy is not None:
-                    say(f"  {labels[dut]}: the DUT's CPU is still {busy:.0%} busy after 3 s; "
-                        f"measuring anyway")
-
             for i in range(args.repeat):
                 for dut in duts:
                     settle(dut)
@@ -725,7 +725,6 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
                 row["napi_threads"] = args.napi_threads
                 row["receiver_poll_us"] = args.receiver_poll_us
                 row["busy_poll_us"] = args.busy_poll if dut in XDP_DUTS else 0
-                row["interleaved"] = True
                 rows.append(row)
     for row in rows:
         # the forwarder's, over every run of its world (warm-up and latency runs too)

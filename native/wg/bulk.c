@@ -375,9 +375,6 @@ static bool same_prefix(const struct dp_bulk_prefix *a, const struct dp_bulk_pre
     return a->version == b->version && a->cidr == b->cidr && memcmp(a->addr, b->addr, 16) == 0;
 }
 
-/* Is p one of the line's prefixes already? A few are compared one by one;
- * from PREFIXES_HASHED on, a hash table of the line's prefixes answers, so
- * that a line of 1024 costs 1024 probes, not half a million comparisons. */
 /* Prefix i of op's into the table. */
 static void slot_insert(struct reader *r, const struct dp_bulk_op *op, uint32_t i)
 {
@@ -389,6 +386,9 @@ static void slot_insert(struct reader *r, const struct dp_bulk_op *op, uint32_t 
     r->slots[h] = (uint16_t)(i + 1);
 }
 
+/* Is p one of the line's prefixes already? A few are compared one by one;
+ * from PREFIXES_HASHED on, a hash table of the line's prefixes answers, so
+ * that a line of 1024 costs 1024 probes, not half a million comparisons. */
 static bool repeated(struct reader *r, const struct dp_bulk_op *op,
                      const struct dp_bulk_prefix *p)
 {
