@@ -426,9 +426,10 @@ class Interface:
             self.counters["handshake_bad_mac1"] += 1
             return
         if self.under_load():
-            if not noise.check_mac2(msg, noise.mac(self._cookie_secret(), endpoint_bytes(src))):
+            tau = noise.mac(self._cookie_secret(), endpoint_bytes(src))
+            if not noise.check_mac2(msg, tau):
                 self.counters["handshake_bad_mac2"] += 1
-                self._send_cookie_reply(msg, src)
+                self._send_cookie_reply(msg, src, tau)
                 return
             if not self.ratelimiter.allow(src):
                 self.counters["handshake_ratelimited"] += 1
@@ -447,12 +448,12 @@ class Interface:
             self.cookie_secret_ns = self.clock()
         return self.cookie_secret
 
-    def _send_cookie_reply(self, msg: bytes, src: Endpoint) -> None:
+    def _send_cookie_reply(self, msg: bytes, src: Endpoint, tau: bytes) -> None:
+        """tau: MAC(cookie secret, src), the cookie src is to use."""
         sender = struct.unpack_from("<I", msg, 4)[0]
         mac1_off = (noise.INITIATION_MAC1_OFF if msg[0] == noise.MSG_INITIATION
                     else noise.RESPONSE_MAC1_OFF)
-        reply = noise.create_cookie_reply(self._cookie_secret(), endpoint_bytes(src), sender,
-                                          msg[mac1_off:mac1_off + noise.MAC_LEN],
+        reply = noise.create_cookie_reply(tau, sender, msg[mac1_off:mac1_off + noise.MAC_LEN],
                                           self.handshake.public)
         self.device.send_to(src, reply)
         self.counters["cookie_replies_sent"] += 1

@@ -8,6 +8,7 @@ elsewhere. AEAD and BLAKE2s come from our native core, X25519 from
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import time
@@ -131,7 +132,10 @@ def mac1_key(public: bytes) -> bytes:
     return hash_(LABEL_MAC1 + public)
 
 
+@functools.lru_cache(maxsize=256)
 def cookie_key(public: bytes) -> bytes:
+    """HASH(LABEL_COOKIE || public): of public keys only, so kept (an
+    interface answers every cookie-worthy message under its own)."""
     return hash_(LABEL_COOKIE + public)
 
 
@@ -315,12 +319,13 @@ class InitiatorState:
 
 # ---------------------------------------------------------------- cookies
 
-def create_cookie_reply(secret: bytes, source: bytes, receiver_index: int,
-                        msg_mac1: bytes, our_public: bytes) -> bytes:
-    """Cookie reply (whitepaper 5.4.7): tau = MAC(secret, source address),
-    sent XChaCha20-Poly1305-encrypted under HASH(LABEL_COOKIE || our public)
-    with the mac1 of the message we answer as AAD."""
-    tau = mac(secret, source)
+def create_cookie_reply(tau: bytes, receiver_index: int, msg_mac1: bytes,
+                        our_public: bytes) -> bytes:
+    """Cookie reply (whitepaper 5.4.7) with tau = MAC(secret, source
+    address), which the caller has made already (it checked the message's
+    mac2 against it): sent XChaCha20-Poly1305-encrypted under
+    HASH(LABEL_COOKIE || our public) with the mac1 of the message we answer
+    as AAD."""
     nonce = os.urandom(lib.DP_WG_COOKIE_NONCE_LEN)
     enc = crypto.xseal(cookie_key(our_public), nonce, tau, msg_mac1)
     return struct.pack("<II", MSG_COOKIE_REPLY, receiver_index) + nonce + enc

@@ -388,15 +388,22 @@ def check_cookie_reply(reply: bytes, answered: bytes, exit_pub: bytes) -> bytes:
 
 def handshake_capacity() -> float:
     """Initiations per second this machine can take apart with the Python
-    code the daemon runs (what a flood is measured against)."""
+    code the daemon runs (what a flood is measured against): the best of
+    five 0.1 s windows. The first windows of a process come out at half
+    the speed of later ones (3.6k against 6.2k a second here); a flood
+    sized from them was under what the daemon could decrypt, which then
+    rightly did not count as under load."""
     responder = noise.Handshake(os.urandom(32), lambda peer: None)
     msg = unknown_initiations(responder.public, 1)[0]
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < 0.2:
-        with pytest.raises(noise.HandshakeError):
-            responder.consume_initiation(msg)
-        n += 1
-    return n / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(5):
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 0.1:
+            with pytest.raises(noise.HandshakeError):
+                responder.consume_initiation(msg)
+            n += 1
+        best = max(best, n / (time.perf_counter() - start))
+    return best
 
 
 # A flood over what the control plane can decrypt, so that it must go over
@@ -404,7 +411,7 @@ def handshake_capacity() -> float:
 # does not overflow and the honest client's messages all get in. Long
 # enough to cover the client's retry REKEY_TIMEOUT (+ jitter) after its
 # cookie reply.
-FLOOD_OVER_CAPACITY = 1.7
+FLOOD_OVER_CAPACITY = 2
 FLOOD_SECONDS = lib.DP_WG_REKEY_TIMEOUT + 1.2
 
 
@@ -479,11 +486,13 @@ def test_handshake_flood_gets_cookies_and_the_honest_client_gets_through(world):
     assert handled.get(ratelimited, 0) > 0, d
     # under load the exit node answers with cookies instead of doing the DH
     # work: few initiations get decrypted. Without that, the control plane
-    # would decrypt all it can, 1 / FLOOD_OVER_CAPACITY (59%) of the flood.
+    # would decrypt all it can, 1 / FLOOD_OVER_CAPACITY (50%) of the flood.
     # With it, some still are: until the queue is 1/8 full, again each time
     # it has drained and the second of load has passed (as the kernel's
     # under_load), and the rate limit's allowance for the cookie holder.
-    # Those cycles stayed under 5% in most runs here, and made 6.4% in one.
+    # Those cycles made 0.4-2.2% in 8 runs here. (A flood sized from a
+    # capacity measured too low, barely over what the daemon decrypts,
+    # cycled far more: 27% and 33% in two runs.)
     assert handled.get("handshake_invalid", 0) < 0.15 * sent, d
     assert_still_serving(w)
 
