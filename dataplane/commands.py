@@ -143,6 +143,24 @@ def backend_summary(status: dict) -> str:
     return text
 
 
+# The kernel's AF_XDP socket counters that count lost packets (the others
+# count how often a ring was found empty).
+XSK_DROPS = ("rx_ring_full", "rx_dropped", "rx_invalid_descs", "tx_invalid_descs")
+
+
+def all_drops(status: dict) -> dict[str, int]:
+    """Every non-zero drop count of the status socket's figures: the data
+    path's, on the XDP backend also the WAN program's (wan_drop_*) and the
+    kernel's at our AF_XDP sockets (xsk_wan_rx_ring_full: the workers fell
+    behind)."""
+    xdp = status.get("xdp") or {}
+    out = dict(status.get("drops") or {})
+    out.update({k: n for k, n in xdp.items() if k.startswith("wan_drop_")})
+    out.update({k: n for k, n in xdp.items()
+                if k.startswith("xsk_") and k.split("_", 2)[2] in XSK_DROPS})
+    return {k: n for k, n in out.items() if n}
+
+
 def _show(args) -> int:
     names = [args.name] if args.name else sorted(
         p.name[:-len(".pid")] for p in RUN_DIR.glob("*.pid")) if RUN_DIR.exists() else []
@@ -179,8 +197,7 @@ def _show(args) -> int:
             print(f"  public key: {st.private_key.public_key()}")
         print(f"  listening port: {st.listen_port}")
         print(f"  backend: {backend_summary(ours)}")
-        drops = {k: n for k, n in ours.get("drops", {}).items() if n}
-        print(f"  drops: {', '.join(f'{k} {n}' for k, n in drops.items()) or 'none'}")
+        print(f"  drops: {', '.join(f'{k} {n}' for k, n in all_drops(ours).items()) or 'none'}")
         for p in st.peers:
             print(f"\npeer: {p.public_key}")
             if p.endpoint:

@@ -693,6 +693,18 @@ class Daemon:
         self.iface.listen_port = v4[0].getsockname()[1]
         self._apply_fwmark(self.iface.fwmark)
 
+    def _xsk_statistics(self) -> dict[str, int]:
+        """The kernel's AF_XDP socket counters summed over the workers:
+        xsk_wan_rx_ring_full, xsk_inner_rx_dropped, ... (see
+        Device.xsk_statistics)."""
+        out: dict[str, int] = {}
+        for w in range(self.workers):
+            for side, stats in self.iface.device.xsk_statistics(w).items():
+                for name, value in stats.items():
+                    key = f"xsk_{side}_{name}"
+                    out[key] = out.get(key, 0) + value
+        return out
+
     def status(self, per_peer: bool = True) -> dict:
         """Our own figures beyond what `wg` shows (for `dataplane show`)."""
         peers = {}
@@ -705,6 +717,7 @@ class Daemon:
         xdp_counters, wan = None, {}
         if self.xdp is not None:
             xdp_counters = {**self.xdp.counters(), **self.iface.device.path_stats(),
+                            **self._xsk_statistics(),
                             "outer_routes": len(self.outer_routes.installed)}
             # each WAN interface: the queues its workers serve, its program's counters
             for ifname, counters in self.xdp.interface_counters().items():

@@ -33,6 +33,11 @@ BUSY_POLL_MAX_US: int = lib.DP_DEVICE_BUSY_POLL_MAX_US
 # <asm-generic/socket.h>; not all in Python's socket module
 SO_BUSY_POLL, SO_INCOMING_NAPI_ID, SO_PREFER_BUSY_POLL = 46, 56, 69
 AF_XDP = 44  # given, as Python cannot find an AF_XDP socket's family itself
+# getsockopt(SOL_XDP, XDP_STATISTICS): struct xdp_statistics, six __u64 in
+# this order (<linux/if_xdp.h>, all six since Linux 5.9)
+SOL_XDP, XDP_STATISTICS = 283, 7
+XSK_STATISTICS = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full",
+                  "rx_fill_ring_empty_descs", "tx_ring_empty_descs")
 
 DROP_REASONS = {
     lib.DP_DROP_MALFORMED: "malformed",
@@ -260,6 +265,25 @@ class Device:
                 out[side] = {name: s.getsockopt(socket.SOL_SOCKET, opt) for name, opt in (
                     ("busy_poll_us", SO_BUSY_POLL), ("prefer_busy_poll", SO_PREFER_BUSY_POLL),
                     ("napi_id", SO_INCOMING_NAPI_ID))}
+        return out
+
+    def xsk_statistics(self, worker: int) -> dict[str, dict[str, int]]:
+        """The kernel's counters of a worker's AF_XDP sockets ("wan",
+        "inner"), each XSK_STATISTICS name: rx_ring_full, frames dropped
+        because the worker had not emptied its receive ring; rx_dropped,
+        dropped for want of a free frame (an empty fill ring) or for being
+        larger than a frame; rx_fill_ring_empty_descs and
+        tx_ring_empty_descs, how often the kernel found those rings empty
+        (not drops); the invalid descriptor counts, bugs of ours."""
+        out = {}
+        for side, fd in zip(("wan", "inner"), self.xsk_fds(worker)):
+            if fd < 0:
+                continue
+            with socket.socket(AF_XDP, socket.SOCK_RAW, 0, fileno=os.dup(fd)) as s:
+                raw = s.getsockopt(SOL_XDP, XDP_STATISTICS, 8 * len(XSK_STATISTICS))
+            values = struct.unpack(f"={len(raw) // 8}Q", raw[:len(raw) // 8 * 8])
+            out[side] = {name: values[i] if i < len(values) else 0
+                         for i, name in enumerate(XSK_STATISTICS)}
         return out
 
     def stop(self) -> None:

@@ -284,6 +284,7 @@ class World:
         self.to_sink = EmulatedPeers(1)
         self.to_sink.set_plain([SINK])
         self.dut_pid: Optional[int] = None
+        self.dut_name: Optional[str] = None  # a dataplane DUT's interface
         self.dut_public: Optional[bytes] = None
         # xsk-forward: the forwarder, and its counters once it has stopped
         self._forwarder: Optional[subprocess.Popen] = None
@@ -348,6 +349,7 @@ class World:
             backend = self.dut.split("-", 1)[1]
             # the two dataplane DUTs may be up at once (interleaved runs)
             name = f"{'bpd' if backend == 'xdp' else 'bps'}{tag}"
+            self.dut_name = name
             conf = tmp / f"{name}.conf"
             wan = f"Interfaces = {self.wan}\n" if backend == "xdp" else ""
             if backend == "xdp" and self.busy_poll_us:
@@ -473,6 +475,7 @@ class World:
                                   seconds=seconds, cpu=self.gen_cpu))
         for r in receivers:
             r.start()
+        ring0 = self.ring_drops()
         try:
             proc0 = cpu_seconds(self.dut_pid) if self.dut_pid else None
             core0 = cpu_busy_seconds(self.dut_cpu) if self.dut_cpu is not None else None
@@ -491,6 +494,7 @@ class World:
         total = got[0]
         for g in got[1:]:
             total = total.merge(g)
+        ring1 = self.ring_drops()
         n_sent = sum(s.packets for s in sent)
         span = max(s.seconds for s in sent)
         return {
@@ -508,8 +512,23 @@ class World:
             "reordered": total.reordered,
             "duplicates": total.duplicates,
             "rejected": total.rejected,
+            "dut_ring_drops": ring1 - ring0 if ring0 is not None and ring1 is not None else None,
             "latency": total,
         }
+
+    def ring_drops(self) -> Optional[int]:
+        """What the kernel has dropped at the dataplane-xdp DUT's AF_XDP
+        sockets (a worker behind: every frame waits in the receive ring),
+        from its status socket; None for other DUTs."""
+        if self.dut != "dataplane-xdp" or not self.dut_name:
+            return None
+        from dataplane.commands import XSK_DROPS, interface_status
+        try:
+            xdp = interface_status(self.dut_name)["status"].get("xdp") or {}
+        except (OSError, ValueError):
+            return None
+        return sum(n for k, n in xdp.items()
+                   if k.startswith("xsk_") and k.split("_", 2)[2] in XSK_DROPS)
 
 
 # ---------------------------------------------------------------- rows
@@ -552,6 +571,10 @@ def make_row(dut: str, size: str, peers: int, direction: str, runs: list,
         "duplicates": sum(r["duplicates"] for r in runs),
         "rejected": sum(r["rejected"] for r in runs),
         "send_errors": sum(r["send_errors"] for r in runs),
+        # the dataplane-xdp DUT: packets the kernel dropped at its AF_XDP
+        # sockets (the rest of the loss is before them: the WAN veth's ring)
+        "dut_ring_drops": None if any(r.get("dut_ring_drops") is None for r in runs)
+        else sum(r["dut_ring_drops"] for r in runs),
         "lat_rate_pps": lat_rate if lat else None,
         "lat_p50_us": lat.percentile_us(0.50) if lat else None,
         "lat_p99_us": lat.percentile_us(0.99) if lat else None,
@@ -705,8 +728,10 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
                     r = worlds[dut].run(size, direction, args.duration, args.rate,
                                         args.receiver_poll_us)
                     runs[dut].append(r)
+                    ring = (f" ({r['dut_ring_drops']} at its AF_XDP ring)"
+                            if r.get("dut_ring_drops") is not None else "")
                     say(f"  {labels[dut]}: run {i + 1}/{args.repeat} "
-                        f"{r['pps'] / 1e3:.1f} kpps, loss {r['loss'] or 0:.1%}, "
+                        f"{r['pps'] / 1e3:.1f} kpps, loss {r['loss'] or 0:.1%}{ring}, "
                         f"DUT {_fmt(r['cpu_ns_per_pkt'], '.0f', 0)} ns/pkt")
             lat_rate = args.rate or args.latency_rate
             for dut in duts:

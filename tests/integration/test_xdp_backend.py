@@ -381,3 +381,46 @@ def test_data_dropped_after_decryption_hands_back_its_frame(topo, tmp_path):
     r = w.ping(w.client_ns, "10.202.0.1", count=3)
     assert r.returncode == 0, r.stdout + r.stderr
     assert w.status()["xdp"]["wan_steer_data"] >= sent
+
+
+def test_packets_lost_at_a_full_af_xdp_ring_are_counted_and_shown(topo, tmp_path):
+    """With the daemon stopped (SIGSTOP) its workers empty no ring: the WAN
+    program still steers WireGuard into the AF_XDP socket, whose receive
+    ring holds 2048 frames, and the kernel drops the rest. Resumed, the
+    workers take what the ring held (replays, counted as such); the
+    kernel's drops are in the status (xsk_wan_rx_ring_full or, with no
+    free frame, xsk_wan_rx_dropped; the metrics carry the status's XDP
+    counters) and in `dataplane show`'s drops, and with the replays they
+    make up every message sent."""
+    from tests.integration.hostile_peer import MSG_DATA, Attacker, Sniffer, counters, settle
+    from tests.integration.tunnel import CLIENT_PORT, EXIT_PORT
+
+    w = xdp_world(topo, tmp_path)
+    with Sniffer(w.client_ns, CLIENT_PORT, both_directions=True) as sniffed:
+        r = w.ping(w.client_ns, "10.202.0.1", count=3)
+    assert r.returncode == 0, r.stdout + r.stderr
+    captured = [m for m in sniffed.sent(MSG_DATA) if len(m) > 32]
+    assert captured, "no data message of the client was captured"
+    xdp0, before = w.status()["xdp"], counters(w.name)
+    assert xdp0["xsk_wan_rx_ring_full"] + xdp0["xsk_wan_rx_dropped"] == 0, xdp0
+    attacker = Attacker(topo, w.client_ns, "10.201.0.66/24",
+                        (OUTER["exit"][0].split("/")[0], EXIT_PORT))
+    os.kill(w.daemon.pid, signal.SIGSTOP)
+    try:
+        sent = attacker.send([captured[i % len(captured)] for i in range(5000)])
+    finally:
+        os.kill(w.daemon.pid, signal.SIGCONT)
+        attacker.close()
+    xdp = w.status()["xdp"]
+    lost = (xdp["xsk_wan_rx_ring_full"] - xdp0["xsk_wan_rx_ring_full"] +
+            xdp["xsk_wan_rx_dropped"] - xdp0["xsk_wan_rx_dropped"])
+    d = settle(w.name, before, lambda d: d.get("replay", 0) + lost >= sent, timeout=30)
+    xdp = w.status()["xdp"]
+    assert xdp["wan_steer_data"] - xdp0["wan_steer_data"] == sent, xdp
+    assert 0 < d.get("replay", 0) <= 2048 and d.get("replay", 0) + lost == sent, (d, lost)
+    assert xdp["xsk_wan_rx_invalid_descs"] == xdp["xsk_inner_tx_invalid_descs"] == 0, xdp
+    shown = w.topo.run(w.exit_ns, [DATAPLANE, "show", w.name]).stdout
+    drops_line = next(line for line in shown.splitlines() if line.strip().startswith("drops:"))
+    assert "xsk_wan_rx_ring_full" in drops_line or "xsk_wan_rx_dropped" in drops_line, shown
+    r = w.ping(w.client_ns, "10.202.0.1", count=3)
+    assert r.returncode == 0, r.stdout + r.stderr
