@@ -275,16 +275,8 @@ class Device:
         larger than a frame; rx_fill_ring_empty_descs and
         tx_ring_empty_descs, how often the kernel found those rings empty
         (not drops); the invalid descriptor counts, bugs of ours."""
-        out = {}
-        for side, fd in zip(("wan", "inner"), self.xsk_fds(worker)):
-            if fd < 0:
-                continue
-            with socket.socket(AF_XDP, socket.SOCK_RAW, 0, fileno=os.dup(fd)) as s:
-                raw = s.getsockopt(SOL_XDP, XDP_STATISTICS, 8 * len(XSK_STATISTICS))
-            values = struct.unpack(f"={len(raw) // 8}Q", raw[:len(raw) // 8 * 8])
-            out[side] = {name: values[i] if i < len(values) else 0
-                         for i, name in enumerate(XSK_STATISTICS)}
-        return out
+        return {side: xsk_socket_statistics(fd)
+                for side, fd in zip(("wan", "inner"), self.xsk_fds(worker)) if fd >= 0}
 
     def stop(self) -> None:
         lib.dp_device_stop(self._dev)
@@ -580,6 +572,14 @@ class Device:
         ptrs = ffi.new("uint8_t *[]", bufs)
         lens = ffi.new("uint32_t[]", [len(p) for p in packets])
         return _check(lib.dp_device_test_tx(self._dev, ptrs, lens, len(packets)), "send path")
+
+
+def xsk_socket_statistics(fd: int) -> dict[str, int]:
+    """XDP_STATISTICS of an AF_XDP socket: every XSK_STATISTICS name."""
+    with socket.socket(AF_XDP, socket.SOCK_RAW, 0, fileno=os.dup(fd)) as s:
+        raw = s.getsockopt(SOL_XDP, XDP_STATISTICS, 8 * len(XSK_STATISTICS))
+    values = struct.unpack(f"={len(raw) // 8}Q", raw[:len(raw) // 8 * 8])
+    return {name: values[i] if i < len(values) else 0 for i, name in enumerate(XSK_STATISTICS)}
 
 
 def parse_outer_frame(frame: bytes) -> Optional[tuple[int, int, Optional[Endpoint]]]:

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -517,18 +518,40 @@ class World:
         }
 
     def ring_drops(self) -> Optional[int]:
-        """What the kernel has dropped at the dataplane-xdp DUT's AF_XDP
-        sockets (a worker behind: every frame waits in the receive ring),
-        from its status socket; None for other DUTs."""
-        if self.dut != "dataplane-xdp" or not self.dut_name:
+        """What the kernel has dropped at an XDP DUT's AF_XDP sockets (a
+        worker behind: every frame waits in the receive ring), from the
+        dataplane-xdp DUT's status socket or the forwarder's report on
+        SIGUSR1; None for other DUTs, or when the figures did not come."""
+        from dataplane.commands import XSK_DROPS
+        if self.dut == "dataplane-xdp" and self.dut_name:
+            from dataplane.commands import interface_status
+            try:
+                counters = interface_status(self.dut_name)["status"].get("xdp") or {}
+            except (OSError, ValueError):
+                return None
+        elif self.dut == "xsk-forward" and self._forwarder is not None:
+            counters = self._forwarder_report()
+            if counters is None:
+                return None
+        else:
             return None
-        from dataplane.commands import XSK_DROPS, interface_status
-        try:
-            xdp = interface_status(self.dut_name)["status"].get("xdp") or {}
-        except (OSError, ValueError):
-            return None
-        return sum(n for k, n in xdp.items()
+        return sum(n for k, n in counters.items()
                    if k.startswith("xsk_") and k.split("_", 2)[2] in XSK_DROPS)
+
+    def _forwarder_report(self, timeout: float = 2.0) -> Optional[dict]:
+        log = self._forwarder_log
+        seen = log.read_text().count('{"now"')
+        self._forwarder.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [line for line in log.read_text().splitlines() if line.startswith('{"now"')]
+            if len(lines) > seen:
+                try:
+                    return json.loads(lines[-1])["now"]
+                except (ValueError, KeyError):
+                    return None
+            time.sleep(0.01)
+        return None
 
 
 # ---------------------------------------------------------------- rows
@@ -571,8 +594,8 @@ def make_row(dut: str, size: str, peers: int, direction: str, runs: list,
         "duplicates": sum(r["duplicates"] for r in runs),
         "rejected": sum(r["rejected"] for r in runs),
         "send_errors": sum(r["send_errors"] for r in runs),
-        # the dataplane-xdp DUT: packets the kernel dropped at its AF_XDP
-        # sockets (the rest of the loss is before them: the WAN veth's ring)
+        # the XDP DUTs: packets the kernel dropped at their AF_XDP sockets
+        # (the rest of the loss is before them: the WAN veth's ring)
         "dut_ring_drops": None if any(r.get("dut_ring_drops") is None for r in runs)
         else sum(r["dut_ring_drops"] for r in runs),
         "lat_rate_pps": lat_rate if lat else None,

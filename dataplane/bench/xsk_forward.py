@@ -18,8 +18,12 @@ its own):
     python -m dataplane.bench.xsk_forward --wan v1b --wan-macs CLIENT,WAN \\
         --inner xf1-x --inner-macs INNER,INNER_X [--busy-poll US]
 
-It prints `ready` once both programs are attached, and on SIGTERM or
-SIGINT a JSON line of its counters, then exits 0.
+It prints `ready` once both programs are attached, on SIGUSR1 a JSON line
+{"now": counters} (the bench reads the kernel's drops at its sockets around
+each run), and on SIGTERM or SIGINT a JSON line of its counters, then
+exits 0. Counters: the programs' (wan_*, inner_*), the forwarding thread's
+(wan_rx, inner_tx, ...) and the kernel's at its AF_XDP sockets
+(xsk_wan_rx_dropped, ...; see dataplane.device.XSK_STATISTICS).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import threading
 from typing import Sequence
 
 from dataplane._native import ffi, lib
+from dataplane.device import xsk_socket_statistics
 from dataplane.xdp import XdpProgram
 
 QUEUE = 0  # the bench's veths have one RX queue
@@ -94,9 +99,10 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
                    help="busy polling as the XDP backend's BusyPoll does it (default 0: off)")
     args = p.parse_args(argv)
 
-    done = threading.Event()
+    done, report = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    signal.signal(signal.SIGUSR1, lambda *_: report.set())
     fwd = XskForwarder(args.wan, args.wan_macs, args.inner, args.inner_macs)
     programs = []
     try:
@@ -111,18 +117,26 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
         stats = ffi.new("struct dp_xsk_fwd_stats *")
         worker = threading.Thread(target=fwd.run, args=(stats,), name="xsk-forward")
         worker.start()
+        def counters() -> dict:
+            out = {f"{side}_{k}": v for side, prog in (("wan", wan_prog), ("inner", inner_prog))
+                   for k, v in prog.counters().items()}
+            for i, side in enumerate(("wan", "inner")):
+                for field in ("rx", "tx", "dropped", "skipped"):
+                    out[f"{side}_{field}"] = getattr(stats, field)[i]
+                port = (lib.DP_XSK_FWD_A, lib.DP_XSK_FWD_B)[i]
+                for k, v in xsk_socket_statistics(fwd.fd(port)).items():
+                    out[f"xsk_{side}_{k}"] = v
+            out["polls"] = stats.polls
+            return out
+
         print("ready", flush=True)
-        while not done.wait(1.0):
-            pass
+        while not done.wait(0.02):
+            if report.is_set():
+                report.clear()
+                print(json.dumps({"now": counters()}), flush=True)
         fwd.stop()
         worker.join()
-        counters = {f"{side}_{k}": v for side, prog in (("wan", wan_prog), ("inner", inner_prog))
-                    for k, v in prog.counters().items()}
-        for i, side in enumerate(("wan", "inner")):
-            for field in ("rx", "tx", "dropped", "skipped"):
-                counters[f"{side}_{field}"] = getattr(stats, field)[i]
-        counters["polls"] = stats.polls
-        print(json.dumps(counters), flush=True)
+        print(json.dumps(counters()), flush=True)
     finally:
         for prog in programs:
             prog.close()

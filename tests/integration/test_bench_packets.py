@@ -40,9 +40,9 @@ def test_bench_rows_are_well_formed_for_every_dut(topo, tmp_path):
         assert 0 <= row["loss"] <= 1, where
         # every packet that arrived opened and was ours: none forged, none twice
         assert row["rejected"] == 0 and row["duplicates"] == 0, where
-        # the XDP backend's kernel drops at its AF_XDP rings, read from its
-        # status socket around each run: part of what was lost
-        if row["dut"] == "dataplane-xdp":
+        # the XDP DUTs' kernel drops at their AF_XDP rings, read around each
+        # run (status socket, the forwarder's report): part of what was lost
+        if row["dut"] in ("dataplane-xdp", "xsk-forward"):
             sent = row["sent_pps"] * row["duration_s"] * row["runs"]
             assert isinstance(row["dut_ring_drops"], int), where
             assert 0 <= row["dut_ring_drops"] <= sent * 1.2, (where, row["dut_ring_drops"], sent)
@@ -135,6 +135,9 @@ def test_bench_xsk_forward_ceiling_row(topo, tmp_path, busy_poll):
     assert fwd["rejected"] == 0 and fwd["duplicates"] == 0, fwd
     assert fwd["dut_proc_cpu_ns_per_pkt"] > 0 and fwd["vs_xsk_forward"] == 1.0, fwd
     c = fwd["dut_counters"]
+    # the kernel's counters of its AF_XDP sockets, in its final counters too
+    assert c["xsk_wan_rx_invalid_descs"] == c["xsk_inner_tx_invalid_descs"] == 0, c
+    assert fwd["dut_ring_drops"] >= 0, fwd
     # frames went through the forwarder's sockets, not the kernel's forwarding:
     # client -> WAN socket -> inner pair, and the reverse
     assert c["wan_steer"] > 0 and c["wan_steer_no_socket"] == 0, c
