@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dataplane.commands import all_drops
 from dataplane.keys import PrivateKey
 from dataplane.topology import Topology, TopologyError
 from dataplane.launch import dataplane_exe, start_daemon
@@ -139,7 +140,7 @@ def run(args) -> int:
             daemon.wait(timeout=15)
             s.done()
         peer = status["peers"][0]
-        drops = {k: v for k, v in status["drops"].items() if v}
+        drops = all_drops(status)  # the data path's, XDP's and the AF_XDP rings'
         print("\nSummary")
         print(f"  exit node backend : {status['backend']}")
         print(f"  handshake         : {status['handshake']['handshakes_completed']} completed "
