@@ -99,10 +99,16 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
                    help="busy polling as the XDP backend's BusyPoll does it (default 0: off)")
     args = p.parse_args(argv)
 
-    done, report = threading.Event(), threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    signal.signal(signal.SIGUSR1, lambda *_: report.set())
+    # the handlers say what came and wake the main thread (which is on the
+    # DUT's CPU: it sleeps until then)
+    wake, asked = threading.Event(), set()
+
+    def on_signal(sig, _frame) -> None:
+        asked.add(sig)
+        wake.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, on_signal)
     fwd = XskForwarder(args.wan, args.wan_macs, args.inner, args.inner_macs)
     programs = []
     try:
@@ -117,6 +123,7 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
         stats = ffi.new("struct dp_xsk_fwd_stats *")
         worker = threading.Thread(target=fwd.run, args=(stats,), name="xsk-forward")
         worker.start()
+
         def counters() -> dict:
             out = {f"{side}_{k}": v for side, prog in (("wan", wan_prog), ("inner", inner_prog))
                    for k, v in prog.counters().items()}
@@ -130,9 +137,11 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
             return out
 
         print("ready", flush=True)
-        while not done.wait(0.02):
-            if report.is_set():
-                report.clear()
+        while not asked & {signal.SIGTERM, signal.SIGINT}:
+            wake.wait(1.0)
+            wake.clear()
+            if signal.SIGUSR1 in asked:
+                asked.discard(signal.SIGUSR1)
                 print(json.dumps({"now": counters()}), flush=True)
         fwd.stop()
         worker.join()
