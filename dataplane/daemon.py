@@ -699,7 +699,12 @@ class Daemon:
         Device.xsk_statistics)."""
         out: dict[str, int] = {}
         for w in range(self.workers):
-            for side, stats in self.iface.device.xsk_statistics(w).items():
+            try:
+                per_side = self.iface.device.xsk_statistics(w)
+            except OSError as e:  # figures missing, not a failed status request
+                log.debug("%s: AF_XDP statistics of worker %d: %s", self.name, w, e)
+                continue
+            for side, stats in per_side.items():
                 for name, value in stats.items():
                     key = f"xsk_{side}_{name}"
                     out[key] = out.get(key, 0) + value
