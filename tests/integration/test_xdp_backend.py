@@ -411,11 +411,15 @@ def test_packets_lost_at_a_full_af_xdp_ring_are_counted_and_shown(topo, tmp_path
     finally:
         os.kill(w.daemon.pid, signal.SIGCONT)
         attacker.close()
-    xdp = w.status()["xdp"]
-    lost = (xdp["xsk_wan_rx_ring_full"] - xdp0["xsk_wan_rx_ring_full"] +
-            xdp["xsk_wan_rx_dropped"] - xdp0["xsk_wan_rx_dropped"])
-    d = settle(w.name, before, lambda d: d.get("replay", 0) + lost >= sent, timeout=30)
-    xdp = w.status()["xdp"]
+
+    def kernel_drops() -> int:
+        xdp = w.status()["xdp"]
+        return (xdp["xsk_wan_rx_ring_full"] - xdp0["xsk_wan_rx_ring_full"] +
+                xdp["xsk_wan_rx_dropped"] - xdp0["xsk_wan_rx_dropped"])
+
+    d = settle(w.name, before, lambda d: d.get("replay", 0) + kernel_drops() >= sent,
+               timeout=30)
+    lost, xdp = kernel_drops(), w.status()["xdp"]
     assert xdp["wan_steer_data"] - xdp0["wan_steer_data"] == sent, xdp
     assert 0 < d.get("replay", 0) <= 2048 and d.get("replay", 0) + lost == sent, (d, lost)
     assert xdp["xsk_wan_rx_invalid_descs"] == xdp["xsk_inner_tx_invalid_descs"] == 0, xdp
