@@ -148,6 +148,13 @@ def backend_summary(status: dict) -> str:
 XSK_DROPS = ("rx_ring_full", "rx_dropped", "rx_invalid_descs", "tx_invalid_descs")
 
 
+def xsk_drops(counters: dict) -> dict[str, int]:
+    """The AF_XDP sockets' drop counters (xsk_SIDE_NAME, NAME in XSK_DROPS)
+    among a status's XDP counters or the bench forwarder's."""
+    return {k: n for k, n in counters.items()
+            if k.startswith("xsk_") and k.split("_", 2)[2] in XSK_DROPS}
+
+
 def all_drops(status: dict) -> dict[str, int]:
     """Every non-zero drop count of the status socket's figures: the data
     path's, on the XDP backend also the WAN program's (wan_drop_*) and the
@@ -156,8 +163,7 @@ def all_drops(status: dict) -> dict[str, int]:
     xdp = status.get("xdp") or {}
     out = dict(status.get("drops") or {})
     out.update({k: n for k, n in xdp.items() if k.startswith("wan_drop_")})
-    out.update({k: n for k, n in xdp.items()
-                if k.startswith("xsk_") and k.split("_", 2)[2] in XSK_DROPS})
+    out.update(xsk_drops(xdp))
     return {k: n for k, n in out.items() if n}
 
 

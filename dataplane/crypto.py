@@ -258,32 +258,24 @@ def open_batch(keys, counters, ciphertexts, aads=None) -> list[Optional[bytes]]:
 
 def blake2s(data, key=None, digest_size: int = BLAKE2S_OUT_BYTES) -> bytes:
     """BLAKE2s (RFC 7693), optionally keyed (key up to 32 bytes)."""
-    # The handshake code hashes and MACs bytes several times a message: for
-    # those (and a flood of them answered with cookies) the checks below cost
-    # more than the hash. cffi passes bytes to a uint8_t * as they are.
-    if (type(data) is bytes and type(digest_size) is int
-            and 1 <= digest_size <= BLAKE2S_OUT_BYTES
-            and (key is None or (type(key) is bytes and len(key) <= BLAKE2S_KEY_BYTES))):
-        out = ffi.new("uint8_t[]", digest_size)
-        _check(lib.dp_blake2s(out, digest_size, data, len(data),
-                              ffi.NULL if key is None else key,
-                              0 if key is None else len(key)), "blake2s")
-        return ffi.buffer(out, digest_size)[:]
-    buf = _buffer("data", data)
+    # bytes go to the native call as they are (cffi passes them to a
+    # uint8_t *); only other buffers take the checked view. The handshake
+    # code hashes and MACs bytes several times a message (and, under a
+    # flood, for every cookie reply), where the view cost more than the hash.
+    if type(data) is not bytes:
+        data = _buffer("data", data)
+    if key is not None and type(key) is not bytes:
+        key = _buffer("key", key)
     if not isinstance(digest_size, int) or isinstance(digest_size, bool):
         raise TypeError(f"digest_size must be an int, not {type(digest_size).__name__}")
     if not 1 <= digest_size <= BLAKE2S_OUT_BYTES:
         raise ValueError(f"digest_size must be in 1..{BLAKE2S_OUT_BYTES}, got {digest_size}")
-    if key is None:
-        k, klen = ffi.NULL, 0
-    else:
-        k = _buffer("key", key)
-        klen = len(k)
-        if klen > BLAKE2S_KEY_BYTES:
-            raise ValueError(f"key must be at most {BLAKE2S_KEY_BYTES} bytes, got {klen}")
+    if key is not None and len(key) > BLAKE2S_KEY_BYTES:
+        raise ValueError(f"key must be at most {BLAKE2S_KEY_BYTES} bytes, got {len(key)}")
     out = ffi.new("uint8_t[]", digest_size)
-    _check(lib.dp_blake2s(out, digest_size, buf, len(buf), k, klen), "blake2s")
-    return bytes(ffi.buffer(out, digest_size))
+    _check(lib.dp_blake2s(out, digest_size, data, len(data), ffi.NULL if key is None else key,
+                          0 if key is None else len(key)), "blake2s")
+    return ffi.buffer(out, digest_size)[:]
 
 
 # ---------------------------------------------------------------- implementations

@@ -41,6 +41,7 @@ from dataplane._native import lib
 from dataplane.bench.loadgen import IMIX, EmulatedPeers, Receiver, RecvResult, Sender
 from dataplane.bench.tunnel import _median, cpu_seconds
 from dataplane.client import Client
+from dataplane.commands import interface_status, xsk_drops
 from dataplane.keys import PrivateKey
 from dataplane.launch import start_daemon
 from dataplane.topology import Topology, socket_in
@@ -522,9 +523,7 @@ class World:
         worker behind: every frame waits in the receive ring), from the
         dataplane-xdp DUT's status socket or the forwarder's report on
         SIGUSR1; None for other DUTs, or when the figures did not come."""
-        from dataplane.commands import XSK_DROPS
         if self.dut == "dataplane-xdp" and self.dut_name:
-            from dataplane.commands import interface_status
             try:
                 counters = interface_status(self.dut_name)["status"].get("xdp") or {}
             except (OSError, ValueError):
@@ -535,16 +534,19 @@ class World:
                 return None
         else:
             return None
-        return sum(n for k, n in counters.items()
-                   if k.startswith("xsk_") and k.split("_", 2)[2] in XSK_DROPS)
+        return sum(xsk_drops(counters).values())
 
     def _forwarder_report(self, timeout: float = 2.0) -> Optional[dict]:
-        log = self._forwarder_log
-        seen = log.read_text().count('{"now"')
+        """The forwarder's counters now: it prints them on SIGUSR1."""
+        def reports() -> list[str]:
+            return [line for line in self._forwarder_log.read_text().splitlines()
+                    if line.startswith('{"now"')]
+
+        seen = len(reports())
         self._forwarder.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            lines = [line for line in log.read_text().splitlines() if line.startswith('{"now"')]
+            lines = reports()
             if len(lines) > seen:
                 try:
                     return json.loads(lines[-1])["now"]
