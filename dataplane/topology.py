@@ -13,6 +13,7 @@ import threading
 from typing import Optional, Sequence
 
 from pyroute2 import NetNS, netns
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 
 class TopologyError(Exception):
@@ -21,6 +22,14 @@ class TopologyError(Exception):
 
 def _ip_interface(addr: str):
     return ipaddress.ip_interface(addr)
+
+
+def _nodad(iface) -> dict:
+    """IPv6 addresses go in without duplicate address detection. The
+    namespaces' accept_dad=0 is not enough: the kernel still holds a new
+    address tentative until its DAD work has run, and a bind() in that
+    window fails with EADDRNOTAVAIL."""
+    return {"flags": IFA_F_NODAD} if iface.version == 6 else {}
 
 
 class Topology:
@@ -91,7 +100,7 @@ class Topology:
                 for addr in addrs:
                     iface = _ip_interface(addr)
                     ns.addr("add", index=idx, address=str(iface.ip),
-                            prefixlen=iface.network.prefixlen)
+                            prefixlen=iface.network.prefixlen, **_nodad(iface))
                 if mtu:
                     ns.link("set", index=idx, mtu=mtu)
                 ns.link("set", index=idx, state="up")
@@ -101,7 +110,7 @@ class Topology:
         with NetNS(ns_name) as ns:
             iface = _ip_interface(addr)
             ns.addr("add", index=ns.link_lookup(ifname=ifname)[0], address=str(iface.ip),
-                    prefixlen=iface.network.prefixlen)
+                    prefixlen=iface.network.prefixlen, **_nodad(iface))
 
     def set_up(self, ns_name: str, ifname: str, mtu: Optional[int] = None) -> None:
         with NetNS(ns_name) as ns:
