@@ -573,6 +573,11 @@ class Device:
         lens = ffi.new("uint32_t[]", [len(p) for p in packets])
         return _check(lib.dp_device_test_tx(self._dev, ptrs, lens, len(packets)), "send path")
 
+    def test_stage(self, peer_id: int, packet: bytes) -> None:
+        """Queue an inner packet for peer_id as the send path does when it
+        found no usable keypair for it."""
+        _check(lib.dp_device_test_stage(self._dev, peer_id, packet, len(packet)), "stage")
+
 
 def xsk_socket_statistics(fd: int) -> dict[str, int]:
     """XDP_STATISTICS of an AF_XDP socket: every XSK_STATISTICS name."""

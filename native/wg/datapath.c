@@ -801,7 +801,7 @@ static void maybe_rekey(struct dp_device *d, struct peer *p, uint32_t peer_id,
 }
 
 static void stage(struct dp_device *d, struct peer *p, uint32_t peer_id, const uint8_t *pkt,
-                  uint32_t len)
+                  uint32_t len, uint64_t now)
 {
     struct staged *s = malloc(sizeof(*s) + len);
     bool full;
@@ -828,7 +828,17 @@ static void stage(struct dp_device *d, struct peer *p, uint32_t peer_id, const u
         free(s);
         count_drop(d, DP_DROP_STAGED_FULL, 1);
     }
-    dp_want_handshake(d, p, peer_id);
+    /* The caller found no usable keypair, but one may have been installed
+     * since, and its install may have flushed the queue before this
+     * packet joined it. Installs set the keypair before they flush, and
+     * the lock orders that against the append above: if the keypair is
+     * usable now, the packet goes with it at once. Asking for a handshake
+     * instead would leave the packet waiting, and start a needless second
+     * handshake that the first one's answer then races. */
+    if (dp_keypair_can_send(atomic_load_explicit(&p->current, memory_order_acquire), now))
+        dp_flush_staged(d, peer_id);
+    else
+        dp_want_handshake(d, p, peer_id);
 }
 
 /* Send the prepared messages of one family with sendmmsg. */
@@ -1148,7 +1158,7 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now, b
         }
         kp = atomic_load_explicit(&p->current, memory_order_acquire);
         if (!take_counter(kp, now, &counter)) {
-            stage(d, p, peer_id, pkt, plen);
+            stage(d, p, peer_id, pkt, plen, now);
             continue;
         }
         maybe_rekey(d, p, peer_id, kp, now, counter);
@@ -1381,6 +1391,17 @@ int dp_device_test_tx(struct dp_device *d, const uint8_t *const *pkts, const uin
     tx_flush(d, b, (int)n, dp_now_ns(), false);
     reader_offline(d, POLL_READER);
     return (int)n;
+}
+
+int dp_device_test_stage(struct dp_device *d, uint32_t peer_id, const uint8_t *pkt, uint32_t len)
+{
+    if (!pkt || len > INNER_MAX_BYTES || d->running || peer_id >= d->cfg.max_peers ||
+        !d->peers[peer_id].in_use)
+        return -EINVAL;
+    reader_online(d, POLL_READER);
+    stage(d, &d->peers[peer_id], peer_id, pkt, len, dp_now_ns());
+    reader_offline(d, POLL_READER);
+    return 0;
 }
 
 int dp_device_test_outer_parse(const uint8_t *frame, uint32_t len, uint32_t *payload_off,

@@ -325,14 +325,18 @@ int dp_device_poll_once(struct dp_device *d);
  * - the send path (route by allowed IPs, counters, padding, encryption as
  *   a batch, sendmmsg to the peers' endpoints) over n inner packets, as
  *   reads from the TUN would hand them over;
+ * - the send path's queueing of a packet for peer_id that found no usable
+ *   keypair (staged until a handshake, unless a keypair has come since);
  * - the parse of an Ethernet frame from the WAN AF_XDP port: where the
  *   WireGuard message starts and how long it is, and its source.
- * The first two return n or -errno; the parse returns 0, or -EINVAL for a
- * frame that is not Ethernet/IPv4|IPv6/UDP with consistent lengths. */
+ * The first two return n or -errno; the staging returns 0 or -EINVAL; the
+ * parse returns 0, or -EINVAL for a frame that is not Ethernet/IPv4|IPv6/UDP
+ * with consistent lengths. */
 int dp_device_test_rx(struct dp_device *d, const uint8_t *const *msgs, const uint32_t *lens,
                       uint32_t n, const struct dp_endpoint *from);
 int dp_device_test_tx(struct dp_device *d, const uint8_t *const *pkts, const uint32_t *lens,
                       uint32_t n);
+int dp_device_test_stage(struct dp_device *d, uint32_t peer_id, const uint8_t *pkt, uint32_t len);
 int dp_device_test_outer_parse(const uint8_t *frame, uint32_t len, uint32_t *payload_off,
                                uint32_t *payload_len, struct dp_endpoint *from);
 

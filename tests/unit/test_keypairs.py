@@ -438,3 +438,40 @@ def test_a_chunk_partly_in_use_stays():
         assert d.memory()["locked"] == chunk
     finally:
         d.close()
+
+
+# ---------------------------------------------------------------- staging
+
+def test_a_packet_queued_after_the_keypair_came_goes_out_with_it(dev):
+    # A packet that found no keypair may join the queue only after the
+    # install that would have flushed it (a worker races the control
+    # plane). It must go out with that keypair, not wait for, and ask
+    # for, a second handshake.
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(2)
+    dev.set_endpoint(0, Endpoint(ipaddress.ip_address("127.0.0.1"), sink.getsockname()[1]))
+    pkt = ipv4_udp(FAR, PEER_INNER, 64)
+    # no keypair yet: the packet waits, and one handshake is asked for
+    dev.test_stage(0, pkt)
+    assert dev.stats(0).staged == 1 and dev.stats(0).tx_packets == 0
+    assert [e.type for e in dev.events()] == [lib.DP_EVENT_NEED_HANDSHAKE]
+    dev.index_claim(1)
+    install(dev, 1)  # the install flushes what waits
+    assert dev.stats(0).staged == 0 and dev.stats(0).tx_packets == 1
+    first = sink.recv(2048)
+    # the late one
+    dev.test_stage(0, pkt)
+    assert dev.stats(0).staged == 0 and dev.stats(0).tx_packets == 2
+    second = sink.recv(2048)
+    for counter, msg in enumerate((first, second)):
+        assert msg[0] == lib.DP_WG_MSG_DATA and int.from_bytes(msg[4:8], "little") == 0x77
+        assert int.from_bytes(msg[8:16], "little") == counter
+    assert dev.events() == [], "a handshake was asked for with a usable keypair"
+    sink.close()
+
+
+def test_staging_refuses_a_peer_that_is_not_there(dev):
+    with pytest.raises(DeviceError) as e:
+        dev.test_stage(7, ipv4_udp(FAR, PEER_INNER, 64))
+    assert e.value.errno == errno.EINVAL
