@@ -366,7 +366,9 @@ class World:
                 self.api = Client(Path(f"/run/dataplane/{name}.api.sock"), timeout=300)
         else:
             wg = WireGuardGo(self.topo, self.server, f"bpw{tag}")
-            wg.start()
+            # on the DUT's CPU from the start: Go sizes its scheduler to
+            # that (GOMAXPROCS 1), as it would deployed on one CPU
+            wg.start(cpus=[self.dut_cpu] if self.dut_cpu is not None else None)
             wg.setconf(f"[Interface]\nPrivateKey = {key.reveal_base64()}\n"
                        f"ListenPort = {LISTEN_PORT}\n{peers_conf}")
             wg.up([TUNNEL_ADDRESS], mtu=MTU)

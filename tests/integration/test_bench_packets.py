@@ -195,6 +195,33 @@ def test_every_napi_thread_of_an_xdp_dut_is_on_its_cpu(topo, tmp_path, napi_thre
         w.close()
 
 
+def test_wireguard_go_is_sized_to_the_dut_cpu_from_its_start(topo, tmp_path):
+    """Go sizes its scheduler to the CPUs it may use when it starts: the
+    DUT's wireguard-go starts on the DUT's CPU with GOMAXPROCS 1, as it
+    would run deployed on one CPU, not with a scheduler for every CPU of
+    the machine squeezed onto one afterwards (which costs it CPU time)."""
+    import os
+
+    from dataplane.bench.packets import World
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the DUT is pinned only with two CPUs or more")
+    w = World(topo, "wireguard-go", 1, tmp_path, pin=True, say=lambda s: None)
+    try:
+        pid = w.dut_pid
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == "wireguard-go"
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"GOMAXPROCS=1" in environ
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        assert tids and all(os.sched_getaffinity(t) == {w.dut_cpu} for t in tids)
+        # and it works: the emulated peer's handshake went through
+        ifname = f"bpw{os.getpid() % 10000}"  # as World names it
+        out = topo.run(w.server, ["wg", "show", ifname, "latest-handshakes"]).stdout.split()
+        assert len(out) == 2 and int(out[1]) > 0, out
+    finally:
+        w.close()
+
+
 def test_wait_idle_tells_a_busy_cpu_from_a_quiet_one():
     """Before each run the bench waits for the DUT's CPU to go quiet (with
     every DUT's world up, one may still be working): a CPU a spinning
