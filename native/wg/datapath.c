@@ -5,6 +5,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -1440,7 +1441,11 @@ void *dp_worker_main(void *arg)
 
     bool sockets = true;
     uint64_t idle_since = 0;
+    char name[16];
 
+    /* what top -H, ps -L and perf show for this thread */
+    snprintf(name, sizeof(name), "dp-worker-%d", w);
+    pthread_setname_np(pthread_self(), name);
     while (!atomic_load_explicit(&d->stopping, memory_order_relaxed)) {
         /* Busy bursts go on without sleeping; an idle worker goes offline
          * so that retired keypairs need not wait for it. The stop eventfd

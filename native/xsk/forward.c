@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -112,6 +113,7 @@ int dp_xsk_fwd_run(struct dp_xsk_fwd *f, int cpu, struct dp_xsk_fwd_stats *out)
 {
     if (!f || !out)
         return -EINVAL;
+    pthread_setname_np(pthread_self(), "xsk-forward");
     if (cpu >= 0) {
         cpu_set_t set;
 

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -61,8 +62,14 @@ def test_exit_node_initiates_when_it_has_traffic(topo, tmp_path, workers, backen
     w = TunnelWorld(topo, tmp_path, exit_knows_client_endpoint=True,
                     extra_exit_conf=f"\n[DataPlane]\nWorkers = {workers}\n")
     # XDP: one worker per receive queue of the WAN interface (a veth has one)
-    assert w.status()["workers"] == (workers if backend == "socket" else 1)
+    want = workers if backend == "socket" else 1
+    assert w.status()["workers"] == want
     assert w.status()["backend"] == backend
+    # the workers are named, for top -H, ps -L and perf
+    names = [(t / "comm").read_text().strip()
+             for t in Path(f"/proc/{w.daemon.pid}/task").iterdir()]
+    assert sorted(n for n in names if n.startswith("dp-worker")) == \
+        [f"dp-worker-{i}" for i in range(want)], names
     r = w.ping(w.exit_ns, "10.202.0.2")
     assert r.returncode == 0, r.stdout + r.stderr
     r = w.ping(w.exit_ns, "fd00:202::2")
