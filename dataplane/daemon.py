@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from dataplane import config as cfg
 from dataplane import uapi
@@ -308,7 +309,12 @@ class Daemon:
             idx = ipr.link_lookup(ifname=self.name)[0]
             ipr.link("set", index=idx, mtu=mtu)
             for addr in self.conf.interface.addresses:
-                ipr.addr("add", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+                # NOARP interfaces get no duplicate address detection, but
+                # without NODAD the kernel still holds a new IPv6 address
+                # tentative (unusable for bind) until its DAD work has run
+                flags = {"flags": IFA_F_NODAD} if addr.version == 6 else {}
+                ipr.addr("add", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen,
+                         **flags)
             ipr.link("set", index=idx, state="up")
         self.sync_routes()
 

@@ -3,6 +3,7 @@ in network namespaces: handshakes both ways, IPv4 and IPv6 inside and
 outside, iperf3, `wg`, roaming, bad keys, clean shutdown."""
 import os
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -65,6 +66,13 @@ def test_exit_node_initiates_when_it_has_traffic(topo, tmp_path, workers, backen
     want = workers if backend == "socket" else 1
     assert w.status()["workers"] == want
     assert w.status()["backend"] == backend
+    # the interface's IPv6 address is usable at once (never tentative)
+    addrs = w.topo.run(w.exit_ns, ["ip", "-6", "-o", "addr", "show", "dev", w.name]).stdout
+    line = next(l for l in addrs.splitlines() if "fd00:202::1/" in l)
+    assert "nodad" in line and "tentative" not in line, line
+    s = w.topo.socket(w.exit_ns, socket.AF_INET6)
+    s.bind(("fd00:202::1", 0))
+    s.close()
     # the workers are named, for top -H, ps -L and perf
     names = [(t / "comm").read_text().strip()
              for t in Path(f"/proc/{w.daemon.pid}/task").iterdir()]
