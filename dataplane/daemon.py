@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Optional
 
 from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from dataplane import config as cfg
 from dataplane import uapi
@@ -37,6 +36,7 @@ from dataplane.api.server import ApiServer, tls_context
 from dataplane._native import lib
 from dataplane.device import Device, DeviceError
 from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
+from dataplane.topology import nodad
 from dataplane.tun import open_tun
 from dataplane.xdp_backend import (OuterRoutes, XdpPlumbing, XdpUnavailable,
                                    remove_stale_inner_link, rx_queues, wan_interfaces,
@@ -309,12 +309,8 @@ class Daemon:
             idx = ipr.link_lookup(ifname=self.name)[0]
             ipr.link("set", index=idx, mtu=mtu)
             for addr in self.conf.interface.addresses:
-                # NOARP interfaces get no duplicate address detection, but
-                # without NODAD the kernel still holds a new IPv6 address
-                # tentative (unusable for bind) until its DAD work has run
-                flags = {"flags": IFA_F_NODAD} if addr.version == 6 else {}
                 ipr.addr("add", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen,
-                         **flags)
+                         **nodad(addr))
             ipr.link("set", index=idx, state="up")
         self.sync_routes()
 

@@ -24,11 +24,13 @@ def _ip_interface(addr: str):
     return ipaddress.ip_interface(addr)
 
 
-def _nodad(iface) -> dict:
-    """IPv6 addresses go in without duplicate address detection. The
-    namespaces' accept_dad=0 is not enough: the kernel still holds a new
-    address tentative until its DAD work has run, and a bind() in that
-    window fails with EADDRNOTAVAIL."""
+def nodad(iface) -> dict:
+    """Keyword arguments for pyroute2's addr("add") that put an IPv6
+    address in without duplicate address detection. Neither accept_dad=0
+    nor a NOARP interface (where the kernel does no DAD) is enough: the
+    kernel still holds a new address tentative until its DAD work has run,
+    and a bind() in that window fails with EADDRNOTAVAIL. The test worlds
+    and the daemon's own interface use it."""
     return {"flags": IFA_F_NODAD} if iface.version == 6 else {}
 
 
@@ -100,7 +102,7 @@ class Topology:
                 for addr in addrs:
                     iface = _ip_interface(addr)
                     ns.addr("add", index=idx, address=str(iface.ip),
-                            prefixlen=iface.network.prefixlen, **_nodad(iface))
+                            prefixlen=iface.network.prefixlen, **nodad(iface))
                 if mtu:
                     ns.link("set", index=idx, mtu=mtu)
                 ns.link("set", index=idx, state="up")
@@ -110,7 +112,7 @@ class Topology:
         with NetNS(ns_name) as ns:
             iface = _ip_interface(addr)
             ns.addr("add", index=ns.link_lookup(ifname=ifname)[0], address=str(iface.ip),
-                    prefixlen=iface.network.prefixlen, **_nodad(iface))
+                    prefixlen=iface.network.prefixlen, **nodad(iface))
 
     def set_up(self, ns_name: str, ifname: str, mtu: Optional[int] = None) -> None:
         with NetNS(ns_name) as ns:
