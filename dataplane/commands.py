@@ -126,7 +126,9 @@ def backend_summary(status: dict) -> str:
     """"xdp on eth0 (queue 0), eth1 (queues 0, 1), 3 worker(s)" or
     "socket, 1 worker(s)", from the status socket's figures; with busy
     polling, ", busy polling 50 us (kernel receive in the workers: 2 of 4
-    sockets)"."""
+    sockets)"; with real-time workers, ", real-time workers (SCHED_FIFO 1)",
+    as the kernel holds them ("2 of 3 workers real-time (SCHED_FIFO 1)" if
+    not all are)."""
     text = status.get("backend", "?")
     wan = status.get("wan") or {}
     if wan:
@@ -140,6 +142,12 @@ def backend_summary(status: dict) -> str:
         napi = sum(1 for s in socks if s.get("napi_id"))
         text += (f", busy polling {busy['us']} us (kernel receive in the workers: "
                  f"{napi} of {len(socks)} sockets)")
+    sched = status.get("scheduling") or []
+    rt = [w for w in sched if w.get("policy") in ("fifo", "rr")]
+    if rt:
+        prios = sorted({f"SCHED_{w['policy'].upper()} {w['priority']}" for w in rt})
+        share = "" if len(rt) == len(sched) else f"{len(rt)} of {len(sched)} "
+        text += f", {share}real-time workers ({', '.join(prios)})"
     return text
 
 

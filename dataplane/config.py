@@ -27,6 +27,8 @@
     ReplayWindow = 2048                   # anti-replay bits a keypair: 1024..8192, default 8192
     BusyPoll = 50                         # xdp: workers busy-poll their AF_XDP sockets,
                                           # polling this many µs before they sleep (default off)
+    RealtimePriority = 1                  # workers run SCHED_FIFO at this priority, 1..99
+                                          # (default off: the daemon's own policy)
 
 Keys are case-insensitive, '#' starts a comment, whitespace around '=' is
 free, as in wg-quick. Values follow `wg`: keys are 44-character base64,
@@ -73,6 +75,7 @@ REPLAY_WINDOW_MIN = lib.DP_REPLAY_BITS_MIN
 REPLAY_WINDOW_MAX = lib.DP_REPLAY_BITS_MAX
 BUSY_POLL_MAX_US = lib.DP_DEVICE_BUSY_POLL_MAX_US
 REPLAY_WINDOW_DEFAULT = lib.DP_REPLAY_BITS_DEFAULT
+REALTIME_PRIORITY_MIN, REALTIME_PRIORITY_MAX = 1, 99  # Linux's SCHED_FIFO range
 WG_QUICK_ONLY = ("DNS", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")
 
 # wg-quick's rule for the name in NAME.conf; Linux's own rule is looser.
@@ -265,6 +268,7 @@ class DataPlaneConfig:
     api_client_ca: Optional[str] = None
     replay_window: int = REPLAY_WINDOW_DEFAULT    # anti-replay bits per keypair
     busy_poll_us: int = 0                         # xdp busy polling; 0: off
+    realtime_priority: int = 0                    # workers' SCHED_FIFO priority; 0: off
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,8 @@ class Config:
                 out.append(f"ReplayWindow = {d.replay_window}")
             if d.busy_poll_us:
                 out.append(f"BusyPoll = {d.busy_poll_us}")
+            if d.realtime_priority:
+                out.append(f"RealtimePriority = {d.realtime_priority}")
         return "\n".join(out) + "\n"
 
 
@@ -410,6 +416,13 @@ def _busy_poll(key, value):
     if value.lower() == "off":
         return 0
     return _number(key, value, 0, BUSY_POLL_MAX_US, "off or microseconds")
+
+
+def _realtime_priority(key, value):
+    if value.lower() == "off":
+        return 0
+    return _number(key, value, REALTIME_PRIORITY_MIN, REALTIME_PRIORITY_MAX,
+                   "off or a SCHED_FIFO priority")
 
 
 def _count(maximum):
@@ -516,6 +529,7 @@ _KEYS: dict[str, dict[str, tuple[_Handler, bool]]] = {
         "ApiClientCA": (_set(_path), False),
         "ReplayWindow": (_set(_replay_window), False),
         "BusyPoll": (_set(_busy_poll), False),
+        "RealtimePriority": (_set(_realtime_priority), False),
     },
 }
 _SECTIONS = {name.lower(): name for name in _KEYS}
@@ -645,11 +659,20 @@ class _Parser:
             api_certificate_key=d.get("ApiCertificateKey"),
             api_client_ca=d.get("ApiClientCA"),
             replay_window=d.get("ReplayWindow", REPLAY_WINDOW_DEFAULT),
-            busy_poll_us=d.get("BusyPoll", 0))
+            busy_poll_us=d.get("BusyPoll", 0),
+            realtime_priority=d.get("RealtimePriority", 0))
         if dataplane.busy_poll_us and dataplane.backend == "socket":
             raise self.error("BusyPoll: only the xdp backend busy-polls (its AF_XDP sockets); "
                              "this file says Backend = socket",
                              line=self.dataplane.lines["BusyPoll"])
+        if dataplane.busy_poll_us and dataplane.realtime_priority:
+            # veth and copy mode: no NAPI to poll, so a worker polls in
+            # vain, and at real-time priority the kernel's receive that
+            # would feed it waits out every polling window
+            raise self.error("RealtimePriority: not with BusyPoll: a real-time worker that "
+                             "polls keeps the kernel's receive threads, which feed it, off "
+                             "its CPU for every polling window",
+                             line=self.dataplane.lines["RealtimePriority"])
         tls = {"ApiCertificate": dataplane.api_certificate,
                "ApiCertificateKey": dataplane.api_certificate_key,
                "ApiClientCA": dataplane.api_client_ca}

@@ -288,7 +288,17 @@ class Daemon:
             for pc in conf.peers:
                 self._configure_peer(pc)
             self._configure_link(mtu)
-            device.start()
+            if conf.dataplane.realtime_priority:
+                device.set_realtime(conf.dataplane.realtime_priority)
+            try:
+                device.start()
+            except DeviceError as e:
+                if e.errno == errno_mod.EPERM and conf.dataplane.realtime_priority:
+                    raise UpError(f"RealtimePriority = {conf.dataplane.realtime_priority}: the "
+                                  f"kernel refused SCHED_FIFO for the workers (EPERM): that "
+                                  f"needs CAP_SYS_NICE, and under a cgroup with real-time "
+                                  f"group scheduling, a real-time budget for it") from None
+                raise
         except BaseException:
             self.down()
             raise
@@ -739,6 +749,8 @@ class Daemon:
                                      for w in range(self.workers)]}
         return {"backend": self.backend, "workers": self.workers, "xdp": xdp_counters,
                 "wan": wan, "busy_poll": busy_poll,
+                # what the kernel holds for the worker threads
+                "scheduling": self.iface.device.worker_scheduling(),
                 "native_memory": memory() if memory is not None else None,
                 "drops": self.iface.device.drops(),
                 "handshake": dict(self.iface.counters), "peer_state": peers}

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
@@ -225,6 +226,36 @@ class Device:
 
     def start(self) -> None:
         _check(lib.dp_device_start(self._dev), "start")
+
+    def set_realtime(self, priority: int) -> None:
+        """Start the workers under SCHED_FIFO at priority (1..99), or under
+        the caller's own policy (0, the default); before start. Starting
+        then needs CAP_SYS_NICE (start fails with EPERM without it)."""
+        if not 0 <= priority <= 99:
+            raise ValueError(f"a SCHED_FIFO priority is 1..99 (0: off), not {priority}")
+        _check(lib.dp_device_set_realtime(self._dev, priority), f"real-time priority {priority}")
+
+    @staticmethod
+    def worker_scheduling() -> list[dict]:
+        """What the kernel holds for this process's worker threads
+        (dp-worker-N), in worker order: policy ("fifo", "rr", "other",
+        ...) and priority."""
+        names = {os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr", os.SCHED_OTHER: "other",
+                 os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle"}
+        out = []
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                comm = (task / "comm").read_text().strip()
+                if not comm.startswith("dp-worker-"):
+                    continue
+                tid = int(task.name)
+                policy = os.sched_getscheduler(tid)
+                out.append({"worker": int(comm.rsplit("-", 1)[1]),
+                            "policy": names.get(policy, str(policy)),
+                            "priority": os.sched_getparam(tid).sched_priority})
+            except (OSError, ValueError):
+                continue  # a thread that ended meanwhile
+        return sorted(out, key=lambda w: w["worker"])
 
     def attach_xsk(self, worker: int, wan_ifname: str, wan_queue: int, inner_ifname: str,
                    inner_queue: int, inner_dst_mac: bytes, inner_src_mac: bytes,

@@ -335,7 +335,7 @@ static void confirm_next(struct dp_device *d, struct peer *p, uint32_t peer_id,
     struct keypair *dropped = NULL;
     bool confirmed = false, flush;
 
-    spin_lock(&p->lock);
+    lock_take(&p->lock);
     if (p->next == kp) {
         dropped = p->previous;
         p->previous = atomic_load(&p->current);
@@ -344,7 +344,7 @@ static void confirm_next(struct dp_device *d, struct peer *p, uint32_t peer_id,
         confirmed = true;
     }
     flush = confirmed && p->staged_count > 0;
-    spin_unlock(&p->lock);
+    lock_give(&p->lock);
     if (!confirmed)
         return;
     if (dropped)
@@ -360,10 +360,10 @@ static void update_endpoint(struct peer *p, const struct sockaddr_in6 *from)
     struct dp_endpoint ep;
 
     sockaddr_to_endpoint(from, &ep);
-    spin_lock(&p->lock);
+    lock_take(&p->lock);
     if (memcmp(&p->endpoint, &ep, sizeof(ep)))
         p->endpoint = ep; /* roaming: follow the latest authenticated source */
-    spin_unlock(&p->lock);
+    lock_give(&p->lock);
 }
 
 /* A clear packet to the kernel through our end of the inner veth pair:
@@ -814,7 +814,7 @@ static void stage(struct dp_device *d, struct peer *p, uint32_t peer_id, const u
     s->next = NULL;
     s->len = len;
     memcpy(s->data, pkt, len);
-    spin_lock(&p->lock);
+    lock_take(&p->lock);
     full = p->staged_count >= DP_DEVICE_STAGED_MAX;
     if (!full) {
         if (p->staged_tail)
@@ -824,7 +824,7 @@ static void stage(struct dp_device *d, struct peer *p, uint32_t peer_id, const u
         p->staged_tail = s;
         p->staged_count++;
     }
-    spin_unlock(&p->lock);
+    lock_give(&p->lock);
     if (full) {
         free(s);
         count_drop(d, DP_DROP_STAGED_FULL, 1);
@@ -1149,9 +1149,9 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now, b
             continue;
         }
         p = &d->peers[peer_id];
-        spin_lock(&p->lock);
+        lock_take(&p->lock);
         ep[njobs] = p->endpoint;
-        spin_unlock(&p->lock);
+        lock_give(&p->lock);
         if (ep[njobs].family == DP_ENDPOINT_NONE ||
             (ep[njobs].family == DP_ENDPOINT_IPV4 ? b->udp4_fd : b->udp6_fd) < 0) {
             count_drop(d, DP_DROP_NO_ENDPOINT, 1);
@@ -1231,9 +1231,9 @@ static int send_one(struct dp_device *d, uint32_t peer_id, const uint8_t *pkt, u
 
     if (!buf)
         return -ENOMEM;
-    spin_lock(&p->lock);
+    lock_take(&p->lock);
     ep = p->endpoint;
-    spin_unlock(&p->lock);
+    lock_give(&p->lock);
     kp = atomic_load(&p->current);
     if (ep.family == DP_ENDPOINT_NONE) {
         err = -EDESTADDRREQ;
@@ -1262,11 +1262,11 @@ void dp_flush_staged(struct dp_device *d, uint32_t peer_id)
     struct peer *p = &d->peers[peer_id];
     struct staged *list;
 
-    spin_lock(&p->lock);
+    lock_take(&p->lock);
     list = p->staged_head;
     p->staged_head = p->staged_tail = NULL;
     p->staged_count = 0;
-    spin_unlock(&p->lock);
+    lock_give(&p->lock);
     while (list) {
         struct staged *s = list;
 

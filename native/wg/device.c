@@ -2,13 +2,16 @@
  * statistics. Packet processing is in datapath.c. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/futex.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -566,6 +569,53 @@ int dp_device_xsk_busy_poll(struct dp_device *d, uint32_t usecs)
     return err;
 }
 
+/* Worker w's thread, real-time from its first instruction when asked
+ * (dp_device_set_realtime): EPERM without CAP_SYS_NICE fails the start. */
+static int start_worker(struct dp_device *d, uint32_t w)
+{
+    pthread_attr_t attr;
+    int err;
+
+    if (!d->rt_priority)
+        return pthread_create(&d->workers[w].thread, NULL, dp_worker_main, &d->workers[w]);
+    struct sched_param sp = {.sched_priority = (int)d->rt_priority};
+
+    err = pthread_attr_init(&attr);
+    if (err)
+        return err;
+    err = pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+    if (!err)
+        err = pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
+    if (!err)
+        err = pthread_attr_setschedparam(&attr, &sp);
+    if (!err)
+        err = pthread_create(&d->workers[w].thread, &attr, dp_worker_main, &d->workers[w]);
+    pthread_attr_destroy(&attr);
+    return err;
+}
+
+void dp_lock_wait(struct dp_lock *l)
+{
+    /* a short critical section on another CPU: spin for it a while */
+    for (int i = 0; i < 200; i++) {
+        uint32_t free_ = 0;
+
+        __builtin_ia32_pause();
+        if (atomic_load_explicit(&l->v, memory_order_relaxed) == 0 &&
+            atomic_compare_exchange_strong_explicit(&l->v, &free_, 1, memory_order_acquire,
+                                                    memory_order_relaxed))
+            return;
+    }
+    /* then sleep; whoever takes it from here marks it as having sleepers */
+    while (atomic_exchange_explicit(&l->v, 2, memory_order_acquire) != 0)
+        syscall(SYS_futex, &l->v, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+}
+
+void dp_lock_wake(struct dp_lock *l)
+{
+    syscall(SYS_futex, &l->v, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
 int dp_device_start(struct dp_device *d)
 {
     uint32_t w;
@@ -591,7 +641,7 @@ int dp_device_start(struct dp_device *d)
     for (w = 0; w < d->cfg.workers && !err; w++) {
         err = -dp_readers_register(d, (int)w);
         if (!err) {
-            err = pthread_create(&d->workers[w].thread, NULL, dp_worker_main, &d->workers[w]);
+            err = start_worker(d, w);
             if (err)
                 dp_readers_unregister(d, (int)w);
         }
@@ -602,6 +652,22 @@ int dp_device_start(struct dp_device *d)
         d->running = true;
     pthread_mutex_unlock(&d->control);
     return -err;
+}
+
+int dp_device_set_realtime(struct dp_device *d, uint32_t priority)
+{
+    int err = 0;
+
+    if (priority && (priority < (uint32_t)sched_get_priority_min(SCHED_FIFO) ||
+                     priority > (uint32_t)sched_get_priority_max(SCHED_FIFO)))
+        return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    if (d->running)
+        err = -EBUSY;
+    else
+        d->rt_priority = priority;
+    pthread_mutex_unlock(&d->control);
+    return err;
 }
 
 void dp_device_stop(struct dp_device *d)
@@ -723,14 +789,14 @@ int dp_device_peer_add(struct dp_device *d, uint32_t peer_id)
         /* A worker may still touch this slot for a packet of its previous
          * owner (peer slots are never freed): reset it under its lock,
          * which stays valid throughout, rather than wiping the lock too. */
-        spin_lock(&p->lock);
+        lock_take(&p->lock);
         memset(&p->endpoint, 0, sizeof(p->endpoint));
         atomic_store(&p->current, NULL);
         p->previous = p->next = NULL;
         atomic_store(&p->handshake_wanted, false);
         for (_Atomic uint64_t *c = &p->rx_bytes; c <= &p->last_tx_data_ns; c++)
             atomic_store(c, 0);
-        spin_unlock(&p->lock);
+        lock_give(&p->lock);
         p->in_use = true;
     }
     pthread_mutex_unlock(&d->control);
@@ -742,13 +808,13 @@ static void peer_clear(struct dp_device *d, struct peer *p)
 {
     struct keypair *kps[3];
 
-    spin_lock(&p->lock);
+    lock_take(&p->lock);
     kps[0] = atomic_exchange(&p->current, NULL);
     kps[1] = p->previous;
     kps[2] = p->next;
     p->previous = p->next = NULL;
     staged_drop_all(p);
-    spin_unlock(&p->lock);
+    lock_give(&p->lock);
     for (int i = 0; i < 3; i++)
         unlink_retire(d, kps[i]);
     atomic_store(&p->handshake_wanted, false);
@@ -819,9 +885,9 @@ int dp_device_peer_set_endpoint(struct dp_device *d, uint32_t peer_id,
     pthread_mutex_lock(&d->control);
     p = peer_get(d, peer_id);
     if (p) {
-        spin_lock(&p->lock);
+        lock_take(&p->lock);
         p->endpoint = *ep;
-        spin_unlock(&p->lock);
+        lock_give(&p->lock);
     } else {
         err = -ENOENT;
     }
@@ -838,9 +904,9 @@ int dp_device_peer_get_endpoint(struct dp_device *d, uint32_t peer_id, struct dp
     pthread_mutex_lock(&d->control);
     p = peer_get(d, peer_id);
     if (p) {
-        spin_lock(&p->lock);
+        lock_take(&p->lock);
         *ep = p->endpoint;
-        spin_unlock(&p->lock);
+        lock_give(&p->lock);
     }
     pthread_mutex_unlock(&d->control);
     return p ? 0 : -ENOENT;
@@ -859,7 +925,7 @@ static void peer_stats_fill(struct peer *p, struct dp_peer_stats *out)
     out->last_rx_data_ns = atomic_load(&p->last_rx_data_ns);
     out->last_tx_ns = atomic_load(&p->last_tx_ns);
     out->last_tx_data_ns = atomic_load(&p->last_tx_data_ns);
-    spin_lock(&p->lock);
+    lock_take(&p->lock);
     cur = atomic_load(&p->current);
     if (cur) {
         out->current_created_ns = cur->created_ns;
@@ -869,7 +935,7 @@ static void peer_stats_fill(struct peer *p, struct dp_peer_stats *out)
     }
     out->keypairs = !!cur + !!p->previous + !!p->next;
     out->staged = p->staged_count;
-    spin_unlock(&p->lock);
+    lock_give(&p->lock);
 }
 
 int dp_device_peer_stats(struct dp_device *d, uint32_t peer_id, struct dp_peer_stats *out)
@@ -1005,7 +1071,7 @@ int dp_device_keypair_install(struct dp_device *d, const struct dp_keypair_param
     d->kp_live++;
 
     /* Rotation as the kernel does it (noise.c, add_new_keypair). */
-    spin_lock(&p->lock);
+    lock_take(&p->lock);
     if (kp->is_initiator) {
         /* used at once; an unconfirmed next becomes previous instead of
          * the current one */
@@ -1027,7 +1093,7 @@ int dp_device_keypair_install(struct dp_device *d, const struct dp_keypair_param
         p->next = kp;
         p->previous = NULL;
     }
-    spin_unlock(&p->lock);
+    lock_give(&p->lock);
     /* the reservation becomes the keypair: receivable from here on */
     dp_index_table_replace(d->indices, kp->local_index, INDEX_RESERVED, kp->handle);
     for (int i = 0; i < 2; i++)
@@ -1055,14 +1121,14 @@ int dp_device_keypair_retire(struct dp_device *d, uint32_t local_index)
     }
     p = peer_get(d, kp->peer_id);
     if (p) {
-        spin_lock(&p->lock);
+        lock_take(&p->lock);
         if (atomic_load(&p->current) == kp)
             atomic_store(&p->current, NULL);
         if (p->previous == kp)
             p->previous = NULL;
         if (p->next == kp)
             p->next = NULL;
-        spin_unlock(&p->lock);
+        lock_give(&p->lock);
     }
     unlink_retire(d, kp);
     reclaim(d);
@@ -1123,4 +1189,71 @@ int dp_device_send_to(struct dp_device *d, const struct dp_endpoint *ep, const u
     if (!endpoint_valid(ep) || ep->family == DP_ENDPOINT_NONE || !data || !len)
         return -EINVAL;
     return dp_sendto(d, ep, data, len);
+}
+
+struct lock_test {
+    struct dp_lock lock;
+    uint64_t counter;
+    uint32_t rounds;
+    _Atomic uint32_t go;
+};
+
+static void *lock_test_main(void *arg)
+{
+    struct lock_test *t = arg;
+
+    /* asleep until all are there (a real-time thread that spun here
+     * would keep the starting thread off its CPU) */
+    while (!atomic_load(&t->go))
+        syscall(SYS_futex, &t->go, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    for (uint32_t i = 0; i < t->rounds; i++) {
+        lock_take(&t->lock);
+        uint64_t c = t->counter;
+
+        /* a holder that gives up its CPU inside: a real-time waiter on
+         * that CPU then runs while the lock is held */
+        if ((i & 63) == 0)
+            sched_yield();
+        t->counter = c + 1;
+        lock_give(&t->lock);
+    }
+    return NULL;
+}
+
+int64_t dp_device_test_lock(uint32_t threads, uint32_t rounds, int fifo_priority, int cpu)
+{
+    struct lock_test t = {.rounds = rounds};
+    pthread_t tids[16];
+    uint32_t started = 0;
+    int err = 0;
+
+    if (threads < 1 || threads > 16 || fifo_priority < 0 || fifo_priority > 99)
+        return -EINVAL;
+    for (; started < threads && !err; started++) {
+        pthread_attr_t attr;
+        struct sched_param sp = {.sched_priority = fifo_priority};
+
+        pthread_attr_init(&attr);
+        if (cpu >= 0) {
+            cpu_set_t set;
+
+            CPU_ZERO(&set);
+            CPU_SET(cpu, &set);
+            pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+        }
+        if (fifo_priority && started % 2) {
+            pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+            pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
+            pthread_attr_setschedparam(&attr, &sp);
+        }
+        err = pthread_create(&tids[started], &attr, lock_test_main, &t);
+        pthread_attr_destroy(&attr);
+    }
+    if (err)
+        started--;
+    atomic_store(&t.go, 1);
+    syscall(SYS_futex, &t.go, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+    for (uint32_t i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    return err ? -err : (int64_t)t.counter;
 }

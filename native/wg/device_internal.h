@@ -14,6 +14,10 @@
 #include "dp_wg_messages.h"
 
 #define NSEC_PER_SEC 1000000000ULL
+
+struct dp_lock {
+    _Atomic uint32_t v;
+};
 /* A receiving initiator rekeys when its keypair nears REJECT_AFTER_TIME
  * (whitepaper 6.2): 180 - 10 - 5 seconds. */
 #define REKEY_ON_RECEIVE_AGE \
@@ -61,7 +65,7 @@ struct staged {
 
 struct peer {
     bool in_use;
-    atomic_flag lock; /* keypair triple, endpoint, staged queue */
+    struct dp_lock lock; /* keypair triple, endpoint, staged queue */
     struct dp_endpoint endpoint;
     _Atomic(struct keypair *) current;
     struct keypair *previous;
@@ -150,6 +154,7 @@ struct dp_device {
     /* the XDP backend's busy polling: how long an idle worker polls
      * before it sleeps; 0: off (set before start) */
     uint64_t busy_poll_ns;
+    uint32_t rt_priority;      /* workers' SCHED_FIFO priority; 0: the default policy */
     struct burst *bursts[DP_DEVICE_MAX_WORKERS + 1];
 };
 
@@ -183,6 +188,11 @@ static inline struct keypair *dp_keypair_by_index(const struct dp_device *d, uin
     return kp;
 }
 
+/* A keypair's replay lock: only workers take it, for a few instructions,
+ * and never while they could sleep. Workers of one device share a
+ * scheduling policy, so a holder is never preempted by a waiter that
+ * spins (real-time workers of the same priority do not preempt each
+ * other). */
 static inline void spin_lock(atomic_flag *f)
 {
     while (atomic_flag_test_and_set_explicit(f, memory_order_acquire))
@@ -192,6 +202,30 @@ static inline void spin_lock(atomic_flag *f)
 static inline void spin_unlock(atomic_flag *f)
 {
     atomic_flag_clear_explicit(f, memory_order_release);
+}
+
+/* A peer's lock, which the control plane takes too: a waiter spins a
+ * little, then sleeps on a futex. A pure spin lock would let a real-time
+ * worker (dp_device_set_realtime) spin for as long as the kernel's RT
+ * throttling allows (most of a second) while the control-plane thread
+ * that holds the lock waits for the same CPU. v: 0 free, 1 held, 2 held
+ * with sleepers (zeroed memory is a free lock). */
+void dp_lock_wait(struct dp_lock *l);
+void dp_lock_wake(struct dp_lock *l);
+
+static inline void lock_take(struct dp_lock *l)
+{
+    uint32_t free_ = 0;
+
+    if (!atomic_compare_exchange_strong_explicit(&l->v, &free_, 1, memory_order_acquire,
+                                                 memory_order_relaxed))
+        dp_lock_wait(l);
+}
+
+static inline void lock_give(struct dp_lock *l)
+{
+    if (atomic_exchange_explicit(&l->v, 0, memory_order_release) == 2)
+        dp_lock_wake(l);
 }
 
 static inline void count_drop(struct dp_device *d, int reason, uint64_t n)

@@ -194,6 +194,14 @@ int dp_device_xsk_fds(struct dp_device *d, uint32_t worker, int *wan_fd, int *in
  * (running), or the kernel's -errno (then it is off everywhere). */
 #define DP_DEVICE_BUSY_POLL_MAX_US 100000
 int dp_device_xsk_busy_poll(struct dp_device *d, uint32_t usecs);
+/* Real-time workers: priority 1..99 starts every worker under SCHED_FIFO
+ * at that priority (dp_device_start then fails with -EPERM without
+ * CAP_SYS_NICE); 0 (the default) under the caller's policy. Under
+ * overload a real-time worker is not preempted by the kernel's receive
+ * threads that feed it, which then run when it waits for packets. Before
+ * dp_device_start: 0, -EINVAL (priority out of range) or -EBUSY
+ * (running). */
+int dp_device_set_realtime(struct dp_device *d, uint32_t priority);
 /* Start the workers; 0 or -errno. */
 int dp_device_start(struct dp_device *d);
 /* Stop the workers (joins them); safe to call twice. */
@@ -337,6 +345,13 @@ int dp_device_test_rx(struct dp_device *d, const uint8_t *const *msgs, const uin
 int dp_device_test_tx(struct dp_device *d, const uint8_t *const *pkts, const uint32_t *lens,
                       uint32_t n);
 int dp_device_test_stage(struct dp_device *d, uint32_t peer_id, const uint8_t *pkt, uint32_t len);
+/* The peer lock under contention: `threads` threads, all on CPU `cpu`
+ * (-1: anywhere), each take the lock `rounds` times and add 1 to a plain
+ * counter under it; with fifo_priority > 0 every other thread runs
+ * SCHED_FIFO at that priority, so that real-time waiters share a CPU with
+ * holders of the default policy (the case the lock sleeps for). Returns
+ * the counter (threads * rounds when the lock excludes), or -errno. */
+int64_t dp_device_test_lock(uint32_t threads, uint32_t rounds, int fifo_priority, int cpu);
 int dp_device_test_outer_parse(const uint8_t *frame, uint32_t len, uint32_t *payload_off,
                                uint32_t *payload_len, struct dp_endpoint *from);
 

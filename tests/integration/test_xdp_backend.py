@@ -59,6 +59,8 @@ def test_ping_both_ways_inner_v4_and_v6(topo, tmp_path, outer):
     assert busy["us"] == 0 and busy["sockets"], busy
     assert all(s["busy_poll_us"] == s["prefer_busy_poll"] == 0
                for worker in busy["sockets"] for s in worker.values()), busy
+    # nor real-time workers
+    assert [w["policy"] for w in status["scheduling"]] == ["other"] * status["workers"], status
 
 
 def test_busy_poll_is_set_on_every_af_xdp_socket_and_carries_traffic(topo, tmp_path):
@@ -83,6 +85,34 @@ def test_busy_poll_is_set_on_every_af_xdp_socket_and_carries_traffic(topo, tmp_p
     assert "busy polling 200 us (kernel receive in the workers: " in shown, shown
     assert "busy polling: workers poll their AF_XDP sockets for 200 us" in \
         w.log_path.read_text()
+    assert w.down() == 0
+
+
+@pytest.mark.parametrize("backend", ["xdp", "socket"])
+def test_realtime_workers_run_sched_fifo_and_carry_traffic(topo, tmp_path, backend):
+    """[DataPlane] RealtimePriority: every worker runs SCHED_FIFO at that
+    priority from its start (what the kernel holds, read back by the
+    daemon), pings and a peer change go through while the workers are
+    real-time (the peer lock is shared with the control plane), `dataplane
+    show` says so, and down stops them."""
+    w = TunnelWorld(topo, tmp_path, backend=backend, exit_knows_client_endpoint=True,
+                    extra_exit_conf="[DataPlane]\nWorkers = 2\nRealtimePriority = 3\n")
+    status = w.status()
+    assert status["backend"] == backend
+    n = status["workers"]  # xdp: one a WAN queue (a veth has one), whatever Workers says
+    assert n == (1 if backend == "xdp" else 2), status
+    assert status["scheduling"] == [{"worker": i, "policy": "fifo", "priority": 3}
+                                    for i in range(n)], status
+    for ns, dst in ((w.client_ns, "10.202.0.1"), (w.exit_ns, "10.202.0.2"),
+                    (w.client_ns, "fd00:202::1")):
+        r = w.ping(ns, dst, count=5)
+        assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+    # the control plane takes the peer's lock while the workers use it
+    w.exit_wg("set", w.name, "peer", str(w.client_key.public_key()), "persistent-keepalive", "5")
+    r = w.ping(w.client_ns, "10.202.0.1", count=3)
+    assert r.returncode == 0 and " 0% packet loss" in r.stdout, r.stdout + r.stderr
+    shown = w.topo.run(w.exit_ns, [DATAPLANE, "show", w.name]).stdout
+    assert f"{n} worker(s), real-time workers (SCHED_FIFO 3)" in shown, shown
     assert w.down() == 0
 
 

@@ -174,6 +174,14 @@ GOOD_CASES = [
      lambda c: c.dataplane.busy_poll_us == 0),
     (iface(),
      lambda c: c.dataplane.busy_poll_us == 0),
+    (iface() + ["[DataPlane]", "RealtimePriority = 1"],
+     lambda c: c.dataplane.realtime_priority == 1 and "RealtimePriority = 1" in c.to_wg_quick()),
+    (iface() + ["[DataPlane]", "Backend = socket", "realtimepriority = 99"],
+     lambda c: c.dataplane.realtime_priority == 99),
+    (iface() + ["[DataPlane]", "RealtimePriority = off"],  # off is the default
+     lambda c: c.dataplane.realtime_priority == 0 and "Realtime" not in c.to_wg_quick()),
+    (iface(),
+     lambda c: c.dataplane.realtime_priority == 0),
 ]
 
 
@@ -250,6 +258,13 @@ BAD_CASES = [
      "BusyPoll: only the xdp backend busy-polls (its AF_XDP sockets); this file says "
      "Backend = socket"),
     (iface() + ["[DataPlane]", "BusyPoll = 50", "Backend = socket"], 4, "Backend = socket"),
+    (iface() + ["[DataPlane]", "RealtimePriority = 0"], 4,
+     "RealtimePriority: expected off or a SCHED_FIFO priority 1..99, got '0'"),
+    (iface() + ["[DataPlane]", "RealtimePriority = 100"], 4, "1..99, got '100'"),
+    (iface() + ["[DataPlane]", "RealtimePriority = fifo"], 4, "got 'fifo'"),
+    (iface() + ["[DataPlane]", "BusyPoll = 50", "RealtimePriority = 1"], 5,
+     "RealtimePriority: not with BusyPoll: a real-time worker that polls keeps the kernel's "
+     "receive threads, which feed it, off its CPU for every polling window"),
     (iface("[Wat]"), 3, "unknown section [Wat]; expected [Interface], [Peer] or [DataPlane]"),
     (["[Interface", "PrivateKey = " + SERVER_B64], 1, "a section header looks like [Peer]"),
     (["[Peer]", f"PublicKey = {PEER1}"], None, "no [Interface] section"),
