@@ -135,6 +135,16 @@ def _busy_poll_arg(text: str) -> int:
     return n
 
 
+def _realtime_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a SCHED_FIFO priority: {text!r}")
+    if not 0 <= n <= 99:
+        raise argparse.ArgumentTypeError(f"a SCHED_FIFO priority is 1..99 (0: off), not {n}")
+    return n
+
+
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dut", action="append", choices=DUTS, help="repeatable (default: all)")
     p.add_argument("--size", action="append", type=_size_arg, metavar="BYTES|imix",
@@ -177,6 +187,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--busy-poll", type=_busy_poll_arg, default=0, metavar="US",
                    help="dataplane-xdp (BusyPoll = US) and xsk-forward busy-poll their AF_XDP "
                         "sockets (default 0: off; the others ignore it)")
+    p.add_argument("--realtime", type=_realtime_arg, default=0, metavar="PRIO",
+                   help="the DUTs' own threads run SCHED_FIFO at PRIO: dataplane's workers "
+                        "(RealtimePriority = PRIO), xsk-forward's forwarding thread and every "
+                        "wireguard-go thread (default 0: off; not with --busy-poll)")
     p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and CPU per packet (matplotlib)")
 
@@ -233,9 +247,10 @@ class World:
 
     def __init__(self, topo: Topology, dut: str, n_peers: int, tmp: Path, pin: bool,
                  say=print, napi_threads: bool = True, sessions: str = "handshake",
-                 busy_poll_us: int = 0):
+                 busy_poll_us: int = 0, realtime: int = 0):
         self.topo, self.dut, self.say = topo, dut, say
         self.busy_poll_us = busy_poll_us  # the XDP DUTs' busy polling; 0: off
+        self.realtime = realtime  # SCHED_FIFO priority of the DUT's own threads; 0: off
         # dataplane DUTs may get their sessions pushed through the control-
         # plane API instead of made by handshakes (wireguard-go cannot)
         self.api: Optional[Client] = None
@@ -356,6 +371,8 @@ class World:
             wan = f"Interfaces = {self.wan}\n" if backend == "xdp" else ""
             if backend == "xdp" and self.busy_poll_us:
                 wan += f"BusyPoll = {self.busy_poll_us}\n"
+            if self.realtime:
+                wan += f"RealtimePriority = {self.realtime}\n"
             conf.write_text(f"[Interface]\nPrivateKey = {key.reveal_base64()}\n"
                             f"ListenPort = {LISTEN_PORT}\nAddress = {TUNNEL_ADDRESS}\n"
                             f"MTU = {MTU}\n{peers_conf}\n[DataPlane]\nBackend = {backend}\n{wan}")
@@ -373,6 +390,10 @@ class World:
                        f"ListenPort = {LISTEN_PORT}\n{peers_conf}")
             wg.up([TUNNEL_ADDRESS], mtu=MTU)
             self.dut_pid = wg.proc.pid
+            if self.realtime:
+                # every thread it has, and those it makes later inherit it
+                subprocess.run(["chrt", "-f", "-a", "-p", str(self.realtime), str(self.dut_pid)],
+                               check=True, capture_output=True)
         key.wipe()
         self.say(f"  {self.dut}: up with {n_peers} peer(s) in {time.monotonic() - started:.1f} s")
         self.gen.connect((DUT_CLIENT_SIDE, LISTEN_PORT))
@@ -407,7 +428,8 @@ class World:
             proc = topo.popen(ns, [sys.executable, "-m", "dataplane.bench.xsk_forward",
                                    "--wan", self.wan, "--wan-macs", wan_macs,
                                    "--inner", mine, "--inner-macs", inner_macs,
-                                   "--busy-poll", str(self.busy_poll_us)],
+                                   "--busy-poll", str(self.busy_poll_us),
+                                   "--realtime", str(self.realtime)],
                               stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while "ready" not in log.read_text():
@@ -728,7 +750,7 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
             topo = stack.enter_context(Topology(f"bp{i}"))
             world = World(topo, dut, n_peers, tmp, pin=not args.no_pin, say=say,
                           napi_threads=args.napi_threads, sessions=args.sessions,
-                          busy_poll_us=args.busy_poll)
+                          busy_poll_us=args.busy_poll, realtime=args.realtime)
             stack.callback(world.close)  # before its topology goes
             worlds[dut] = world
         labels: dict[str, str] = {}
@@ -777,6 +799,9 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
                 row["napi_threads"] = args.napi_threads
                 row["receiver_poll_us"] = args.receiver_poll_us
                 row["busy_poll_us"] = args.busy_poll if dut in XDP_DUTS else 0
+                # no-tunnel has no threads of its own: the kernel forwards
+                row["realtime_priority"] = args.realtime if dut in TUNNEL_DUTS or \
+                    dut == "xsk-forward" else 0
                 rows.append(row)
     for row in rows:
         # the forwarder's, over every run of its world (warm-up and latency runs too)
@@ -796,6 +821,11 @@ def run(args) -> int:
         args.latency_seconds = min(args.latency_seconds, 0.5)
     if args.repeat < 1 or args.duration <= 0:
         print("dataplane bench: --repeat must be >= 1 and --duration > 0", file=sys.stderr)
+        return 2
+    if args.realtime and args.busy_poll:
+        print("dataplane bench: --realtime and --busy-poll do not go together (as "
+              "RealtimePriority and BusyPoll: a real-time thread that polls keeps the "
+              "receive threads that feed it off its CPU)", file=sys.stderr)
         return 2
     duts = args.dut or default_duts()
     scenarios = scenarios_of(args)

@@ -16,7 +16,7 @@ Run in the DUT's namespace by the bench (one process, so its CPU time is
 its own):
 
     python -m dataplane.bench.xsk_forward --wan v1b --wan-macs CLIENT,WAN \\
-        --inner xf1-x --inner-macs INNER,INNER_X [--busy-poll US]
+        --inner xf1-x --inner-macs INNER,INNER_X [--busy-poll US] [--realtime PRIO]
 
 It prints `ready` once both programs are attached, on SIGUSR1 a JSON line
 {"now": counters} (the bench reads the kernel's drops at its sockets around
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -73,8 +74,12 @@ class XskForwarder:
     def fd(self, port: int) -> int:
         return lib.dp_xsk_fwd_fd(self._f, port)
 
-    def run(self, stats) -> None:
-        """Blocks until stop() (cffi releases the GIL meanwhile)."""
+    def run(self, stats, realtime: int = 0) -> None:
+        """Blocks until stop() (cffi releases the GIL meanwhile); with
+        realtime, the calling thread runs SCHED_FIFO at that priority, as
+        the XDP backend's workers do with RealtimePriority."""
+        if realtime:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(realtime))
         lib.dp_xsk_fwd_run(self._f, -1, stats)
 
     def stop(self) -> None:
@@ -97,6 +102,8 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
                    help="Ethernet addresses of frames sent into the inner pair")
     p.add_argument("--busy-poll", type=int, default=0, metavar="US",
                    help="busy polling as the XDP backend's BusyPoll does it (default 0: off)")
+    p.add_argument("--realtime", type=int, default=0, metavar="PRIO",
+                   help="the forwarding thread runs SCHED_FIFO at PRIO (default 0: off)")
     args = p.parse_args(argv)
 
     # the handlers say what came and wake the main thread (which is on the
@@ -121,7 +128,8 @@ def main(argv: Sequence[str] = sys.argv[1:]) -> int:
         inner_prog.attach(args.inner)
         wan_prog.attach(args.wan)
         stats = ffi.new("struct dp_xsk_fwd_stats *")
-        worker = threading.Thread(target=fwd.run, args=(stats,), name="xsk-forward")
+        worker = threading.Thread(target=fwd.run, args=(stats, args.realtime),
+                                  name="xsk-forward")
         worker.start()
 
         def counters() -> dict:

@@ -108,6 +108,13 @@ def test_bench_refuses_bad_arguments():
     r = subprocess.run([DATAPLANE, "bench", "--busy-poll", "100001"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and "busy polling must be 0..100000 us" in r.stderr
+    r = subprocess.run([DATAPLANE, "bench", "--realtime", "100"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "a SCHED_FIFO priority is 1..99 (0: off), not 100" in r.stderr
+    if os.geteuid() == 0:  # checked after the root check
+        r = subprocess.run([DATAPLANE, "bench", "--realtime", "1", "--busy-poll", "50"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and "--realtime and --busy-poll do not go together" in r.stderr
 
 
 @pytest.mark.parametrize("busy_poll", [0, 50])
@@ -218,6 +225,31 @@ def test_wireguard_go_is_sized_to_the_dut_cpu_from_its_start(topo, tmp_path):
         ifname = f"bpw{os.getpid() % 10000}"  # as World names it
         out = topo.run(w.server, ["wg", "show", ifname, "latest-handshakes"]).stdout.split()
         assert len(out) == 2 and int(out[1]) > 0, out
+    finally:
+        w.close()
+
+
+@pytest.mark.parametrize("dut,threads", [("dataplane-xdp", "dp-worker-"),
+                                         ("dataplane-socket", "dp-worker-"),
+                                         ("xsk-forward", "xsk-forward"),
+                                         ("wireguard-go", "")])
+def test_realtime_runs_the_duts_own_threads_sched_fifo(topo, tmp_path, dut, threads):
+    """--realtime: the threads that do a DUT's packet work run SCHED_FIFO
+    at that priority (dataplane's workers through RealtimePriority, the
+    forwarder's thread, every wireguard-go thread), and traffic goes
+    through them."""
+    from dataplane.bench.packets import World
+
+    w = World(topo, dut, 1, tmp_path, pin=True, say=lambda s: None, realtime=2)
+    try:
+        tasks = [t for t in Path(f"/proc/{w.dut_pid}/task").iterdir()
+                 if (t / "comm").read_text().startswith(threads)]
+        assert tasks
+        for t in tasks:
+            assert os.sched_getscheduler(int(t.name)) == os.SCHED_FIFO, t
+            assert os.sched_getparam(int(t.name)).sched_priority == 2, t
+        r = w.run("1420", "decap", 0.5, 20000)
+        assert r["pps"] > 5000, r
     finally:
         w.close()
 
