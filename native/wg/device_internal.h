@@ -15,9 +15,11 @@
 
 #define NSEC_PER_SEC 1000000000ULL
 
+/* A lock that sleeps when it must wait long (lock_take, lock_give below). */
 struct dp_lock {
     _Atomic uint32_t v;
 };
+
 /* A receiving initiator rekeys when its keypair nears REJECT_AFTER_TIME
  * (whitepaper 6.2): 180 - 10 - 5 seconds. */
 #define REKEY_ON_RECEIVE_AGE \
