@@ -5,8 +5,8 @@ scenario of `dataplane bench`:
     perf report -i /tmp/dut.data --no-children --sort sym -g none
 
 The DUT's interfaces receive in NAPI threads on its CPU, as `dataplane
-bench` does by default; a seventh argument `softirq` measures as `dataplane
-bench --softirq` does.
+bench` does by default; further arguments: `softirq` measures as `dataplane
+bench --softirq` does, `realtime=N` as `dataplane bench --realtime N`.
 
 (root; perf from linux-perf; `-e cpu-clock` works without hardware
 counters, as on these VMs)."""
@@ -23,10 +23,12 @@ from dataplane.topology import Topology
 
 def main() -> None:
     dut, size, direction, peers, out = sys.argv[1:6]
-    napi_threads = sys.argv[6:7] != ["softirq"]
+    extra = sys.argv[6:]
+    napi_threads = "softirq" not in extra
+    realtime = next((int(a.split("=", 1)[1]) for a in extra if a.startswith("realtime=")), 0)
     with tempfile.TemporaryDirectory() as tmp, Topology("pf") as topo:
         w = World(topo, dut, int(peers), Path(tmp), pin=True, say=lambda s: None,
-                  napi_threads=napi_threads)
+                  napi_threads=napi_threads, realtime=realtime)
         try:
             w.run(size, direction, 1.0, 0)  # warm-up
             res: dict = {}
