@@ -127,7 +127,7 @@ def backend_summary(status: dict) -> str:
     "socket, 1 worker(s)", from the status socket's figures; with busy
     polling, ", busy polling 50 us (kernel receive in the workers: 2 of 4
     sockets)"; with real-time workers, ", real-time workers (SCHED_FIFO 1)",
-    as the kernel holds them ("2 of 3 workers real-time (SCHED_FIFO 1)" if
+    as the kernel holds them (", 2 of 3 real-time workers (SCHED_FIFO 1)" if
     not all are)."""
     text = status.get("backend", "?")
     wan = status.get("wan") or {}
