@@ -116,6 +116,29 @@ def test_realtime_workers_run_sched_fifo_and_carry_traffic(topo, tmp_path, backe
     assert w.down() == 0
 
 
+def test_realtime_without_cap_sys_nice_fails_up_with_the_reason(topo, tmp_path):
+    """Without CAP_SYS_NICE the kernel refuses SCHED_FIFO: `up` fails
+    saying so, and leaves no interface and no UAPI socket behind."""
+    from dataplane.keys import PrivateKey
+
+    ns = topo.namespace("rt")
+    name = f"rtx{os.getpid() % 10000}"
+    conf = tmp_path / f"{name}.conf"
+    key = PrivateKey.generate()
+    conf.write_text(f"[Interface]\nPrivateKey = {key.reveal_base64()}\nListenPort = 51999\n"
+                    f"Address = 10.99.0.1/24\n\n[DataPlane]\nBackend = socket\n"
+                    f"RealtimePriority = 1\n")
+    conf.chmod(0o600)
+    r = topo.run(ns, ["setpriv", "--inh-caps=-sys_nice", "--bounding-set=-sys_nice",
+                      DATAPLANE, "up", str(conf)], check=False)
+    assert r.returncode != 0
+    assert ("RealtimePriority = 1: the kernel refused SCHED_FIFO for the workers (EPERM): "
+            "that needs CAP_SYS_NICE") in r.stderr, r.stderr
+    links = topo.run(ns, ["ip", "-o", "link"]).stdout
+    assert name not in links, links
+    assert not (UAPI_DIR / f"{name}.sock").exists()
+
+
 def test_exit_node_with_nat_to_an_internet_namespace(topo, tmp_path):
     """wireguard-go client -> our exit node (xdp) with nftables masquerade
     -> an "internet" namespace running iperf3."""
