@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Union
 
 from dataplane._native import lib
+from dataplane.device import REALTIME_PRIORITY_MAX, REALTIME_PRIORITY_MIN
 from dataplane.keys import PresharedKey, PrivateKey, PublicKey, is_low_order
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ REPLAY_WINDOW_MIN = lib.DP_REPLAY_BITS_MIN
 REPLAY_WINDOW_MAX = lib.DP_REPLAY_BITS_MAX
 BUSY_POLL_MAX_US = lib.DP_DEVICE_BUSY_POLL_MAX_US
 REPLAY_WINDOW_DEFAULT = lib.DP_REPLAY_BITS_DEFAULT
-REALTIME_PRIORITY_MIN, REALTIME_PRIORITY_MAX = 1, 99  # Linux's SCHED_FIFO range
 WG_QUICK_ONLY = ("DNS", "Table", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig")
 
 # wg-quick's rule for the name in NAME.conf; Linux's own rule is looser.

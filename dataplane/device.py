@@ -31,6 +31,9 @@ REPLAY_WINDOW_MIN: int = lib.DP_REPLAY_BITS_MIN
 REPLAY_WINDOW_MAX: int = lib.DP_REPLAY_BITS_MAX
 INDEX_TABLE_LOG2_MAX: int = lib.DP_DEVICE_INDEX_LOG2_MAX
 BUSY_POLL_MAX_US: int = lib.DP_DEVICE_BUSY_POLL_MAX_US
+# the kernel's SCHED_FIFO range (1..99 on Linux), for set_realtime
+REALTIME_PRIORITY_MIN: int = os.sched_get_priority_min(os.SCHED_FIFO)
+REALTIME_PRIORITY_MAX: int = os.sched_get_priority_max(os.SCHED_FIFO)
 # <asm-generic/socket.h>; not all in Python's socket module
 SO_BUSY_POLL, SO_INCOMING_NAPI_ID, SO_PREFER_BUSY_POLL = 46, 56, 69
 AF_XDP = 44  # given, as Python cannot find an AF_XDP socket's family itself
@@ -231,8 +234,9 @@ class Device:
         """Start the workers under SCHED_FIFO at priority (1..99), or under
         the caller's own policy (0, the default); before start. Starting
         then needs CAP_SYS_NICE (start fails with EPERM without it)."""
-        if not 0 <= priority <= 99:
-            raise ValueError(f"a SCHED_FIFO priority is 1..99 (0: off), not {priority}")
+        if priority and not REALTIME_PRIORITY_MIN <= priority <= REALTIME_PRIORITY_MAX:
+            raise ValueError(f"a SCHED_FIFO priority is {REALTIME_PRIORITY_MIN}.."
+                             f"{REALTIME_PRIORITY_MAX} (0: off), not {priority}")
         _check(lib.dp_device_set_realtime(self._dev, priority), f"real-time priority {priority}")
 
     @staticmethod

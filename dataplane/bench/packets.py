@@ -42,6 +42,7 @@ from dataplane.bench.loadgen import IMIX, EmulatedPeers, Receiver, RecvResult, S
 from dataplane.bench.tunnel import _median, cpu_seconds
 from dataplane.client import Client
 from dataplane.commands import interface_status, xsk_drops
+from dataplane.device import REALTIME_PRIORITY_MAX, REALTIME_PRIORITY_MIN
 from dataplane.keys import PrivateKey
 from dataplane.launch import start_daemon
 from dataplane.topology import Topology, socket_in
@@ -114,35 +115,29 @@ def _peers_arg(text: str) -> int:
     return n
 
 
-def _poll_us_arg(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of microseconds: {text!r}")
-    if not 0 <= n <= 10000:
-        raise argparse.ArgumentTypeError(f"receiver poll must be 0..10000 us, not {n}")
-    return n
+def _whole_number(lo: int, hi: int, not_a_number: str, out_of_range: str):
+    """An argparse type: a whole number lo..hi; the messages get {text}
+    (what was given) and {n} (the number) filled in."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(not_a_number.format(text=repr(text)))
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(out_of_range.format(n=n))
+        return n
+    return parse
 
 
-def _busy_poll_arg(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of microseconds: {text!r}")
-    if not 0 <= n <= lib.DP_DEVICE_BUSY_POLL_MAX_US:
-        raise argparse.ArgumentTypeError(
-            f"busy polling must be 0..{lib.DP_DEVICE_BUSY_POLL_MAX_US} us, not {n}")
-    return n
-
-
-def _realtime_arg(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a SCHED_FIFO priority: {text!r}")
-    if not 0 <= n <= 99:
-        raise argparse.ArgumentTypeError(f"a SCHED_FIFO priority is 1..99 (0: off), not {n}")
-    return n
+_poll_us_arg = _whole_number(0, 10000, "not a whole number of microseconds: {text}",
+                             "receiver poll must be 0..10000 us, not {n}")
+_busy_poll_arg = _whole_number(
+    0, lib.DP_DEVICE_BUSY_POLL_MAX_US, "not a whole number of microseconds: {text}",
+    f"busy polling must be 0..{lib.DP_DEVICE_BUSY_POLL_MAX_US} us, not {{n}}")
+_realtime_arg = _whole_number(
+    0, REALTIME_PRIORITY_MAX, "not a SCHED_FIFO priority: {text}",
+    f"a SCHED_FIFO priority is {REALTIME_PRIORITY_MIN}..{REALTIME_PRIORITY_MAX} (0: off), "
+    f"not {{n}}")
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
