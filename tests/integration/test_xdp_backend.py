@@ -28,6 +28,25 @@ def wan_ifname(w) -> str:
     return next(line.split()[1] for line in out.splitlines() if "10.201.0.2" in line)
 
 
+def wait_all_threads_stopped(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP returns before every thread has stopped: a worker busy in a
+    batch stops only when it next enters the kernel, and may first take one
+    more batch off its rings. Wait until every thread's state is T."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                continue
+        if states and all(s in "Tt" for s in states):
+            return
+        assert time.monotonic() < deadline, f"threads of {pid} not all stopped: {states}"
+        time.sleep(0.01)
+
+
 def xdp_attached(w, ifname: str) -> bool:
     out = w.topo.run(w.exit_ns, ["ip", "-d", "link", "show", "dev", ifname], check=False).stdout
     return "prog/xdp" in out or " xdp" in out.split("\n")[0]
@@ -437,7 +456,8 @@ def test_data_dropped_after_decryption_hands_back_its_frame(topo, tmp_path):
 
 
 def test_packets_lost_at_a_full_af_xdp_ring_are_counted_and_shown(topo, tmp_path):
-    """With the daemon stopped (SIGSTOP) its workers empty no ring: the WAN
+    """With the daemon stopped (SIGSTOP, every thread in state T before the
+    first message goes out) its workers empty no ring: the WAN
     program still steers WireGuard into the AF_XDP socket, whose receive
     ring holds 2048 frames, and the kernel drops the rest. Resumed, the
     workers take what the ring held (replays, counted as such); the
@@ -460,6 +480,7 @@ def test_packets_lost_at_a_full_af_xdp_ring_are_counted_and_shown(topo, tmp_path
                         (OUTER["exit"][0].split("/")[0], EXIT_PORT))
     os.kill(w.daemon.pid, signal.SIGSTOP)
     try:
+        wait_all_threads_stopped(w.daemon.pid)
         sent = attacker.send([captured[i % len(captured)] for i in range(5000)])
     finally:
         os.kill(w.daemon.pid, signal.SIGCONT)
