@@ -3,6 +3,8 @@
 Each runs on every implementation."""
 import hashlib
 
+import pytest
+
 from cryptography.hazmat.primitives import poly1305
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -89,6 +91,25 @@ def test_batches_of_mixed_lengths(impl, items, data):
     tampered = [bytes([s[0] ^ 1]) + s[1:] if i in bad else s for i, s in enumerate(sealed)]
     opened = crypto.open_batch(ks, cs, tampered, ads)
     assert opened == [None if i in bad else p for i, p in enumerate(pts)]
+
+
+# Where an implementation hands a call to another kernel (avx512: ChaCha20
+# with 8 blocks or fewer in all, a key block per message included, and
+# Poly1305 for up to 4 messages all under 32 blocks, the length block
+# included, go to the AVX2 kernels), on both sides of each line.
+@pytest.mark.parametrize("lengths", [
+    [448], [449], [192, 192], [193, 192], [0] * 4, [1] * 8, [1] * 9,
+    [480], [481], [480] * 4, [480] * 5, [481, 0, 0, 0], [64] * 4, [64] * 5,
+], ids=lambda ls: "+".join(map(str, ls)))
+def test_batches_at_the_kernel_choice_boundaries(impl, lengths):
+    ks = [bytes([7 * i + 1]) * 32 for i in range(len(lengths))]
+    cs = [2**32 - 1 + i for i in range(len(lengths))]
+    pts = [bytes((i + j) % 256 for j in range(n)) for i, n in enumerate(lengths)]
+    sealed = crypto.seal_batch(ks, cs, pts)
+    assert sealed == [oracle_seal(k, c, p, b"") for k, c, p in zip(ks, cs, pts)]
+    tampered = [s[:-1] + bytes([s[-1] ^ 0x80]) for s in sealed]
+    assert crypto.open_batch(ks, cs, sealed) == pts
+    assert crypto.open_batch(ks, cs, tampered) == [None] * len(pts)
 
 
 def test_batch_larger_than_native_limit(impl):
