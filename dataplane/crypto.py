@@ -23,7 +23,7 @@ BATCH_MAX: int = lib.DP_AEAD_BATCH_MAX
 COUNTER_MAX: int = 2**64 - 1
 
 # Built for tests only: AVX-512's lane layout compiled for AVX2.
-_TEST_ONLY_IMPLS = {lib.DP_IMPL_AVX512_ON_AVX2}
+_TEST_ONLY_IMPLS = {lib.DP_IMPL_AVX512_ON_AVX2, lib.DP_IMPL_AVX512_IFMA_EMULATED}
 
 
 class CryptoError(Exception):

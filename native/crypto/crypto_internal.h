@@ -112,6 +112,8 @@ dp_chacha20_jobs_fn dp_chacha20_jobs_avx512_on_avx2;
 dp_poly1305_jobs_fn dp_poly1305_jobs_avx2;
 dp_poly1305_jobs_fn dp_poly1305_jobs_avx512;
 dp_poly1305_jobs_fn dp_poly1305_jobs_avx512_on_avx2;
+dp_poly1305_jobs_fn dp_poly1305_jobs_avx512ifma;
+dp_poly1305_jobs_fn dp_poly1305_jobs_avx512ifma_emulated;
 #endif
 
 /* The implementation in use, and a given one (NULL if this CPU lacks it). */

@@ -41,7 +41,13 @@
 /* AVX-512's 16-lane ChaCha20 and 8-lane Poly1305 logic built for AVX2, so
  * that machines without AVX-512 still test that code's lane handling. */
 #define DP_IMPL_AVX512_ON_AVX2 3
-#define DP_IMPL_COUNT 4
+/* avx512 with Poly1305 in radix 2^44 on AVX-512 IFMA's 52-bit multiply-adds
+ * (Ice Lake, Zen 4 and later). */
+#define DP_IMPL_AVX512_IFMA 4
+/* avx512-ifma's Poly1305 logic with the 52-bit multiply-adds emulated, and
+ * the AVX2 ChaCha20, so that machines without IFMA test that logic. */
+#define DP_IMPL_AVX512_IFMA_EMULATED 5
+#define DP_IMPL_COUNT 6
 
 const char *dp_crypto_impl_name(int impl);
 /* 1 if this CPU can run impl, 0 if not. */

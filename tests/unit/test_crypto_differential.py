@@ -174,6 +174,23 @@ def test_raw_poly1305_matches_openssl(impl, jobs, pattern, data):
         assert bytes(tags[16 * i:16 * i + 16]) == poly1305.Poly1305.generate_tag(key, msg)
 
 
+
+@pytest.mark.parametrize("jobs", [1, 2, 8, 9, 32])
+@pytest.mark.parametrize("blocks", [1, 31, 32, 89, 600])
+def test_raw_poly1305_largest_limbs(impl, jobs, blocks):
+    """All-ones keys (the largest r clamping leaves, and its powers in the
+    long-message path) on all-ones blocks: the largest limbs every lane
+    carries, where a carry left out or a bound too tight shows."""
+    key = b"\xff" * 32
+    msg = b"\xff" * 16 * blocks
+    tags = ffi.new("uint8_t[]", 16 * jobs)
+    ptrs = ffi.new("const uint8_t *[]", [ffi.from_buffer(msg)] * jobs)
+    rc = lib.dp_test_poly1305(_impl_index(impl), jobs, ptrs,
+                              ffi.new("size_t[]", [len(msg)] * jobs), key * jobs, tags)
+    assert rc == 0
+    want = poly1305.Poly1305.generate_tag(key, msg)
+    assert [bytes(tags[16 * i:16 * i + 16]) for i in range(jobs)] == [want] * jobs
+
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=1000), key=st.one_of(st.none(), st.binary(max_size=32)),
        digest_size=st.integers(1, 32))
