@@ -32,8 +32,9 @@ def add_parsers(commands) -> None:
     down.set_defaults(run=_down)
 
     show = commands.add_parser("show", help="show interfaces, peers and drop counters",
-                               description="Show what `wg show` shows, plus the backend and "
-                                           "the drop counters of our interfaces.")
+                               description="Show what `wg show` shows, plus the backend, the "
+                                           "crypto implementation and the drop counters of "
+                                           "our interfaces.")
     show.add_argument("name", nargs="?", help="one interface (default: all of ours)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(run=_show)
@@ -211,6 +212,7 @@ def _show(args) -> int:
             print(f"  public key: {st.private_key.public_key()}")
         print(f"  listening port: {st.listen_port}")
         print(f"  backend: {backend_summary(ours)}")
+        print(f"  crypto: {ours.get('crypto', '?')}")
         print(f"  drops: {', '.join(f'{k} {n}' for k, n in all_drops(ours).items()) or 'none'}")
         for p in st.peers:
             print(f"\npeer: {p.public_key}")

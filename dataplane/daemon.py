@@ -28,7 +28,7 @@ from typing import Optional
 from pyroute2 import IPRoute
 
 from dataplane import config as cfg
-from dataplane import uapi
+from dataplane import crypto, uapi
 from dataplane.api.controller import Controller
 from dataplane.api.metrics import Metrics
 from dataplane.api.model import ApiError
@@ -201,8 +201,9 @@ class Daemon:
         else:
             self._up("socket")
             log.info("backend: socket (Backend = socket)")
-        log.info("%s is up: listening on UDP port %d, %d peer(s), backend %s, %d worker(s)",
-                 self.name, self.iface.listen_port, len(conf.peers), self.backend, self.workers)
+        log.info("%s is up: listening on UDP port %d, %d peer(s), backend %s, %d worker(s), "
+                 "crypto %s", self.name, self.iface.listen_port, len(conf.peers), self.backend,
+                 self.workers, crypto.active())
 
     def _workers_wanted(self) -> int:
         d = self.conf.dataplane
@@ -748,6 +749,8 @@ class Daemon:
                          "sockets": [self.iface.device.xsk_socket_options(w)
                                      for w in range(self.workers)]}
         return {"backend": self.backend, "workers": self.workers, "xdp": xdp_counters,
+                # the ChaCha20-Poly1305 implementation the CPU chose
+                "crypto": crypto.active(),
                 "wan": wan, "busy_poll": busy_poll,
                 # what the kernel holds for the worker threads
                 "scheduling": self.iface.device.worker_scheduling(),

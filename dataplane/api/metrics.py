@@ -48,6 +48,12 @@ class _Collector:
             hsc.add_metric([n, outcome], float(count))
         yield hsc
         status = self.status_fn()
+        info = GaugeMetricFamily("dataplane_info",
+                                 "Always 1; the labels say which backend and which "
+                                 "ChaCha20-Poly1305 implementation run",
+                                 labels=["interface", "backend", "crypto"])
+        info.add_metric([n, str(status.get("backend", "")), str(status.get("crypto", ""))], 1)
+        yield info
         xdp = status.get("xdp") or {}
         if xdp:
             fam = CounterMetricFamily("dataplane_xdp_packets",

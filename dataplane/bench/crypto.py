@@ -184,8 +184,9 @@ def select_implementations(names: Optional[list]) -> dict[int, str]:
              for i in range(lib.DP_IMPL_COUNT)}
     runnable = [n for n, i in known.items() if lib.dp_crypto_impl_supported(i)]
     if not names:
-        return {i: n for n, i in known.items()
-                if lib.dp_crypto_impl_supported(i) and i != lib.DP_IMPL_AVX512_ON_AVX2}
+        from dataplane import crypto
+
+        return {known[n]: n for n in crypto.implementations()}
     chosen = {}
     for name in _unique(names):
         if name not in known:

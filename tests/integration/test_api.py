@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dataplane import crypto
 from dataplane.bench.api import EXIT_GEN_SIDE, LISTEN_PORT, PushWorld
 from dataplane.keys import PrivateKey
 from dataplane.launch import dataplane_exe
@@ -70,13 +71,13 @@ def test_a_peer_pushed_through_the_api_connects_from_wireguard_go(world, topo):
 def test_pushed_sessions_carry_the_generators_traffic(topo, tmp_path, backend):
     world = PushWorld(topo, tmp_path, backend=backend)
     try:
-        _pushed_sessions_carry_traffic(world)
+        _pushed_sessions_carry_traffic(world, backend)
         assert world.client.interface()["backend"] == backend
     finally:
         world.close()
 
 
-def _pushed_sessions_carry_traffic(world):
+def _pushed_sessions_carry_traffic(world, backend):
     with world.peers(50) as peers:
         answer = world.client.bulk(peers.session_ops(activate="now", generation=1))
         assert answer["applied"] and {r["status"] for r in answer["results"]} == {201}
@@ -89,6 +90,10 @@ def _pushed_sessions_carry_traffic(world):
     metrics = world.client.metrics()
     assert metrics.count("wireguard_received_bytes_total{") == 50
     assert 'dataplane_native_memory_bytes{interface="' in metrics
+    # the daemon says which crypto it chose: the fastest this CPU runs
+    info = next(l for l in metrics.splitlines() if l.startswith("dataplane_info{"))
+    assert f'backend="{backend}"' in info and \
+        f'crypto="{crypto.implementations()[-1]}"' in info and info.endswith(" 1.0"), info
 
 
 def test_a_session_replaced_under_traffic_loses_nothing(world):

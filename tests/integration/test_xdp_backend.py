@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from dataplane import crypto
 from dataplane.xdp_backend import inner_peer_name
 from dataplane.daemon import RUN_DIR
 from tests.integration.scenarios import HUB_INNER, Hub, hub_outer
@@ -293,6 +294,10 @@ def test_the_default_is_xdp_here_and_says_where(topo, tmp_path):
     assert xdp_attached(w, wan)
     shown = topo.run(w.exit_ns, [DATAPLANE, "show", w.name]).stdout
     assert f"backend: xdp on {wan} (queue 0), 1 worker(s)" in shown, shown
+    # the daemon's own choice, the fastest implementation this CPU runs
+    best = crypto.implementations()[-1]
+    assert w.status()["crypto"] == best and f"crypto: {best}\n" in shown, shown
+    assert f"1 worker(s), crypto {best}" in log, log
     r = w.ping(w.client_ns, "10.202.0.1")
     assert r.returncode == 0, r.stdout + r.stderr
 

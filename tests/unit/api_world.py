@@ -12,6 +12,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from dataplane import crypto
 from dataplane.api.controller import Controller
 from dataplane.api.metrics import Metrics
 from dataplane.api.server import ApiServer
@@ -36,7 +37,7 @@ class ApiWorld:
         self.fwmarks: list[int] = []
         self.ctrl = Controller(self.iface, lambda a, r: self.route_calls.append((a, r)),
                                self.info, self.listen_ports.append, self.fwmarks.append)
-        self.metrics = Metrics("apitest", lambda: self.iface, lambda: {"xdp": None},
+        self.metrics = Metrics("apitest", lambda: self.iface, lambda: {"xdp": None, "backend": "socket", "crypto": crypto.active()},
                                lambda: dict(self.ctrl.counters))
         self.dir = tempfile.TemporaryDirectory(prefix="dp-api-")
         self.path = Path(self.dir.name) / "apitest.api.sock"

@@ -470,6 +470,9 @@ def test_metrics_follow_the_common_exporter_names(world):
     assert families["wireguard_sent_bytes"].type == "counter"
     assert families["wireguard_latest_handshake_seconds"].type == "gauge"
     assert families["wireguard_latest_handshake_seconds"].samples[0].value > 1.7e9
+    [info] = families["dataplane_info"].samples
+    assert info.labels == {"interface": "apitest", "backend": "socket",
+                           "crypto": crypto.active()} and info.value == 1
 
 
 def test_the_openapi_document_describes_every_route(world):
