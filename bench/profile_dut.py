@@ -9,7 +9,14 @@ bench` does by default; further arguments: `softirq` measures as `dataplane
 bench --softirq` does, `realtime=N` as `dataplane bench --realtime N`.
 
 (root; perf from linux-perf; `-e cpu-clock` works without hardware
-counters, as on these VMs)."""
+counters, as on these VMs). PF_EVENT=EVENT records another event instead,
+e.g. a uprobe that shows the burst sizes the workers open:
+
+    perf probe -x dataplane/_native.abi3.so 'dp_aead_open_batch n=%si:u64'
+    PF_EVENT=probe__native:dp_aead_open_batch .venv/bin/python bench/profile_dut.py \
+        dataplane-xdp 1420 decap 1 /tmp/probe.data
+    perf script -i /tmp/probe.data -F trace | grep -o 'n=[0-9]*' | sort | uniq -c"""
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +42,7 @@ def main() -> None:
             t = threading.Thread(target=lambda: res.update(w.run(size, direction, 6.0, 0)))
             t.start()
             time.sleep(0.5)
-            subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-C", str(w.dut_cpu),
+            subprocess.run(["perf", "record", "-q", "-e", os.environ.get("PF_EVENT", "cpu-clock"), "-C", str(w.dut_cpu),
                             "-g", "-o", out, "--", "sleep", "4"], check=True)
             t.join()
             print(f"{dut} {size} B {direction}: {res['pps'] / 1e3:.1f} kpps, "
