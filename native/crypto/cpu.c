@@ -43,14 +43,11 @@ static void chacha20_jobs_avx512_best(const struct dp_chacha20_job *jobs, size_t
  * runs on 4 lanes with powers of r where 8 lanes would need 32 (fewer go
  * to the scalar code): 448-byte open alone on Zen 4, 615 ns with 8 lanes,
  * 469 with 4. A long message is faster on 8 lanes, even alone (1420-byte
- * open of two: 866 ns against 975). The same holds for the radix-2^44
- * IFMA kernel (Zen 4, Poly1305 alone: 464 bytes alone 175 ns on 4 lanes
- * of AVX2, 344 on 8 of IFMA; 1440 bytes alone 341 against 259). Lengths
- * only. */
+ * open of two: 866 ns against 975). Lengths only. */
 #define POLY1305_AVX2_MAX_JOBS 4
-#define POLY1305_AVX512_ALONE_MIN_BLOCKS 32 /* PL_ALONE_MIN of the 8-lane kernels */
+#define POLY1305_AVX512_ALONE_MIN_BLOCKS 32 /* PL_ALONE_MIN of the 8-lane kernel */
 
-static bool poly1305_few_short_jobs(const struct dp_poly1305_job *jobs, size_t n)
+static void poly1305_jobs_avx512_best(const struct dp_poly1305_job *jobs, size_t n)
 {
     bool short_ones = n <= POLY1305_AVX2_MAX_JOBS;
 
@@ -61,23 +58,34 @@ static bool poly1305_few_short_jobs(const struct dp_poly1305_job *jobs, size_t n
             blocks += jobs[i].seg[s].blocks;
         short_ones = blocks < POLY1305_AVX512_ALONE_MIN_BLOCKS;
     }
-    return short_ones;
-}
-
-static void poly1305_jobs_avx512_best(const struct dp_poly1305_job *jobs, size_t n)
-{
-    if (poly1305_few_short_jobs(jobs, n))
+    if (short_ones)
         dp_poly1305_jobs_avx2(jobs, n);
     else
         dp_poly1305_jobs_avx512(jobs, n);
 }
 
+/* With IFMA, up to 4 messages of any length run on 4 lanes (ymm), more on
+ * 8 (Zen 4, Poly1305 alone, ns a message, 4 lanes against 8: one of 464
+ * bytes 114 against 343, of 1440 bytes 209 against 254; four of 1440
+ * bytes 159 against 254; six of 1440 bytes 177 against 173, eight 157
+ * against 131). The count only. */
+#define POLY1305_IFMA4_MAX_JOBS 4
+
 static void poly1305_jobs_avx512ifma_best(const struct dp_poly1305_job *jobs, size_t n)
 {
-    if (poly1305_few_short_jobs(jobs, n))
-        dp_poly1305_jobs_avx2(jobs, n);
+    if (n <= POLY1305_IFMA4_MAX_JOBS)
+        dp_poly1305_jobs_avx512ifma4(jobs, n);
     else
         dp_poly1305_jobs_avx512ifma(jobs, n);
+}
+
+/* The same choice on the emulated kernels. */
+static void poly1305_jobs_avx512ifma_emulated_best(const struct dp_poly1305_job *jobs, size_t n)
+{
+    if (n <= POLY1305_IFMA4_MAX_JOBS)
+        dp_poly1305_jobs_avx512ifma4_emulated(jobs, n);
+    else
+        dp_poly1305_jobs_avx512ifma_emulated(jobs, n);
 }
 #endif
 
@@ -91,7 +99,7 @@ static const struct dp_crypto_impl_ops impls[DP_IMPL_COUNT] = {
     [DP_IMPL_AVX512_IFMA] = {"avx512-ifma", chacha20_jobs_avx512_best,
                              poly1305_jobs_avx512ifma_best},
     [DP_IMPL_AVX512_IFMA_EMULATED] = {"avx512-ifma-emulated", dp_chacha20_jobs_avx2,
-                                      dp_poly1305_jobs_avx512ifma_emulated},
+                                      poly1305_jobs_avx512ifma_emulated_best},
 #else
     [DP_IMPL_AVX2] = {"avx2", NULL, NULL},
     [DP_IMPL_AVX512] = {"avx512", NULL, NULL},

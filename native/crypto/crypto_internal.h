@@ -113,7 +113,9 @@ dp_poly1305_jobs_fn dp_poly1305_jobs_avx2;
 dp_poly1305_jobs_fn dp_poly1305_jobs_avx512;
 dp_poly1305_jobs_fn dp_poly1305_jobs_avx512_on_avx2;
 dp_poly1305_jobs_fn dp_poly1305_jobs_avx512ifma;
+dp_poly1305_jobs_fn dp_poly1305_jobs_avx512ifma4;
 dp_poly1305_jobs_fn dp_poly1305_jobs_avx512ifma_emulated;
+dp_poly1305_jobs_fn dp_poly1305_jobs_avx512ifma4_emulated;
 #endif
 
 /* The implementation in use, and a given one (NULL if this CPU lacks it). */

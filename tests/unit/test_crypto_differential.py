@@ -93,13 +93,16 @@ def test_batches_of_mixed_lengths(impl, items, data):
     assert opened == [None if i in bad else p for i, p in enumerate(pts)]
 
 
-# Where an implementation hands a call to another kernel (avx512: ChaCha20
-# with 8 blocks or fewer in all, a key block per message included, and
-# Poly1305 for up to 4 messages all under 32 blocks, the length block
-# included, go to the AVX2 kernels), on both sides of each line.
+# Where an implementation hands a call to another kernel (avx512 and
+# avx512-ifma: ChaCha20 with 8 blocks or fewer in all, a key block per
+# message included, goes to the AVX2 kernel; avx512: Poly1305 for up to 4
+# messages all under 32 blocks, the length block included, to the 4-lane
+# AVX2 one; avx512-ifma: Poly1305 for up to 4 messages to 4 lanes of
+# IFMA), on both sides of each line.
 @pytest.mark.parametrize("lengths", [
     [448], [449], [192, 192], [193, 192], [0] * 4, [1] * 8, [1] * 9,
     [480], [481], [480] * 4, [480] * 5, [481, 0, 0, 0], [64] * 4, [64] * 5,
+    [1420], [1420] * 4, [1420] * 5, [1420, 1, 700, 2000], [2000, 1, 700, 1420, 64],
 ], ids=lambda ls: "+".join(map(str, ls)))
 def test_batches_at_the_kernel_choice_boundaries(impl, lengths):
     ks = [bytes([7 * i + 1]) * 32 for i in range(len(lengths))]
