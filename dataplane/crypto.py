@@ -22,7 +22,8 @@ MAX_MESSAGE_BYTES: int = lib.DP_AEAD_MAX_BYTES
 BATCH_MAX: int = lib.DP_AEAD_BATCH_MAX
 COUNTER_MAX: int = 2**64 - 1
 
-# Built for tests only: AVX-512's lane layout compiled for AVX2.
+# Built for tests only: AVX-512's lane layout compiled for AVX2, and the IFMA
+# Poly1305 with its multiply-adds emulated.
 _TEST_ONLY_IMPLS = {lib.DP_IMPL_AVX512_ON_AVX2, lib.DP_IMPL_AVX512_IFMA_EMULATED}
 
 
