@@ -42,7 +42,8 @@ def main() -> None:
             t = threading.Thread(target=lambda: res.update(w.run(size, direction, 6.0, 0)))
             t.start()
             time.sleep(0.5)
-            subprocess.run(["perf", "record", "-q", "-e", os.environ.get("PF_EVENT", "cpu-clock"), "-C", str(w.dut_cpu),
+            event = os.environ.get("PF_EVENT", "cpu-clock")
+            subprocess.run(["perf", "record", "-q", "-e", event, "-C", str(w.dut_cpu),
                             "-g", "-o", out, "--", "sleep", "4"], check=True)
             t.join()
             print(f"{dut} {size} B {direction}: {res['pps'] / 1e3:.1f} kpps, "

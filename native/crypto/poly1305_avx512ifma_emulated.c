@@ -6,18 +6,6 @@
 #define PL_LANES 8
 #define PL_R44 1
 #define PL_FN dp_poly1305_jobs_avx512ifma_emulated
-#define PL_MADD52(c, a, b, hi)                                              \
-    ({                                                                      \
-        pl_v c_ = (c), a_ = (a), b_ = (b);                                  \
-        for (int k_ = 0; k_ < PL_LANES; k_++) {                             \
-            pl_u128 p_ = (pl_u128)(a_[k_] & 0xfffffffffffffULL) *           \
-                         (b_[k_] & 0xfffffffffffffULL);                     \
-            c_[k_] += (hi) ? (uint64_t)(p_ >> 52)                           \
-                           : (uint64_t)p_ & 0xfffffffffffffULL;             \
-        }                                                                   \
-        c_;                                                                 \
-    })
-#define PL_MADD52LO(c, a, b) PL_MADD52(c, a, b, 0)
-#define PL_MADD52HI(c, a, b) PL_MADD52(c, a, b, 1)
+#include "poly1305_madd52_emulated.h"
 
 #include "poly1305_lanes.inc"

@@ -37,7 +37,8 @@ class ApiWorld:
         self.fwmarks: list[int] = []
         self.ctrl = Controller(self.iface, lambda a, r: self.route_calls.append((a, r)),
                                self.info, self.listen_ports.append, self.fwmarks.append)
-        self.metrics = Metrics("apitest", lambda: self.iface, lambda: {"xdp": None, "backend": "socket", "crypto": crypto.active()},
+        status = {"xdp": None, "backend": "socket", "crypto": crypto.active()}
+        self.metrics = Metrics("apitest", lambda: self.iface, lambda: status,
                                lambda: dict(self.ctrl.counters))
         self.dir = tempfile.TemporaryDirectory(prefix="dp-api-")
         self.path = Path(self.dir.name) / "apitest.api.sock"

@@ -177,7 +177,6 @@ def test_raw_poly1305_matches_openssl(impl, jobs, pattern, data):
         assert bytes(tags[16 * i:16 * i + 16]) == poly1305.Poly1305.generate_tag(key, msg)
 
 
-
 @pytest.mark.parametrize("jobs", [1, 2, 8, 9, 32])
 @pytest.mark.parametrize("blocks", [1, 31, 32, 89, 600])
 def test_raw_poly1305_largest_limbs(impl, jobs, blocks):
@@ -193,6 +192,7 @@ def test_raw_poly1305_largest_limbs(impl, jobs, blocks):
     assert rc == 0
     want = poly1305.Poly1305.generate_tag(key, msg)
     assert [bytes(tags[16 * i:16 * i + 16]) for i in range(jobs)] == [want] * jobs
+
 
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=1000), key=st.one_of(st.none(), st.binary(max_size=32)),
