@@ -21,9 +21,10 @@ from dataplane._native import ffi, lib
 BURST: int = lib.DP_DEVICE_BURST
 PEER_NONE: int = lib.DP_PEER_NONE
 # struct dp_keypair_params, packed from Python (checked against C below)
-_KP_PARAMS = struct.Struct("<IIIB3xQ32s32s")
+_KP_PARAMS = struct.Struct("<IIIBB2xQ32s32s")
 assert _KP_PARAMS.size == ffi.sizeof("struct dp_keypair_params") and \
     ffi.offsetof("struct dp_keypair_params", "created_ns") == 16 and \
+    ffi.offsetof("struct dp_keypair_params", "wire") == 13 and \
     ffi.offsetof("struct dp_keypair_params", "send_key") == 24 and \
     ffi.offsetof("struct dp_keypair_params", "recv_key") == 56, "dp_keypair_params changed"
 REPLAY_WINDOW_DEFAULT: int = lib.DP_REPLAY_BITS_DEFAULT
@@ -57,6 +58,7 @@ DROP_REASONS = {
     lib.DP_DROP_EVENTS_FULL: "events_full",
     lib.DP_DROP_TOO_BIG: "too_big",
     lib.DP_DROP_SEND_FAILED: "send_failed",
+    lib.DP_DROP_JUNK: "junk",
 }
 assert len(DROP_REASONS) == lib.DP_DROP_COUNT
 
@@ -99,6 +101,28 @@ class Endpoint:
         return f"{self.address}:{self.port}"
 
 
+def wire_struct(obf, accept_plain: bool = False):
+    """A struct dp_wire for an Obfuscation (the plain one: not obfuscated)."""
+    w = ffi.new("struct dp_wire *")
+    if obf is not None and not obf.profile_is_plain:
+        w.obfuscated = 1
+        w.accept_plain = int(bool(accept_plain))
+        for k, (pad, h) in enumerate(zip(obf.paddings, obf.headers)):
+            w.padding[k] = pad
+            w.header_min[k] = h.lo
+            w.header_max[k] = h.hi
+    return w
+
+
+def classify(w, datagram: bytes) -> tuple[int, int, int]:
+    """The native classifier (dp_wire_classify) on one datagram under the
+    struct dp_wire w: (kind or 0 for junk, offset, DP_WIRE_*)."""
+    off = ffi.new("uint32_t *")
+    wire = ffi.new("uint8_t *")
+    kind = lib.dp_wire_classify(w, datagram, len(datagram), off, wire)
+    return kind, off[0], wire[0]
+
+
 def endpoint_to_c(ep: Optional[Endpoint]):
     c = ffi.new("struct dp_endpoint *")
     if ep is None:
@@ -131,6 +155,10 @@ class Event:
     local_index: int
     data: bytes
     endpoint: Optional[Endpoint]
+    # HANDSHAKE: its kind (DP_WG_MSG_*) and profile (DP_WIRE_*); data is
+    # the message without its padding
+    message: int = 0
+    wire: int = 0
 
 
 @dataclass(frozen=True)
@@ -348,7 +376,7 @@ class Device:
         for i in range(n):
             e = self._events[i]
             out.append(Event(e.type, e.peer_id, e.local_index, bytes(e.data[0:e.len]),
-                             endpoint_from_c(e.endpoint)))
+                             endpoint_from_c(e.endpoint), e.message, e.wire))
         return out
 
     def event_backlog(self) -> int:
@@ -496,13 +524,15 @@ class Device:
 
     def keypair_install(self, peer_id: int, local_index: int, remote_index: int,
                         send_key: bytes, recv_key: bytes, is_initiator: bool,
-                        created_ns: int) -> None:
+                        created_ns: int, wire: int = lib.DP_WIRE_PLAIN) -> None:
+        """wire: the profile (DP_WIRE_*) its messages go out in, the one
+        its handshake came in."""
         # One parameter block for the device's life, packed in place and
         # wiped after each call (a fresh cffi struct per keypair costs more
         # than the install itself when a control plane pushes thousands).
         buf = self._kp_buf
         _KP_PARAMS.pack_into(buf, 0, peer_id, local_index, remote_index, int(is_initiator),
-                             created_ns, send_key, recv_key)
+                             wire, created_ns, send_key, recv_key)
         p = self._kp_params
         try:
             rc = lib.dp_device_keypair_install(self._dev, p)
@@ -544,6 +574,20 @@ class Device:
                 for name, _ in ffi.typeof("struct dp_device_memory").fields}
 
     # -- I/O and counters
+
+    def set_wire(self, obf, accept_plain: bool = False) -> None:
+        """The AmneziaWG profile (dataplane.obfuscation.Obfuscation) of
+        what the workers receive and send; the plain one turns it off."""
+        w = wire_struct(obf, accept_plain)
+        _check(lib.dp_device_set_wire(self._dev, w), "set the wire profile")
+
+    def wire(self) -> dict:
+        """The profile the workers hold, read back."""
+        w = ffi.new("struct dp_wire *")
+        lib.dp_device_get_wire(self._dev, w)
+        return {"obfuscated": bool(w.obfuscated), "accept_plain": bool(w.accept_plain),
+                "padding": list(w.padding), "header_min": list(w.header_min),
+                "header_max": list(w.header_max)}
 
     def set_mtu(self, mtu: int) -> None:
         _check(lib.dp_device_set_mtu(self._dev, mtu), f"set the MTU to {mtu}")

@@ -26,6 +26,7 @@ from dataplane import config as cfg
 from dataplane import noise
 from dataplane.device import Device, Endpoint, PeerStats, peer_stats_of
 from dataplane.keys import PresharedKey, PrivateKey, PublicKey, is_low_order
+from dataplane.obfuscation import COOKIE_REPLY, INITIATION, PLAIN, RESPONSE, Obfuscation
 from dataplane._native import lib
 
 log = logging.getLogger("dataplane")
@@ -93,6 +94,9 @@ class Peer:
     # Sessions come from a control plane (the API): we never initiate a
     # handshake for this peer; a rekey is asked of the control plane.
     managed: bool = False
+    # the profile (DP_WIRE_*) of its last handshake, which our rekeys and
+    # replies use; None: none yet (the interface's own profile)
+    wire: Optional[int] = None
 
     def psk(self) -> bytes:
         return self.preshared_key.reveal() if self.preshared_key else bytes(32)
@@ -190,6 +194,9 @@ class Interface:
                          "handshake_ratelimited": 0, "handshake_invalid": 0,
                          "handshake_replayed": 0, "handshake_unknown_index": 0,
                          "cookie_replies_sent": 0, "handshakes_completed": 0}
+        # AmneziaWG: the wire profile, and plain WireGuard on the same port too
+        self.obfuscation: Obfuscation = PLAIN
+        self.accept_plain = False
         self.set_private_key(private_key)
 
     # ---------------------------------------------------------------- model
@@ -219,6 +226,25 @@ class Interface:
         # new handshake at once.
         for peer in self.peers.values():
             self._drop_session(peer)
+
+    def set_obfuscation(self, obf: Obfuscation, accept_plain: bool = False) -> None:
+        """The wire profile (checked by the caller), in the workers at once.
+        Sessions keep the profile of the handshake that made them; peers
+        move to the new one at their next handshake."""
+        self.obfuscation = obf
+        self.accept_plain = bool(accept_plain) and not obf.profile_is_plain
+        self.device.set_wire(obf, self.accept_plain)
+
+    def default_wire(self) -> int:
+        """The profile of a peer that has not completed a handshake yet:
+        the interface's own."""
+        return lib.DP_WIRE_PLAIN if self.obfuscation.profile_is_plain else \
+            lib.DP_WIRE_OBFUSCATED
+
+    def profile(self, wire: int) -> Obfuscation:
+        """The settings that a message of profile `wire` is read and
+        written by."""
+        return self.obfuscation if wire == lib.DP_WIRE_OBFUSCATED else PLAIN
 
     def _psk_for(self, public: bytes) -> Optional[bytes]:
         peer = self.peers.get(public)
@@ -338,7 +364,8 @@ class Interface:
             # still ages right
             self.device.keypair_install(peer.id, receiver_index, sender_index, send_key,
                                         recv_key, activate_now,
-                                        (now - (REJECT_AFTER_NS - lifetime_ns)) % (1 << 64))
+                                        (now - (REJECT_AFTER_NS - lifetime_ns)) % (1 << 64),
+                                        self.default_wire())
         except BaseException:
             self.device.index_release(receiver_index)
             raise
@@ -401,7 +428,7 @@ class Interface:
 
     def _event(self, ev) -> None:
         if ev.type == lib.DP_EVENT_HANDSHAKE:
-            self._handshake_message(ev.data, ev.endpoint)
+            self._handshake_message(ev.data, ev.endpoint, ev.message or ev.data[0], ev.wire)
         elif ev.type == lib.DP_EVENT_NEED_HANDSHAKE:
             peer = self.by_id.get(ev.peer_id)
             if peer is not None:
@@ -414,11 +441,14 @@ class Interface:
             if self.on_need_route is not None and ev.endpoint is not None:
                 self.on_need_route(ev.endpoint)
 
-    def _handshake_message(self, msg: bytes, src: Endpoint) -> None:
+    def _handshake_message(self, msg: bytes, src: Endpoint, kind: int,
+                           wire: int = lib.DP_WIRE_PLAIN) -> None:
+        """A handshake message of kind `kind`, as the data path classified
+        it by profile `wire`, without its padding."""
         if self.handshake is None or src is None or src.port == 0:
             self.counters["handshake_invalid"] += 1  # nothing we could answer
             return
-        mtype = msg[0]
+        mtype = kind
         if mtype == noise.MSG_COOKIE_REPLY:
             self._cookie_reply(msg)
             return
@@ -429,16 +459,16 @@ class Interface:
             tau = noise.mac(self._cookie_secret(), endpoint_bytes(src))
             if not noise.check_mac2(msg, tau):
                 self.counters["handshake_bad_mac2"] += 1
-                self._send_cookie_reply(msg, src, tau)
+                self._send_cookie_reply(msg, src, tau, mtype, wire)
                 return
             if not self.ratelimiter.allow(src):
                 self.counters["handshake_ratelimited"] += 1
                 return
         try:
             if mtype == noise.MSG_INITIATION:
-                self._initiation(msg, src)
+                self._initiation(msg, src, wire)
             elif mtype == noise.MSG_RESPONSE:
-                self._response(msg, src)
+                self._response(msg, src, wire)
         except noise.HandshakeError:
             self.counters["handshake_invalid"] += 1
 
@@ -448,14 +478,18 @@ class Interface:
             self.cookie_secret_ns = self.clock()
         return self.cookie_secret
 
-    def _send_cookie_reply(self, msg: bytes, src: Endpoint, tau: bytes) -> None:
-        """tau: MAC(cookie secret, src), the cookie src is to use."""
+    def _send_cookie_reply(self, msg: bytes, src: Endpoint, tau: bytes, kind: int,
+                           wire: int) -> None:
+        """tau: MAC(cookie secret, src), the cookie src is to use; the
+        reply goes in the profile the message came in."""
         sender = struct.unpack_from("<I", msg, 4)[0]
-        mac1_off = (noise.INITIATION_MAC1_OFF if msg[0] == noise.MSG_INITIATION
+        mac1_off = (noise.INITIATION_MAC1_OFF if kind == noise.MSG_INITIATION
                     else noise.RESPONSE_MAC1_OFF)
+        obf = self.profile(wire)
         reply = noise.create_cookie_reply(tau, sender, msg[mac1_off:mac1_off + noise.MAC_LEN],
-                                          self.handshake.public)
-        self.device.send_to(src, reply)
+                                          self.handshake.public,
+                                          header=obf.draw_header(COOKIE_REPLY))
+        self.device.send_to(src, obf.wrap(COOKIE_REPLY, reply))
         self.counters["cookie_replies_sent"] += 1
 
     def _cookie_reply(self, msg: bytes) -> None:
@@ -475,8 +509,9 @@ class Interface:
             return peer.cookie
         return None
 
-    def _initiation(self, msg: bytes, src: Endpoint) -> None:
-        init = self.handshake.consume_initiation(msg)
+    def _initiation(self, msg: bytes, src: Endpoint, wire: int = lib.DP_WIRE_PLAIN) -> None:
+        obf = self.profile(wire)
+        init = self.handshake.consume_initiation(msg, expect=obf.header(INITIATION))
         peer = self.peers[init.peer_public]
         now = self.clock()
         # Replayed or flooding initiations (whitepaper 5.1): the timestamp
@@ -489,28 +524,32 @@ class Interface:
         peer.last_initiation_consumed_ns = now
         index = self.device.index_reserve()
         try:
-            resp, keys = self.handshake.create_response(init, index, self._valid_cookie(peer))
+            resp, keys = self.handshake.create_response(init, index, self._valid_cookie(peer),
+                                                        header=obf.draw_header(RESPONSE))
             self.device.keypair_install(peer.id, index, keys.remote_index, keys.send_key,
-                                        keys.recv_key, False, now)
+                                        keys.recv_key, False, now, wire)
         except BaseException:
             self.device.index_release(index)
             raise
+        peer.wire = wire
         self.set_endpoint(peer, src)
-        self.device.send_to(src, resp)
+        self.device.send_to(src, obf.wrap(RESPONSE, resp))
 
-    def _response(self, msg: bytes, src: Endpoint) -> None:
+    def _response(self, msg: bytes, src: Endpoint, wire: int = lib.DP_WIRE_PLAIN) -> None:
         receiver = struct.unpack_from("<I", msg, 8)[0]
         peer = self.pending_by_index.get(receiver)
         if peer is None or peer.pending is None:
             self.counters["handshake_unknown_index"] += 1
             return
-        keys = self.handshake.consume_response(msg, peer.pending)
+        keys = self.handshake.consume_response(msg, peer.pending,
+                                               expect=self.profile(wire).header(RESPONSE))
         state, peer.pending = peer.pending, None
         del self.pending_by_index[receiver]
         had_staged = self.device.stats(peer.id).staged > 0
         self.set_endpoint(peer, src)
         self.device.keypair_install(peer.id, state.sender_index, keys.remote_index, keys.send_key,
-                                    keys.recv_key, True, self.clock())
+                                    keys.recv_key, True, self.clock(), wire)
+        peer.wire = wire
         self._handshake_complete(peer)
         if not had_staged:
             # confirms the session to the responder at once (as the kernel does)
@@ -543,9 +582,12 @@ class Interface:
             return False
         self._cancel_pending(peer)
         index = self.device.index_reserve()
+        # the profile the peer last completed a handshake in, else ours
+        obf = self.profile(self.default_wire() if peer.wire is None else peer.wire)
         try:
             msg, state = self.handshake.create_initiation(peer.public_key, index,
-                                                          self._valid_cookie(peer))
+                                                          self._valid_cookie(peer),
+                                                          header=obf.draw_header(INITIATION))
         except noise.HandshakeError:
             self.device.index_release(index)
             return False
@@ -556,7 +598,10 @@ class Interface:
         peer.last_initiation_ns = now
         peer.next_retry_ns = now + REKEY_TIMEOUT_NS + random.randrange(REKEY_JITTER_NS)
         try:
-            self.device.send_to(endpoint, msg)
+            # AmneziaWG: signature and junk datagrams go first
+            for extra in obf.preamble():
+                self.device.send_to(endpoint, extra)
+            self.device.send_to(endpoint, obf.wrap(INITIATION, msg))
         except OSError:
             pass  # the retry timer tries again
         return True

@@ -13,7 +13,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Container, Optional
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -205,7 +205,10 @@ class Handshake:
     # -- initiator
 
     def create_initiation(self, peer_public: bytes, sender_index: int,
-                          cookie: Optional[bytes] = None) -> tuple[bytes, "InitiatorState"]:
+                          cookie: Optional[bytes] = None,
+                          header: int = MSG_INITIATION) -> tuple[bytes, "InitiatorState"]:
+        """header: the type field (AmneziaWG's H1 draws one); the MACs
+        cover it."""
         psk = self._psk_for(peer_public)
         if psk is None:
             raise HandshakeError("no such peer")
@@ -221,7 +224,7 @@ class Handshake:
         enc_ts = aead_seal(k, 0, tai64n(self._now_ns()), h)
         h = hash_(h + enc_ts)
         msg = bytearray(INITIATION_LEN)
-        struct.pack_into("<II", msg, 0, MSG_INITIATION, sender_index)
+        struct.pack_into("<II", msg, 0, header, sender_index)
         msg[8:8 + 32] = eph_pub
         msg[40:40 + 48] = enc_static
         msg[88:88 + 28] = enc_ts
@@ -230,11 +233,13 @@ class Handshake:
                                bytes(msg[INITIATION_MAC1_OFF:INITIATION_MAC1_OFF + MAC_LEN]))
         return bytes(msg), state
 
-    def consume_response(self, msg: bytes, state: "InitiatorState") -> TransportKeys:
+    def consume_response(self, msg: bytes, state: "InitiatorState",
+                         expect: Container[int] = (MSG_RESPONSE,)) -> TransportKeys:
+        """expect: the type fields a response may carry (AmneziaWG's H2)."""
         if len(msg) != RESPONSE_LEN:
             raise HandshakeError(f"response is {len(msg)} bytes, not {RESPONSE_LEN}")
         mtype, sender, receiver = struct.unpack_from("<III", msg, 0)
-        if mtype != MSG_RESPONSE:
+        if mtype not in expect:
             raise HandshakeError("not a handshake response")
         if receiver != state.sender_index:
             raise HandshakeError("response for another handshake")
@@ -255,13 +260,15 @@ class Handshake:
 
     # -- responder
 
-    def consume_initiation(self, msg: bytes) -> ConsumedInitiation:
+    def consume_initiation(self, msg: bytes,
+                           expect: Container[int] = (MSG_INITIATION,)) -> ConsumedInitiation:
         """Checks and decrypts an initiation (mac1 must already have been
-        checked by the caller, which also decides on mac2/cookies)."""
+        checked by the caller, which also decides on mac2/cookies).
+        expect: the type fields an initiation may carry (AmneziaWG's H1)."""
         if len(msg) != INITIATION_LEN:
             raise HandshakeError(f"initiation is {len(msg)} bytes, not {INITIATION_LEN}")
         mtype, sender = struct.unpack_from("<II", msg, 0)
-        if mtype != MSG_INITIATION:
+        if mtype not in expect:
             raise HandshakeError("not a handshake initiation")
         eph_i = msg[8:40]
         enc_static = msg[40:88]
@@ -280,7 +287,8 @@ class Handshake:
         return ConsumedInitiation(peer_public, sender, timestamp, eph_i, ck, h)
 
     def create_response(self, init: ConsumedInitiation, sender_index: int,
-                        cookie: Optional[bytes] = None) -> tuple[bytes, TransportKeys]:
+                        cookie: Optional[bytes] = None,
+                        header: int = MSG_RESPONSE) -> tuple[bytes, TransportKeys]:
         psk = self._psk_for(init.peer_public)
         if psk is None:
             raise HandshakeError("no such peer")
@@ -295,7 +303,7 @@ class Handshake:
         h = hash_(h + tau)
         enc_nothing = aead_seal(k, 0, b"", h)
         msg = bytearray(RESPONSE_LEN)
-        struct.pack_into("<III", msg, 0, MSG_RESPONSE, sender_index, init.sender_index)
+        struct.pack_into("<III", msg, 0, header, sender_index, init.sender_index)
         msg[12:44] = eph_pub
         msg[44:60] = enc_nothing
         self.add_macs(msg, RESPONSE_MAC1_OFF, init.peer_public, cookie)
@@ -320,7 +328,7 @@ class InitiatorState:
 # ---------------------------------------------------------------- cookies
 
 def create_cookie_reply(tau: bytes, receiver_index: int, msg_mac1: bytes,
-                        our_public: bytes) -> bytes:
+                        our_public: bytes, header: int = MSG_COOKIE_REPLY) -> bytes:
     """Cookie reply (whitepaper 5.4.7) with tau = MAC(secret, source
     address), which the caller has made already (it checked the message's
     mac2 against it): sent XChaCha20-Poly1305-encrypted under
@@ -328,7 +336,7 @@ def create_cookie_reply(tau: bytes, receiver_index: int, msg_mac1: bytes,
     as AAD."""
     nonce = os.urandom(lib.DP_WG_COOKIE_NONCE_LEN)
     enc = crypto.xseal(cookie_key(our_public), nonce, tau, msg_mac1)
-    return struct.pack("<II", MSG_COOKIE_REPLY, receiver_index) + nonce + enc
+    return struct.pack("<II", header, receiver_index) + nonce + enc
 
 
 def consume_cookie_reply(msg: bytes, peer_public: bytes, sent_mac1: bytes) -> bytes:
@@ -351,9 +359,11 @@ def check_mac2(msg: bytes, cookie: bytes) -> bool:
 
 
 def _mac1_offset(msg: bytes) -> Optional[int]:
-    if len(msg) == INITIATION_LEN and msg[0] == MSG_INITIATION:
+    """By size alone: the receiver classified the message already, by its
+    type field or by an AmneziaWG profile's header ranges."""
+    if len(msg) == INITIATION_LEN:
         return INITIATION_MAC1_OFF
-    if len(msg) == RESPONSE_LEN and msg[0] == MSG_RESPONSE:
+    if len(msg) == RESPONSE_LEN:
         return RESPONSE_MAC1_OFF
     return None
 

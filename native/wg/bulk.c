@@ -940,7 +940,11 @@ uint32_t dp_device_bulk_apply(struct dp_device *d, const struct dp_bulk *b,
     struct dp_allowedips *aip = dp_device_allowedips(d);
     uint32_t i, claimed;
     bool created = false;
+    struct dp_wire wire;
     int e = 0;
+
+    /* pushed sessions speak the interface's profile */
+    dp_device_get_wire(d, &wire);
 
     /* Every receiver index first: one already in use stops the batch
      * before anything changed. */
@@ -999,6 +1003,7 @@ uint32_t dp_device_bulk_apply(struct dp_device *d, const struct dp_bulk *b,
                 .local_index = op->receiver_index,
                 .remote_index = op->sender_index,
                 .is_initiator = (op->flags & DP_BULK_ACTIVATE_NOW) ? 1 : 0,
+                .wire = wire.obfuscated ? DP_WIRE_OBFUSCATED : DP_WIRE_PLAIN,
                 .created_ns = now_ns - (uint64_t)(DP_WG_REJECT_AFTER_TIME - op->lifetime) *
                                            1000000000ull,
             };

@@ -8,12 +8,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "crypto_internal.h"
 #include "device_internal.h"
 #include "offload.h"
 #include "xsk_port.h"
+
+/* Random bytes made at a time: the padding and headers of a few bursts. */
+#define RND_POOL 4096
 
 /* Buffers of one thread: packets are decrypted and encrypted in place, the
  * data header in front of the payload. */
@@ -28,11 +33,24 @@ struct burst {
     uint32_t len[DP_DEVICE_BURST];
     uint32_t peer[DP_DEVICE_BURST];
     int idx[DP_DEVICE_BURST];
-    /* outgoing, by family; a GSO group is one entry with several iovecs */
+    /* outgoing, by family; a GSO group is one entry with several iovecs,
+     * two a datagram (padding, message) where it has AmneziaWG padding */
     struct mmsghdr out[2][DP_DEVICE_BURST];
     char ctrl[2][DP_DEVICE_BURST][CMSG_SPACE(sizeof(uint16_t))];
-    struct iovec out_iov[2][DP_DEVICE_BURST];
+    struct iovec out_iov[2][2 * DP_DEVICE_BURST];
+    uint8_t out_step[2][DP_DEVICE_BURST]; /* iovecs a datagram of the entry */
     struct sockaddr_in6 out_addr[2][DP_DEVICE_BURST];
+    /* AmneziaWG: random bytes for padding and header values, ChaCha20
+     * keystream under a key of the burst's own (not a secret of anyone's:
+     * it only has to look random on the wire), and the padding of the
+     * messages of a send pass that take the socket path, pad_cap bytes a
+     * message */
+    uint8_t rnd[RND_POOL];
+    uint32_t rnd_left;
+    uint32_t rnd_key[8];
+    uint64_t rnd_blocks;
+    uint8_t *pad;
+    uint32_t pad_cap;
     /* received datagrams, split where UDP GRO joined them */
     struct rx_seg {
         uint8_t *p;
@@ -72,6 +90,7 @@ struct burst {
     uint8_t *pkt[DP_DEVICE_BURST];
     uint64_t wan_addr[DP_DEVICE_BURST];
     uint8_t *wan_frame[DP_DEVICE_BURST];
+    uint32_t pad_len[DP_DEVICE_BURST]; /* AmneziaWG padding of each job */
     struct dp_xsk_frame frames[DP_DEVICE_BURST];
 };
 
@@ -103,7 +122,8 @@ struct burst {
 struct out_state {
     int nmsg[2], niov[2];
     struct dp_endpoint ep[2]; /* of the last entry */
-    size_t seg[2], last_len[2], bytes[2];
+    size_t seg[2], last_len[2], bytes[2], pad[2];
+    uint32_t nseg[2];         /* datagrams of the last entry */
 };
 
 struct burst *dp_burst_new(size_t buf_size)
@@ -113,6 +133,10 @@ struct burst *dp_burst_new(size_t buf_size)
     if (!b)
         return NULL;
     b->buf_size = buf_size;
+    if (getrandom(b->rnd_key, sizeof(b->rnd_key), 0) != sizeof(b->rnd_key)) {
+        free(b);
+        return NULL;
+    }
     b->super = malloc(VNET_HDR_LEN + TUN_SUPER_MAX);
     b->gro_buf = malloc(VNET_HDR_LEN + TUN_SUPER_MAX);
     if (!b->super || !b->gro_buf) {
@@ -134,7 +158,117 @@ struct burst *dp_burst_new(size_t buf_size)
 size_t dp_burst_bytes(const struct burst *b)
 {
     return sizeof(*b) + 2 * (size_t)(VNET_HDR_LEN + TUN_SUPER_MAX) +
-           DP_DEVICE_BURST * ((b->buf_size + 63) & ~(size_t)63);
+           DP_DEVICE_BURST * ((b->buf_size + 63) & ~(size_t)63) +
+           (size_t)DP_DEVICE_BURST * b->pad_cap;
+}
+
+/* ---------------------------------------------------------------- AmneziaWG */
+
+static void rnd_refill(struct burst *b)
+{
+    struct dp_chacha20_job job = {.dst = b->rnd, .len = RND_POOL,
+                                  .counter = (uint32_t)b->rnd_blocks,
+                                  .nonce = {0, (uint32_t)(b->rnd_blocks >> 32), 0}};
+
+    memcpy(job.key, b->rnd_key, sizeof(job.key));
+    dp_crypto_ops()->chacha20_jobs(&job, 1);
+    dp_wipe(job.key, sizeof(job.key));
+    b->rnd_blocks += RND_POOL / 64;
+    b->rnd_left = RND_POOL;
+}
+
+static void rnd_fill(struct burst *b, uint8_t *dst, uint32_t n)
+{
+    while (n) {
+        uint32_t take;
+
+        if (!b->rnd_left)
+            rnd_refill(b);
+        take = n < b->rnd_left ? n : b->rnd_left;
+        memcpy(dst, b->rnd + RND_POOL - b->rnd_left, take);
+        b->rnd_left -= take;
+        dst += take;
+        n -= take;
+    }
+}
+
+/* A type field from the range, uniform (the bias of a 64-bit draw scaled
+ * to at most 2^32 values is below 2^-32). */
+static uint32_t wire_header(struct burst *b, uint32_t lo, uint32_t hi)
+{
+    uint64_t r;
+
+    if (lo == hi)
+        return lo;
+    rnd_fill(b, (uint8_t *)&r, sizeof(r));
+    return lo + (uint32_t)(((unsigned __int128)r * ((uint64_t)hi - lo + 1)) >> 64);
+}
+
+/* Room for n bytes of padding a message in b->pad (0, or -ENOMEM). */
+static int pad_room(struct burst *b, uint32_t n)
+{
+    uint8_t *p;
+
+    if (n <= b->pad_cap)
+        return 0;
+    p = realloc(b->pad, (size_t)DP_DEVICE_BURST * n);
+    if (!p)
+        return -ENOMEM;
+    b->pad = p;
+    b->pad_cap = n;
+    return 0;
+}
+
+static const uint32_t wire_base_len[4] = {DP_WG_INITIATION_LEN, DP_WG_RESPONSE_LEN,
+                                          DP_WG_COOKIE_REPLY_LEN, DP_WG_DATA_MIN_LEN};
+
+static uint32_t load_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The plain WireGuard message kind of a datagram, or 0. */
+static uint32_t plain_kind(const uint8_t *m, uint32_t len)
+{
+    uint32_t type;
+
+    if (len < 4)
+        return 0;
+    type = load_le32(m);
+    if (type == DP_WG_MSG_DATA)
+        return len >= DP_WG_DATA_MIN_LEN ? type : 0;
+    if (type >= DP_WG_MSG_INITIATION && type <= DP_WG_MSG_COOKIE_REPLY)
+        return len == wire_base_len[type - 1] ? type : 0;
+    return 0;
+}
+
+/* The message kind (DP_WG_MSG_*) of a datagram by the interface's
+ * profiles, where its message starts (*off) and in which profile (*wire);
+ * 0 for junk. The obfuscated profile is tried first, its handshake kinds
+ * before transport (as amneziawg-go does); plain WireGuard where it is the
+ * only profile or accepted beside it. */
+uint32_t dp_wire_classify(const struct dp_wire *w, const uint8_t *m, uint32_t len,
+                          uint32_t *off, uint8_t *wire)
+{
+    if (w->obfuscated) {
+        for (uint32_t k = 0; k < 4; k++) {
+            uint32_t pad = w->padding[k], h;
+
+            if (k < 3 ? len != pad + wire_base_len[k] : len < pad + wire_base_len[k])
+                continue;
+            h = load_le32(m + pad);
+            if (h >= w->header_min[k] && h <= w->header_max[k]) {
+                *off = pad;
+                *wire = DP_WIRE_OBFUSCATED;
+                return k + 1;
+            }
+        }
+        if (!w->accept_plain)
+            return 0;
+    }
+    *off = 0;
+    *wire = DP_WIRE_PLAIN;
+    return plain_kind(m, len);
 }
 
 void dp_burst_bind(struct burst *b, const struct dp_device *d, int w)
@@ -213,6 +347,8 @@ void dp_burst_free(struct burst *b)
         dp_wipe(*big, VNET_HDR_LEN + TUN_SUPER_MAX);
         free(*big);
     }
+    free(b->pad);
+    dp_wipe(b->rnd_key, sizeof(b->rnd_key));
     free(b);
 }
 
@@ -304,27 +440,14 @@ static uint32_t inner_packet(const uint8_t *p, uint32_t len, int *family, const 
 /* ---------------------------------------------------------------- receive */
 
 static void handshake_event(struct dp_device *d, const uint8_t *data, uint32_t len,
-                            const struct sockaddr_in6 *from)
+                            const struct sockaddr_in6 *from, uint32_t kind, uint8_t wire)
 {
-    struct dp_event ev = {.type = DP_EVENT_HANDSHAKE, .peer_id = DP_PEER_NONE, .len = len};
+    struct dp_event ev = {.type = DP_EVENT_HANDSHAKE, .peer_id = DP_PEER_NONE, .len = len,
+                          .message = (uint8_t)kind, .wire = wire};
 
     memcpy(ev.data, data, len);
     sockaddr_to_endpoint(from, &ev.endpoint);
     dp_event_push(d, &ev);
-}
-
-static bool message_size_ok(uint32_t type, uint32_t len)
-{
-    switch (type) {
-    case DP_WG_MSG_INITIATION:
-        return len == DP_WG_INITIATION_LEN;
-    case DP_WG_MSG_RESPONSE:
-        return len == DP_WG_RESPONSE_LEN;
-    case DP_WG_MSG_COOKIE_REPLY:
-        return len == DP_WG_COOKIE_REPLY_LEN;
-    default:
-        return false;
-    }
 }
 
 /* The first authenticated data on a responder's next keypair confirms it
@@ -407,41 +530,43 @@ static void inner_frame_xmit(struct burst *b, uint64_t addr, uint8_t *f, uint32_
 static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count, uint64_t now)
 {
     int ndata = 0;
+    struct dp_wire w;
 
+    wire_read(d, &w);
     /* classify: handshake messages to the control plane, data to the batch */
     for (int i = first; i < first + count; i++) {
         uint8_t *m = b->seg[i].p;
-        uint32_t len = b->seg[i].len, type;
+        uint32_t len = b->seg[i].len, kind, off;
         const struct sockaddr_in6 *from = &b->addr[b->seg[i].from];
+        uint8_t wire;
 
-        if (len < 4) {
-            count_drop(d, DP_DROP_MALFORMED, 1);
+        kind = dp_wire_classify(&w, m, len, &off, &wire);
+        if (!kind) {
+            count_drop(d, w.obfuscated ? DP_DROP_JUNK : DP_DROP_MALFORMED, 1);
             continue;
         }
-        type = (uint32_t)m[0] | (uint32_t)m[1] << 8 | (uint32_t)m[2] << 16 | (uint32_t)m[3] << 24;
-        if (type != DP_WG_MSG_DATA) {
-            if (message_size_ok(type, len))
-                handshake_event(d, m, len, from);
-            else
-                count_drop(d, DP_DROP_MALFORMED, 1);
+        if (kind != DP_WG_MSG_DATA) {
+            handshake_event(d, m + off, len - off, from, kind, wire);
             continue;
         }
-        if (len < DP_WG_DATA_MIN_LEN) {
-            count_drop(d, DP_DROP_MALFORMED, 1);
-            continue;
-        }
-        uint32_t index;
         uint64_t counter;
+        struct keypair *kp = dp_keypair_by_index(d, load_le32(m + off + 4));
 
-        memcpy(&index, m + 4, 4);
-        memcpy(&counter, m + 8, 8);
-        index = le32toh(index);
-        counter = le64toh(counter);
-        struct keypair *kp = dp_keypair_by_index(d, index);
+        /* A plain transport message whose bytes at S4 happen to fall in
+         * H4 (a chance of |H4| in 2^32) reads as an obfuscated one with an
+         * index nobody holds: it is taken as plain when that finds one. */
+        if (!kp && wire == DP_WIRE_OBFUSCATED && w.accept_plain &&
+            plain_kind(m, len) == DP_WG_MSG_DATA &&
+            (kp = dp_keypair_by_index(d, load_le32(m + 4))))
+            off = 0;
         if (!kp) {
             count_drop(d, DP_DROP_UNKNOWN_INDEX, 1);
             continue;
         }
+        m += off;
+        len -= off;
+        memcpy(&counter, m + 8, 8);
+        counter = le64toh(counter);
         if (now - kp->created_ns >= (uint64_t)DP_WG_REJECT_AFTER_TIME * NSEC_PER_SEC ||
             counter >= DP_WG_REJECT_AFTER_MESSAGES) {
             count_drop(d, DP_DROP_EXPIRED_KEY, 1);
@@ -762,10 +887,11 @@ static uint32_t padded_len(struct dp_device *d, uint32_t plen)
 /* The same, with the clear packet at pkt (padded there) and the message
  * (header, then cipher text) written to msg. */
 static uint32_t prepare_data_to(struct dp_device *d, uint8_t *msg, uint8_t *pkt, uint32_t plen,
-                                struct keypair *kp, uint64_t counter, struct dp_aead_msg *job)
+                                struct keypair *kp, uint64_t counter, struct dp_aead_msg *job,
+                                uint32_t header)
 {
     uint32_t padded = padded_len(d, plen);
-    uint32_t type = htole32(DP_WG_MSG_DATA), index = htole32(kp->remote_index);
+    uint32_t type = htole32(header), index = htole32(kp->remote_index);
     uint64_t ctr = htole64(counter);
 
     memset(pkt + plen, 0, padded - plen);
@@ -778,9 +904,10 @@ static uint32_t prepare_data_to(struct dp_device *d, uint8_t *msg, uint8_t *pkt,
 }
 
 static uint32_t prepare_data(struct dp_device *d, uint8_t *buf, uint32_t plen,
-                             struct keypair *kp, uint64_t counter, struct dp_aead_msg *job)
+                             struct keypair *kp, uint64_t counter, struct dp_aead_msg *job,
+                             uint32_t header)
 {
-    return prepare_data_to(d, buf, buf + DP_WG_DATA_HEADER_LEN, plen, kp, counter, job);
+    return prepare_data_to(d, buf, buf + DP_WG_DATA_HEADER_LEN, plen, kp, counter, job, header);
 }
 
 /* Take a counter from kp for sending, or fail when it cannot send. */
@@ -859,43 +986,55 @@ static void send_out(struct dp_device *d, struct burst *b, int fam, int count)
                 !d->no_udp_gso) {
                 /* no UDP GSO on this path (an old kernel, or a device
                  * without checksum offload): send one by one from now on */
+                size_t step = b->out_step[fam][sent];
+
                 d->no_udp_gso = true;
-                for (size_t i = 0; i < m->msg_iovlen; i++)
+                for (size_t i = 0; i < m->msg_iovlen; i += step)
                     if (sendmsg(fd, &(struct msghdr){.msg_name = m->msg_name,
                                                      .msg_namelen = m->msg_namelen,
-                                                     .msg_iov = &m->msg_iov[i], .msg_iovlen = 1},
+                                                     .msg_iov = &m->msg_iov[i],
+                                                     .msg_iovlen = step},
                                 MSG_DONTWAIT) < 0)
                         count_drop(d, DP_DROP_SEND_FAILED, 1);
                 sent++;
                 continue;
             }
             for (int i = sent; i < count; i++)
-                count_drop(d, DP_DROP_SEND_FAILED, b->out[fam][i].msg_hdr.msg_iovlen);
+                count_drop(d, DP_DROP_SEND_FAILED,
+                           b->out[fam][i].msg_hdr.msg_iovlen / b->out_step[fam][i]);
             return;
         }
         sent += r;
     }
 }
 
-/* Queue a message for sending. Consecutive messages to the same endpoint
- * with the same size (the segments of one TSO packet, typically) share one
- * sendmmsg entry with UDP_SEGMENT: the kernel builds the datagrams (UDP
- * GSO), one trip through the stack instead of one per packet. The last
- * datagram of a group may be shorter. */
+/* Queue a message for sending, with pad_len bytes of AmneziaWG padding
+ * at pad in front (pad_len 0: none). Consecutive messages to the same
+ * endpoint with the same size and padding (the segments of one TSO packet,
+ * typically) share one sendmmsg entry with UDP_SEGMENT: the kernel builds
+ * the datagrams (UDP GSO), one trip through the stack instead of one per
+ * packet. The last datagram of a group may be shorter. */
 static void queue_out(struct dp_device *d, struct burst *b, struct out_state *o,
-                      const struct dp_endpoint *ep, uint8_t *data, size_t len)
+                      const struct dp_endpoint *ep, uint8_t *pad, size_t pad_len, uint8_t *data,
+                      size_t msg_len)
 {
-    int fam = ep->family == DP_ENDPOINT_IPV6, k = o->nmsg[fam] - 1, v = o->niov[fam]++;
+    int fam = ep->family == DP_ENDPOINT_IPV6, k = o->nmsg[fam] - 1, v = o->niov[fam];
     struct msghdr *m = k >= 0 ? &b->out[fam][k].msg_hdr : NULL;
+    size_t len = pad_len + msg_len, step = pad_len ? 2 : 1;
 
-    b->out_iov[fam][v] = (struct iovec){data, len};
+    if (pad_len)
+        b->out_iov[fam][v++] = (struct iovec){pad, pad_len};
+    b->out_iov[fam][v++] = (struct iovec){data, msg_len};
+    o->niov[fam] = v;
     if (m && !d->no_udp_gso && o->seg[fam] && len <= o->seg[fam] &&
-        o->last_len[fam] == o->seg[fam] && m->msg_iovlen < UDP_GSO_MAX_SEGMENTS &&
-        o->bytes[fam] + len <= UDP_GSO_MAX_BYTES && !memcmp(&o->ep[fam], ep, sizeof(*ep))) {
-        m->msg_iovlen++;
+        o->last_len[fam] == o->seg[fam] && o->nseg[fam] < UDP_GSO_MAX_SEGMENTS &&
+        o->pad[fam] == pad_len && o->bytes[fam] + len <= UDP_GSO_MAX_BYTES &&
+        !memcmp(&o->ep[fam], ep, sizeof(*ep))) {
+        m->msg_iovlen += step;
+        o->nseg[fam]++;
         o->bytes[fam] += len;
         o->last_len[fam] = len;
-        if (m->msg_iovlen == 2) {
+        if (o->nseg[fam] == 2) {
             struct cmsghdr *c = (struct cmsghdr *)b->ctrl[fam][k];
             uint16_t seg = (uint16_t)o->seg[fam];
 
@@ -913,9 +1052,13 @@ static void queue_out(struct dp_device *d, struct burst *b, struct out_state *o,
 
     b->out[fam][k].msg_hdr = (struct msghdr){.msg_name = &b->out_addr[fam][k],
                                              .msg_namelen = salen,
-                                             .msg_iov = &b->out_iov[fam][v], .msg_iovlen = 1};
+                                             .msg_iov = &b->out_iov[fam][v - step],
+                                             .msg_iovlen = step};
+    b->out_step[fam][k] = (uint8_t)step;
     o->ep[fam] = *ep;
     o->seg[fam] = o->last_len[fam] = o->bytes[fam] = len;
+    o->pad[fam] = pad_len;
+    o->nseg[fam] = 1;
 }
 
 #define IPV4_HEADER 20
@@ -1128,7 +1271,12 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now, b
     struct dp_endpoint ep[DP_DEVICE_BURST];
     struct out_state out = {0};
     int njobs = 0;
+    struct dp_wire w;
+    bool obfuscate;
 
+    wire_read(d, &w);
+    /* messages of obfuscated keypairs get S4 random bytes and an H4 type */
+    obfuscate = w.obfuscated && pad_room(b, w.padding[3]) == 0;
     for (int i = 0; i < n; i++) {
         uint8_t *pkt = from_frames ? b->pkt[i] : b->buf[i] + DP_WG_DATA_HEADER_LEN;
         const uint8_t *src, *dst;
@@ -1166,16 +1314,27 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now, b
         b->idx[njobs] = i;
         b->peer[njobs] = peer_id;
         b->wan_addr[njobs] = NO_FRAME;
+        uint32_t pad = 0, header = DP_WG_MSG_DATA;
+
+        if (kp->wire == DP_WIRE_OBFUSCATED && obfuscate) {
+            pad = w.padding[3];
+            header = wire_header(b, w.header_min[3], w.header_max[3]);
+        }
+        b->pad_len[njobs] = pad;
         /* straight into a WAN frame when the route is known and a frame
          * is free; else the message is built in buf for the kernel's path */
         uint32_t padded = padded_len(d, plen);
         uint8_t *msg = NULL;
 
         if (b->xsk && (!from_frames || ETH_HEADER + padded <= DP_XSK_FRAME_SIZE))
-            msg = wan_frame_begin(d, b, &ep[njobs], peer_id, DP_WG_DATA_MIN_LEN + padded, now,
-                                  &b->wan_addr[njobs]);
+            msg = wan_frame_begin(d, b, &ep[njobs], peer_id, pad + DP_WG_DATA_MIN_LEN + padded,
+                                  now, &b->wan_addr[njobs]);
         if (msg) {
             b->wan_frame[njobs] = msg;
+            if (pad) {
+                rnd_fill(b, msg, pad);
+                msg += pad;
+            }
         } else {
             b->wan_addr[njobs] = NO_FRAME;
             msg = b->buf[i];
@@ -1184,7 +1343,9 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now, b
                 pkt = msg + DP_WG_DATA_HEADER_LEN;
             }
         }
-        b->len[i] = prepare_data_to(d, msg, pkt, plen, kp, counter, &b->aead[njobs]);
+        if (pad && b->wan_addr[njobs] == NO_FRAME)
+            rnd_fill(b, b->pad + (size_t)njobs * b->pad_cap, pad);
+        b->len[i] = prepare_data_to(d, msg, pkt, plen, kp, counter, &b->aead[njobs], header);
         njobs++;
     }
     if (!njobs)
@@ -1196,12 +1357,13 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now, b
         struct peer *p = &d->peers[b->peer[j]];
 
         if (b->wan_addr[j] != NO_FRAME) {
-            wan_frame_end(b, b->wan_addr[j], b->wan_frame[j], wire);
+            wan_frame_end(b, b->wan_addr[j], b->wan_frame[j], b->pad_len[j] + wire);
             stat_add(&d->wan_xsk_tx, 1);
         } else {
             if (b->xsk)
                 stat_add(&d->wan_kernel_tx, 1);
-            queue_out(d, b, &out, &ep[j], b->buf[i], wire);
+            queue_out(d, b, &out, &ep[j], b->pad + (size_t)j * b->pad_cap, b->pad_len[j],
+                      b->buf[i], wire);
         }
         stat_add(&p->tx_bytes, wire);
         stat_add(&p->tx_packets, 1);
@@ -1221,14 +1383,17 @@ static int tx_flush(struct dp_device *d, struct burst *b, int n, uint64_t now, b
 static int send_one(struct dp_device *d, uint32_t peer_id, const uint8_t *pkt, uint32_t plen)
 {
     struct peer *p = &d->peers[peer_id];
-    uint8_t *buf = malloc(d->buf_size);
     struct dp_aead_msg job;
     struct dp_endpoint ep;
     struct keypair *kp;
     uint64_t now = dp_now_ns(), counter;
-    uint32_t padded;
+    uint32_t padded, pad = 0, header = DP_WG_MSG_DATA;
+    struct dp_wire w;
+    uint8_t *buf;
     int err = 0;
 
+    wire_read(d, &w);
+    buf = malloc(d->buf_size + (w.obfuscated ? w.padding[3] : 0));
     if (!buf)
         return -ENOMEM;
     lock_take(&p->lock);
@@ -1240,10 +1405,24 @@ static int send_one(struct dp_device *d, uint32_t peer_id, const uint8_t *pkt, u
     } else if (!take_counter(kp, now, &counter)) {
         err = -ENOKEY;
     } else {
-        memcpy(buf + DP_WG_DATA_HEADER_LEN, pkt, plen);
-        padded = prepare_data(d, buf, plen, kp, counter, &job);
+        if (kp->wire == DP_WIRE_OBFUSCATED && w.obfuscated) {
+            /* rare (staged packets, keepalives): the kernel's randomness */
+            pad = w.padding[3];
+            if (getrandom(buf, pad, 0) != (ssize_t)pad ||
+                getrandom(&header, sizeof(header), 0) != sizeof(header))
+                pad = 0, err = -EIO;
+            else if (w.header_min[3] != w.header_max[3])
+                header = w.header_min[3] +
+                         (uint32_t)(((uint64_t)header * ((uint64_t)w.header_max[3] -
+                                                         w.header_min[3] + 1)) >> 32);
+            else
+                header = w.header_min[3];
+        }
+        memcpy(buf + pad + DP_WG_DATA_HEADER_LEN, pkt, plen);
+        padded = prepare_data(d, buf + pad, plen, kp, counter, &job, header);
         dp_aead_seal_batch(&job, 1);
-        err = dp_sendto(d, &ep, buf, DP_WG_DATA_MIN_LEN + padded);
+        if (!err)
+            err = dp_sendto(d, &ep, buf, pad + DP_WG_DATA_MIN_LEN + padded);
         if (!err) {
             stat_add(&p->tx_bytes, DP_WG_DATA_MIN_LEN + padded);
             stat_add(&p->tx_packets, 1);
@@ -1252,7 +1431,7 @@ static int send_one(struct dp_device *d, uint32_t peer_id, const uint8_t *pkt, u
                 stat_set(&p->last_tx_data_ns, now);
         }
     }
-    dp_wipe(buf, d->buf_size);
+    dp_wipe(buf, d->buf_size + pad);
     free(buf);
     return err;
 }

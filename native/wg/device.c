@@ -688,6 +688,33 @@ int dp_device_set_mtu(struct dp_device *d, uint32_t mtu)
     return 0;
 }
 
+int dp_device_set_wire(struct dp_device *d, const struct dp_wire *w)
+{
+    static const uint32_t base[4] = {DP_WG_INITIATION_LEN, DP_WG_RESPONSE_LEN,
+                                     DP_WG_COOKIE_REPLY_LEN, DP_WG_DATA_MIN_LEN};
+
+    if (!w)
+        return -EINVAL;
+    for (int k = 0; k < 4 && w->obfuscated; k++)
+        if (w->header_min[k] > w->header_max[k] ||
+            w->padding[k] > DP_WIRE_MAX_DATAGRAM - base[k])
+            return -EINVAL;
+    pthread_mutex_lock(&d->control);
+    atomic_fetch_add_explicit(&d->wire_seq, 1, memory_order_acq_rel);
+    atomic_thread_fence(memory_order_release);
+    memcpy(&d->wire, w, sizeof(*w));
+    if (!w->obfuscated)
+        d->wire.accept_plain = 0;
+    atomic_fetch_add_explicit(&d->wire_seq, 1, memory_order_release);
+    pthread_mutex_unlock(&d->control);
+    return 0;
+}
+
+void dp_device_get_wire(struct dp_device *d, struct dp_wire *out)
+{
+    wire_read(d, out);
+}
+
 int dp_device_set_udp(struct dp_device *d, const int *udp4_fd, const int *udp6_fd)
 {
     struct dp_device_config next;
@@ -1061,6 +1088,7 @@ int dp_device_keypair_install(struct dp_device *d, const struct dp_keypair_param
     kp->remote_index = prm->remote_index;
     kp->peer_id = prm->peer_id;
     kp->is_initiator = prm->is_initiator ? 1 : 0;
+    kp->wire = prm->wire == DP_WIRE_OBFUSCATED ? DP_WIRE_OBFUSCATED : DP_WIRE_PLAIN;
     kp->created_ns = prm->created_ns;
     atomic_store(&kp->send_counter, 0);
     atomic_flag_clear(&kp->replay_lock);

@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "dp_crypto.h"
 #include "dp_device.h"
@@ -47,6 +48,7 @@ struct keypair {
     uint8_t is_initiator;
     _Atomic uint8_t state;
     atomic_flag replay_lock;
+    uint8_t wire;          /* DP_WIRE_*: what its messages go out as */
     uint64_t created_ns;
     uint64_t retired_epoch;
     _Atomic uint64_t send_counter;
@@ -135,6 +137,11 @@ struct dp_device {
     int ev_fd;
 
     _Atomic uint64_t drops[DP_DROP_COUNT];
+
+    /* The wire profile, under a sequence lock: the control plane writes
+     * it (odd seq while it does), workers copy it once per pass. */
+    _Atomic uint32_t wire_seq;
+    struct dp_wire wire;
 
     /* the XDP backend's outer routes and where data messages went */
     struct route_slot *routes;
@@ -228,6 +235,19 @@ static inline void lock_give(struct dp_lock *l)
 {
     if (atomic_exchange_explicit(&l->v, 0, memory_order_release) == 2)
         dp_lock_wake(l);
+}
+
+/* The workers' copy of the wire profile (a pass works with one). */
+static inline void wire_read(const struct dp_device *d, struct dp_wire *out)
+{
+    uint32_t s1, s2;
+
+    do {
+        s1 = atomic_load_explicit(&d->wire_seq, memory_order_acquire);
+        memcpy(out, (const void *)&d->wire, sizeof(*out));
+        atomic_thread_fence(memory_order_acquire);
+        s2 = atomic_load_explicit(&d->wire_seq, memory_order_relaxed);
+    } while ((s1 & 1) || s1 != s2);
 }
 
 static inline void count_drop(struct dp_device *d, int reason, uint64_t n)

@@ -19,6 +19,7 @@
 
 struct dp_allowedips;
 struct dp_device;
+struct dp_wire; /* dp_wg_messages.h */
 
 #define DP_DEVICE_BURST 64
 /* Packets kept per peer while it has no keypair to send with. */
@@ -43,7 +44,8 @@ struct dp_device;
 #define DP_DROP_EVENTS_FULL 10    /* handshake message arrived, control plane busy */
 #define DP_DROP_TOO_BIG 11        /* packet larger than the MTU allows */
 #define DP_DROP_SEND_FAILED 12    /* the kernel refused a UDP or TUN write */
-#define DP_DROP_COUNT 13
+#define DP_DROP_JUNK 13           /* obfuscated interface: no message of any profile it serves */
+#define DP_DROP_COUNT 14
 
 /* Events for the control plane. */
 #define DP_EVENT_HANDSHAKE 1         /* a type 1/2/3 message; data/len/endpoint set */
@@ -71,6 +73,12 @@ struct dp_event {
     uint32_t local_index; /* KEYPAIR_CONFIRMED */
     uint32_t len;
     struct dp_endpoint endpoint;
+    /* HANDSHAKE: the message's kind (DP_WG_MSG_*) and the profile it came
+     * in (DP_WIRE_*); data holds it without its padding, the type field
+     * as it was on the wire (the MACs cover it) */
+    uint8_t message;
+    uint8_t wire;
+    uint8_t reserved[2];
     uint8_t data[148];
 };
 
@@ -107,7 +115,8 @@ struct dp_keypair_params {
     uint32_t local_index;  /* reserved or claimed beforehand */
     uint32_t remote_index;
     uint8_t is_initiator;  /* initiator: current at once; responder: next until confirmed */
-    uint8_t reserved[3];
+    uint8_t wire;          /* DP_WIRE_*: the profile its messages go out in (its handshake's) */
+    uint8_t reserved[2];
     uint64_t created_ns;   /* CLOCK_MONOTONIC */
     uint8_t send_key[32];
     uint8_t recv_key[32];
@@ -208,6 +217,19 @@ int dp_device_start(struct dp_device *d);
 void dp_device_stop(struct dp_device *d);
 /* Stop, wipe every key, close the fds, free. */
 void dp_device_free(struct dp_device *d);
+
+/* The interface's wire profile (struct dp_wire, dp_wg_messages.h): how
+ * the workers classify what arrives, and how they pad and label what they
+ * send with keypairs installed as DP_WIRE_OBFUSCATED. The workers see it
+ * from their next pass. 0, or -EINVAL (a header range backwards, a padded
+ * message past DP_WIRE_MAX_DATAGRAM). */
+int dp_device_set_wire(struct dp_device *d, const struct dp_wire *w);
+void dp_device_get_wire(struct dp_device *d, struct dp_wire *out);
+/* How the workers classify a datagram under profile w: its message kind
+ * (DP_WG_MSG_*) or 0 for junk, where the message starts (*off) and in
+ * which profile it came (*wire, DP_WIRE_*). Pure; for tests and fuzzing. */
+uint32_t dp_wire_classify(const struct dp_wire *w, const uint8_t *m, uint32_t len,
+                          uint32_t *off, uint8_t *wire);
 
 /* The TUN's MTU changed (padding follows it); 68 .. 65500. */
 int dp_device_set_mtu(struct dp_device *d, uint32_t mtu);

@@ -77,4 +77,27 @@ struct dp_wg_data_header {
     uint64_t counter; /* little-endian on the wire */
 };
 
+/* ---- AmneziaWG 2.0 wire profiles (dataplane/obfuscation.py explains
+ * them). A profile puts padding[k] random bytes in front of message type
+ * k+1 and draws its type field from header_min[k]..header_max[k]. A
+ * receiver classifies a datagram by them: initiation when it is
+ * DP_WG_INITIATION_LEN + padding[0] bytes and the header at padding[0]
+ * falls in range 0, response and cookie reply alike, transport when it is
+ * at least DP_WG_DATA_MIN_LEN + padding[3] bytes and the header at
+ * padding[3] falls in range 3. Everything after that sees the standard
+ * message at that offset. */
+#define DP_WIRE_PLAIN 0      /* WireGuard's own: no padding, types 1..4 */
+#define DP_WIRE_OBFUSCATED 1 /* the interface's AmneziaWG profile */
+/* The largest UDP payload over IPv4: no padded message is longer. */
+#define DP_WIRE_MAX_DATAGRAM 65507
+
+struct dp_wire {
+    uint32_t padding[4];    /* S1..S4 */
+    uint32_t header_min[4]; /* H1..H4, both ends included */
+    uint32_t header_max[4];
+    uint8_t obfuscated;     /* 0: plain WireGuard only (the rest is ignored) */
+    uint8_t accept_plain;   /* with obfuscated: plain WireGuard on the port too */
+    uint8_t reserved[2];
+};
+
 #endif
