@@ -135,6 +135,26 @@ def _int_in(name: str, value, low: int, high: int) -> int:
     return value
 
 
+def wire_config(obf, accept_plain: bool = False):
+    """The WAN program's view of an Obfuscation: its sizes and header
+    ranges, and the interface's own signature packets (I1..I5) by length
+    and leading fixed bytes; plain (all zeros) for None or plain."""
+    w = ffi.new("struct dp_xdp_wire_config *")
+    if obf is None or obf.profile_is_plain:
+        return w
+    w.obfuscated = 1
+    w.accept_plain = int(bool(accept_plain))
+    for k, (pad, h) in enumerate(zip(obf.paddings, obf.headers)):
+        w.padding[k], w.header_min[k], w.header_max[k] = pad, h.lo, h.hi
+    shapes = obf.signature_shapes()[:len(w.sig_len)]
+    w.n_signatures = len(shapes)
+    for i, (length, prefix) in enumerate(shapes):
+        w.sig_len[i] = length
+        w.sig_prefix_len[i] = len(prefix)
+        ffi.memmove(w.sig_prefix[i], prefix.ljust(8, b"\0"), 8)
+    return w
+
+
 class XdpProgram:
     """One loaded XDP program (WAN or inner) and its maps. Owns them: close()
     (or garbage collection, or process exit) detaches and unloads."""
@@ -272,6 +292,13 @@ class XdpProgram:
         rc = lib.dp_xdp_set_ratelimit_rest(self._h, int(rest))
         if rc < 0:
             _raise(XdpError, rc, "setting the handshake rate limit's state")
+
+    def set_wire(self, config) -> None:
+        """WAN program: the AmneziaWG profile to classify by (a struct
+        dp_xdp_wire_config from wire_config)."""
+        rc = lib.dp_xdp_set_wire(self._h, config)
+        if rc < 0:
+            _raise(XdpError, rc, "writing the wire profile")
 
     def clear_xsk(self, queue: int) -> None:
         """Frames of RX queue `queue` go to the kernel again."""

@@ -288,6 +288,7 @@ class XdpPlumbing:
         self._resting = False
         self._limit_until = 0.0
         self._veth = False
+        self._wire = None             # (Obfuscation, accept_plain), see set_wire
 
     def create_inner_link(self) -> tuple[bytes, bytes]:
         """The veth pair; returns (the kernel end's MAC, our end's MAC).
@@ -361,6 +362,8 @@ class XdpPlumbing:
             # is under load (see follow_load)
             for prog in self.wan_progs.values():
                 prog.set_ratelimit_rest(True)
+            step = "writing the wire profile"
+            self._apply_wire()
             self._resting = True
             step = f"attaching the inner program to {self.peer_name}"
             self.inner_prog.attach(self.peer_name)
@@ -422,6 +425,22 @@ class XdpPlumbing:
             for prog in self.wan_progs.values():
                 prog.set_ratelimit_rest(not limit)
             self._resting = not limit
+
+    def set_wire(self, obf, accept_plain: bool) -> None:
+        """The AmneziaWG profile (dataplane.obfuscation.Obfuscation) the
+        WAN programs classify by: kept, and written into every loaded
+        program (at once for the next frame)."""
+        self._wire = (obf, accept_plain)
+        self._apply_wire()
+
+    def _apply_wire(self) -> None:
+        if self._wire is None:
+            return
+        from dataplane import xdp
+
+        config = xdp.wire_config(*self._wire)
+        for prog in self.wan_progs.values():
+            prog.set_wire(config)
 
     def counters(self) -> dict:
         """The WAN programs' counters summed over the interfaces ("wan_*")

@@ -40,6 +40,9 @@
  *            DP_XDP_WAN_COUNT or DP_XDP_INNER_COUNT entries.
  * ratelimit  LRU_HASH (WAN only), key struct dp_xdp_rl_key, value
  *            struct dp_xdp_rl_bucket, DP_XDP_MAX_RATELIMIT_SOURCES entries.
+ * wire       ARRAY (WAN only), one struct dp_xdp_wire: the AmneziaWG
+ *            profile, written by the loader whenever the control plane
+ *            changes it (all zeros, the value at load: plain WireGuard).
  */
 
 /* ---- Counters of the WAN program ----
@@ -70,7 +73,12 @@
 #define DP_XDP_WAN_DROP_WG_BAD_TYPE 19   /* unknown type, or its three reserved bytes not zero */
 #define DP_XDP_WAN_DROP_WG_BAD_SIZE 20   /* wrong size for its type */
 #define DP_XDP_WAN_DROP_RATELIMITED 21   /* handshake message over its source's rate */
-#define DP_XDP_WAN_COUNT 22
+/* AmneziaWG (the `wire` map says obfuscated): to the port, but no message
+ * of any profile the interface serves */
+#define DP_XDP_WAN_DROP_JUNK 22
+#define DP_XDP_WAN_DROP_SIGNATURE 23     /* ... with the size and leading bytes of one of I1..I5 */
+#define DP_XDP_WAN_STEER_OBFUSCATED 24   /* also counted in STEER_<type>: in the AmneziaWG profile */
+#define DP_XDP_WAN_COUNT 25
 
 /* ---- Counters of the inner program ---- */
 #define DP_XDP_INNER_STEER 0           /* every frame */
@@ -96,6 +104,35 @@
 #define DP_XDP_WG_RESPONSE_LEN 92
 #define DP_XDP_WG_COOKIE_REPLY_LEN 64
 #define DP_XDP_WG_DATA_MIN_LEN 32
+
+/* ---- AmneziaWG wire profile (the `wire` map) ----
+ * As struct dp_wire of native/wg/dp_wg_messages.h: padding[k] random
+ * bytes before message type k+1, whose type field falls in
+ * header_min[k]..header_max[k]. Junk that has the size of one of the
+ * interface's own signature packets (I1..I5, sig_len) and starts with its
+ * fixed bytes (the first sig_prefix_len[i] of sig_prefix[i]) is counted
+ * apart. An update is not atomic for a program running meanwhile: a
+ * datagram may be judged by half of the old profile and half of the new,
+ * at the moment the operator changes it. */
+#define DP_XDP_WIRE_MAP "wire"
+/* The largest UDP payload over IPv4: no padded message is longer. */
+#define DP_XDP_WIRE_MAX_DATAGRAM 65507
+#define DP_XDP_MAX_SIGNATURES 5
+#define DP_XDP_SIG_PREFIX 8
+
+struct dp_xdp_wire {
+    __u32 padding[4];
+    __u32 header_min[4];
+    __u32 header_max[4];
+    __u8 obfuscated;
+    __u8 accept_plain;
+    __u8 n_signatures;
+    __u8 reserved;
+    __u32 sig_len[DP_XDP_MAX_SIGNATURES];
+    __u8 sig_prefix_len[DP_XDP_MAX_SIGNATURES];
+    __u8 reserved2[3];
+    __u8 sig_prefix[DP_XDP_MAX_SIGNATURES][DP_XDP_SIG_PREFIX];
+};
 
 /* ---- Handshake rate limit ----
  * A token bucket per source, kept as the theoretical arrival time of the

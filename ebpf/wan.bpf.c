@@ -83,53 +83,151 @@ static __always_inline int ratelimit_admit(__u32 family, const __u8 *saddr)
     return 1;
 }
 
-/* The UDP payload, msg_len bytes (all inside the frame: the IP and UDP
- * lengths were checked against it), at the cursor. */
-static __always_inline int wan_message(const struct xdp_md *ctx, struct cursor *c, __u32 msg_len,
-                                       __u32 family, const __u8 *saddr)
+/* The AmneziaWG profile (all zeros: plain WireGuard), written by the
+ * loader when the control plane changes it. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct dp_xdp_wire);
+} wire SEC(".maps");
+
+#define DP_XDP_WIRE_MAX_OFFSET 0x3fff
+
+/* The little-endian word at offset `off` of the payload at the cursor:
+ * 1 with *out set, 0 when it is not all in the frame. */
+static __always_inline int word_at(const struct cursor *c, __u32 off, __u32 *out)
 {
-    const __u8 *type;
-    __u32 counter;
+    const __u8 *p;
 
-    if (msg_len < 4)
-        return drop(DP_XDP_WAN_DROP_TRUNC_WG);
-    type = cursor_pull(c, 4);
-    if (!type)
-        return drop(DP_XDP_WAN_DROP_TRUNC_WG);
-    /* The type is a little-endian 32-bit word: one byte, three zeros. */
-    if (type[1] | type[2] | type[3])
-        return drop(DP_XDP_WAN_DROP_WG_BAD_TYPE);
+    /* Bounds the offset for the verifier, which marks a packet pointer
+     * readable only while its largest offset stays within 0xffff. XDP
+     * sees one page of a frame at most, so a message behind more padding
+     * than this never reaches it whole anyway. */
+    if (off > DP_XDP_WIRE_MAX_OFFSET)
+        return 0;
+    p = (const __u8 *)c->pos + off;
+    if ((const void *)(p + 4) > c->end)
+        return 0;
+    *out = (__u32)p[0] | (__u32)p[1] << 8 | (__u32)p[2] << 16 | (__u32)p[3] << 24;
+    return 1;
+}
 
-    switch (type[0]) {
-    case DP_XDP_WG_INITIATION:
-        if (msg_len != DP_XDP_WG_INITIATION_LEN)
-            return drop(DP_XDP_WAN_DROP_WG_BAD_SIZE);
-        counter = DP_XDP_WAN_STEER_INITIATION;
-        break;
-    case DP_XDP_WG_RESPONSE:
-        if (msg_len != DP_XDP_WG_RESPONSE_LEN)
-            return drop(DP_XDP_WAN_DROP_WG_BAD_SIZE);
-        counter = DP_XDP_WAN_STEER_RESPONSE;
-        break;
-    case DP_XDP_WG_COOKIE_REPLY:
-        if (msg_len != DP_XDP_WG_COOKIE_REPLY_LEN)
-            return drop(DP_XDP_WAN_DROP_WG_BAD_SIZE);
-        counter = DP_XDP_WAN_STEER_COOKIE_REPLY;
-        break;
-    case DP_XDP_WG_DATA:
-        if (msg_len < DP_XDP_WG_DATA_MIN_LEN)
-            return drop(DP_XDP_WAN_DROP_WG_BAD_SIZE);
-        return steer(ctx, DP_XDP_WAN_STEER_DATA, DP_XDP_WAN_STEER_NO_SOCKET);
-    default:
-        return drop(DP_XDP_WAN_DROP_WG_BAD_TYPE);
-    }
-
-    /* Handshake messages cost the control plane a Curve25519 operation:
-     * floods stop here. */
+/* A handshake message: floods stop here (each costs the control plane a
+ * Curve25519 operation). */
+static __always_inline int wan_handshake(const struct xdp_md *ctx, __u32 counter, __u32 family,
+                                         const __u8 *saddr)
+{
     if ((dp_settings.flags & DP_XDP_SETTINGS_RATELIMIT) && !ratelimit_resting() &&
         !ratelimit_admit(family, saddr))
         return drop(DP_XDP_WAN_DROP_RATELIMITED);
     return steer(ctx, counter, DP_XDP_WAN_STEER_NO_SOCKET);
+}
+
+/* No message of any profile the interface serves: one of its own signature
+ * packets (by size and leading bytes), or junk. Neither reaches userspace. */
+static __always_inline int wan_junk(const struct xdp_md *ctx, const struct cursor *c,
+                                    __u32 msg_len, const struct dp_xdp_wire *w)
+{
+    __u8 head[DP_XDP_SIG_PREFIX] = {};
+    __u32 n = msg_len < DP_XDP_SIG_PREFIX ? msg_len : DP_XDP_SIG_PREFIX;
+    __u32 off = (__u32)((const __u8 *)c->pos - (const __u8 *)(long)ctx->data);
+
+    if (n == 0 || bpf_xdp_load_bytes((struct xdp_md *)ctx, off, head, n) < 0)
+        return drop(DP_XDP_WAN_DROP_JUNK);
+#pragma unroll
+    for (int i = 0; i < DP_XDP_MAX_SIGNATURES; i++) {
+        int same = 1;
+
+        if (i >= w->n_signatures || msg_len != w->sig_len[i])
+            continue;
+#pragma unroll
+        for (int j = 0; j < DP_XDP_SIG_PREFIX; j++)
+            if (j < w->sig_prefix_len[i] && head[j] != w->sig_prefix[i][j])
+                same = 0;
+        if (same)
+            return drop(DP_XDP_WAN_DROP_SIGNATURE);
+    }
+    return drop(DP_XDP_WAN_DROP_JUNK);
+}
+
+/* A message of the AmneziaWG profile, steered; -1 when it is none. Kinds
+ * are tried in order, handshakes before transport, as the workers and
+ * amneziawg-go do. */
+static __always_inline int wan_obfuscated(const struct xdp_md *ctx, const struct cursor *c,
+                                          __u32 msg_len, __u32 family, const __u8 *saddr,
+                                          const struct dp_xdp_wire *w)
+{
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        /* constants once the loop is unrolled (no tables: .rodata holds
+         * the settings alone) */
+        __u32 base = k == 0 ? DP_XDP_WG_INITIATION_LEN : k == 1 ? DP_XDP_WG_RESPONSE_LEN
+                   : k == 2 ? DP_XDP_WG_COOKIE_REPLY_LEN : DP_XDP_WG_DATA_MIN_LEN;
+        __u32 steered = k == 0 ? DP_XDP_WAN_STEER_INITIATION : k == 1 ? DP_XDP_WAN_STEER_RESPONSE
+                      : k == 2 ? DP_XDP_WAN_STEER_COOKIE_REPLY : DP_XDP_WAN_STEER_DATA;
+        __u32 pad = w->padding[k], h;
+
+        if (k < 3 ? msg_len != pad + base : msg_len < pad + base)
+            continue;
+        if (!word_at(c, pad, &h) || h < w->header_min[k] || h > w->header_max[k])
+            continue;
+        count(DP_XDP_WAN_STEER_OBFUSCATED);
+        if (k == 3)
+            return steer(ctx, steered, DP_XDP_WAN_STEER_NO_SOCKET);
+        return wan_handshake(ctx, steered, family, saddr);
+    }
+    return -1;
+}
+
+/* The UDP payload, msg_len bytes (all inside the frame: the IP and UDP
+ * lengths were checked against it), at the cursor. With an AmneziaWG
+ * profile, what fits no profile the interface serves is junk. */
+static __always_inline int wan_message(const struct xdp_md *ctx, struct cursor *c, __u32 msg_len,
+                                       __u32 family, const __u8 *saddr)
+{
+    __u32 key = 0, type, counter;
+    const struct dp_xdp_wire *w = bpf_map_lookup_elem(&wire, &key);
+    int obfuscated = w && w->obfuscated;
+
+    if (obfuscated) {
+        int verdict = wan_obfuscated(ctx, c, msg_len, family, saddr, w);
+
+        if (verdict >= 0)
+            return verdict;
+        if (!w->accept_plain)
+            return wan_junk(ctx, c, msg_len, w);
+    }
+    if (msg_len < 4 || !word_at(c, 0, &type))
+        return obfuscated ? wan_junk(ctx, c, msg_len, w) : drop(DP_XDP_WAN_DROP_TRUNC_WG);
+
+    /* The type is a little-endian 32-bit word: one byte, three zeros. */
+    switch (type) {
+    case DP_XDP_WG_INITIATION:
+        if (msg_len != DP_XDP_WG_INITIATION_LEN)
+            goto bad_size;
+        counter = DP_XDP_WAN_STEER_INITIATION;
+        break;
+    case DP_XDP_WG_RESPONSE:
+        if (msg_len != DP_XDP_WG_RESPONSE_LEN)
+            goto bad_size;
+        counter = DP_XDP_WAN_STEER_RESPONSE;
+        break;
+    case DP_XDP_WG_COOKIE_REPLY:
+        if (msg_len != DP_XDP_WG_COOKIE_REPLY_LEN)
+            goto bad_size;
+        counter = DP_XDP_WAN_STEER_COOKIE_REPLY;
+        break;
+    case DP_XDP_WG_DATA:
+        if (msg_len < DP_XDP_WG_DATA_MIN_LEN)
+            goto bad_size;
+        return steer(ctx, DP_XDP_WAN_STEER_DATA, DP_XDP_WAN_STEER_NO_SOCKET);
+    default:
+        return obfuscated ? wan_junk(ctx, c, msg_len, w) : drop(DP_XDP_WAN_DROP_WG_BAD_TYPE);
+    }
+    return wan_handshake(ctx, counter, family, saddr);
+bad_size:
+    return obfuscated ? wan_junk(ctx, c, msg_len, w) : drop(DP_XDP_WAN_DROP_WG_BAD_SIZE);
 }
 
 /* The UDP header of a datagram to the listen port; ip_payload_len is what

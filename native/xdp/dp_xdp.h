@@ -99,6 +99,24 @@ int dp_xdp_set_xsk(struct dp_xdp *x, uint32_t queue, int xsk_fd);
  * handshake rate limit; the control plane rests it while it is not under
  * load. -EINVAL for a program without a rate limit. */
 int dp_xdp_set_ratelimit_rest(struct dp_xdp *x, int rest);
+/* WAN program: the interface's AmneziaWG profile (as struct dp_wire of
+ * native/wg/dp_wg_messages.h), and the signature packets (I1..I5) it
+ * counts apart from junk by their length and up to 8 leading fixed
+ * bytes. Takes effect for the next frame; all zeros is plain WireGuard.
+ * -EINVAL for a program without it or a range that runs backwards. */
+#define DP_XDP_WIRE_MAX_PADDING 65507
+struct dp_xdp_wire_config {
+    uint32_t padding[4];
+    uint32_t header_min[4];
+    uint32_t header_max[4];
+    uint32_t obfuscated;
+    uint32_t accept_plain;
+    uint32_t n_signatures;          /* 0..5 */
+    uint32_t sig_len[5];
+    uint32_t sig_prefix_len[5];     /* 0..8 */
+    uint8_t sig_prefix[5][8];
+};
+int dp_xdp_set_wire(struct dp_xdp *x, const struct dp_xdp_wire_config *w);
 /* Frames of the queue go to the kernel again. 0 also if none was set. */
 int dp_xdp_clear_xsk(struct dp_xdp *x, uint32_t queue);
 /* Entries of the XSKMAP (RX queues that can be served). */

@@ -28,6 +28,9 @@ _Static_assert(DP_XDP_WG_RESPONSE_LEN == DP_WG_RESPONSE_LEN, "message size");
 _Static_assert(DP_XDP_WG_COOKIE_REPLY_LEN == DP_WG_COOKIE_REPLY_LEN, "message size");
 _Static_assert(DP_XDP_WG_DATA_MIN_LEN == DP_WG_DATA_MIN_LEN, "message size");
 _Static_assert(DP_XDP_RATELIMIT == DP_XDP_SETTINGS_RATELIMIT, "settings flag");
+_Static_assert(DP_XDP_WIRE_MAX_DATAGRAM == DP_WIRE_MAX_DATAGRAM, "wire limit");
+_Static_assert(DP_XDP_WIRE_MAX_PADDING == DP_WIRE_MAX_DATAGRAM, "wire limit");
+_Static_assert(DP_XDP_MAX_SIGNATURES == 5 && DP_XDP_SIG_PREFIX == 8, "signature shapes");
 _Static_assert(DP_XDP_ABORTED == XDP_ABORTED && DP_XDP_DROP == XDP_DROP &&
                    DP_XDP_PASS == XDP_PASS && DP_XDP_TX == XDP_TX &&
                    DP_XDP_REDIRECT == XDP_REDIRECT,
@@ -62,6 +65,9 @@ static const char *const wan_counter_names[DP_XDP_WAN_COUNT] = {
     [DP_XDP_WAN_DROP_WG_BAD_TYPE] = "drop_wg_bad_type",
     [DP_XDP_WAN_DROP_WG_BAD_SIZE] = "drop_wg_bad_size",
     [DP_XDP_WAN_DROP_RATELIMITED] = "drop_ratelimited",
+    [DP_XDP_WAN_DROP_JUNK] = "drop_junk",
+    [DP_XDP_WAN_DROP_SIGNATURE] = "drop_signature",
+    [DP_XDP_WAN_STEER_OBFUSCATED] = "steer_obfuscated",
 };
 
 static const char *const inner_counter_names[DP_XDP_INNER_COUNT] = {
@@ -662,6 +668,49 @@ int dp_xdp_set_ratelimit_rest(struct dp_xdp *x, int rest)
     rc = bpf_map_update_elem(bpf_map__fd(map), &key, &value, BPF_ANY);
     if (rc < 0)
         return fail(-rc, "%s: setting the rate limit's state", x->kind->name);
+    return 0;
+}
+
+int dp_xdp_set_wire(struct dp_xdp *x, const struct dp_xdp_wire_config *w)
+{
+    struct bpf_map *map = bpf_object__find_map_by_name(x->obj, DP_XDP_WIRE_MAP);
+    struct dp_xdp_wire v;
+    uint32_t key = 0;
+    int rc;
+
+    if (!map || bpf_map__fd(map) < 0)
+        return fail(EINVAL, "%s has no wire profile", x->kind->name);
+    if (!w)
+        return fail(EINVAL, "no wire profile given");
+    memset(&v, 0, sizeof(v));
+    if (w->obfuscated) {
+        if (w->n_signatures > DP_XDP_MAX_SIGNATURES)
+            return fail(EINVAL, "%u signature packets; at most %u", w->n_signatures,
+                        DP_XDP_MAX_SIGNATURES);
+        for (int k = 0; k < 4; k++) {
+            if (w->header_min[k] > w->header_max[k])
+                return fail(EINVAL, "H%d: %u-%u runs backwards", k + 1, w->header_min[k],
+                            w->header_max[k]);
+            if (w->padding[k] > DP_XDP_WIRE_MAX_PADDING)
+                return fail(EINVAL, "S%d: %u bytes of padding, more than %u", k + 1,
+                            w->padding[k], DP_XDP_WIRE_MAX_PADDING);
+            v.padding[k] = w->padding[k];
+            v.header_min[k] = w->header_min[k];
+            v.header_max[k] = w->header_max[k];
+        }
+        v.obfuscated = 1;
+        v.accept_plain = w->accept_plain ? 1 : 0;
+        v.n_signatures = (uint8_t)w->n_signatures;
+        for (uint32_t i = 0; i < w->n_signatures; i++) {
+            v.sig_len[i] = w->sig_len[i];
+            v.sig_prefix_len[i] = w->sig_prefix_len[i] > DP_XDP_SIG_PREFIX
+                                      ? DP_XDP_SIG_PREFIX : w->sig_prefix_len[i];
+            memcpy(v.sig_prefix[i], w->sig_prefix[i], DP_XDP_SIG_PREFIX);
+        }
+    }
+    rc = bpf_map_update_elem(bpf_map__fd(map), &key, &v, BPF_ANY);
+    if (rc < 0)
+        return fail(-rc, "%s: writing the wire profile", x->kind->name);
     return 0;
 }
 
