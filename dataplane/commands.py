@@ -33,7 +33,8 @@ def add_parsers(commands) -> None:
 
     show = commands.add_parser("show", help="show interfaces, peers and drop counters",
                                description="Show what `wg show` shows, plus the backend, the "
-                                           "crypto implementation and the drop counters of "
+                                           "crypto implementation, the AmneziaWG obfuscation "
+                                           "and the drop counters of "
                                            "our interfaces.")
     show.add_argument("name", nargs="?", help="one interface (default: all of ours)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
@@ -152,6 +153,33 @@ def backend_summary(status: dict) -> str:
     return text
 
 
+_PLAIN_HEADERS = {"h1": "1", "h2": "2", "h3": "3", "h4": "4"}
+
+
+def obfuscation_summary(status: dict) -> str:
+    """"amneziawg (S1 15, ..., H1 1000000-1000999, ..., Jc 4 of 40-70 B,
+    I1 set)", with ", plain WireGuard accepted too" when it is; "off (plain
+    WireGuard)" when nothing is set. From the status socket's figures (the
+    `obfuscation` of Obfuscation.as_json)."""
+    obf = status.get("obfuscation") or {}
+    paddings = [f"{k.upper()} {obf[k]}" for k in ("s1", "s2", "s3", "s4") if obf.get(k)]
+    headers = [f"{k.upper()} {obf[k]}" for k, plain in _PLAIN_HEADERS.items()
+               if obf.get(k, plain) != plain]
+    extras = []
+    if obf.get("jc"):
+        extras.append(f"Jc {obf['jc']} of {obf.get('jmin')}-{obf.get('jmax')} B")
+    extras += [f"I{n} set" for n in range(1, 6) if obf.get(f"i{n}")]
+    if not paddings and not headers:
+        if not extras:
+            return "off (plain WireGuard)"
+        # J and I go before this side's own initiations; the wire is plain
+        return f"off (plain WireGuard; before our initiations: {', '.join(extras)})"
+    text = f"amneziawg ({', '.join(paddings + headers + extras)})"
+    if status.get("accept_plain_wireguard"):
+        text += ", plain WireGuard accepted too"
+    return text
+
+
 # The kernel's AF_XDP socket counters that count lost packets (the others
 # count how often a ring was found empty).
 XSK_DROPS = ("rx_ring_full", "rx_dropped", "rx_invalid_descs", "tx_invalid_descs")
@@ -213,6 +241,7 @@ def _show(args) -> int:
         print(f"  listening port: {st.listen_port}")
         print(f"  backend: {backend_summary(ours)}")
         print(f"  crypto: {ours.get('crypto', '?')}")
+        print(f"  obfuscation: {obfuscation_summary(ours)}")
         print(f"  drops: {', '.join(f'{k} {n}' for k, n in all_drops(ours).items()) or 'none'}")
         for p in st.peers:
             print(f"\npeer: {p.public_key}")

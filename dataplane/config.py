@@ -6,6 +6,20 @@
     ListenPort = 51820
     Address = 10.8.0.1/24, fd08::1/64
     MTU = 1420
+    # AmneziaWG (optional; see dataplane/obfuscation.py). S and H must be
+    # the clients' own; J and I only matter when this side initiates.
+    S1 = 15                               # random bytes before each initiation,
+    S2 = 18                               # response,
+    S3 = 20                               # cookie reply
+    S4 = 8                                # and transport message
+    H1 = 1000000-1000999                  # type field of each, a value or a range;
+    H2 = 2000000-2000999                  # the four must not overlap
+    H3 = 3000000-3000999
+    H4 = 4000000-4000999
+    Jc = 4                                # junk datagrams before an initiation,
+    Jmin = 40                             # of Jmin..Jmax random bytes
+    Jmax = 70
+    I1 = <b 0xc0ffee><r 16><t>            # signature datagrams before the junk (I1..I5)
 
     [Peer]
     PublicKey = <the client's public key>
@@ -29,18 +43,22 @@
                                           # polling this many µs before they sleep (default off)
     RealtimePriority = 1                  # workers run SCHED_FIFO at this priority, 1..99
                                           # (default off: the daemon's own policy)
+    AcceptPlainWireGuard = yes            # serve plain WireGuard clients on the port too
+                                          # (default no); H1..H4 must then exclude 1..4
 
 Keys are case-insensitive, '#' starts a comment, whitespace around '=' is
 free, as in wg-quick. Values follow `wg`: keys are 44-character base64,
 AllowedIPs with host bits set are masked (with a warning, as `wg` warns),
-PersistentKeepalive and FwMark take "off". wg-quick's own settings (DNS,
-Table, PreUp/PostUp/PreDown/PostDown, SaveConfig) are accepted, kept for
-writing the file back, and ignored with a warning. Where `wg` would take a
-mistake silently, this parser refuses: unknown keys and sections, a key
-given twice, a peer given twice, one prefix routed to two peers, a
-low-order public key or our own as a peer. Every error is a ConfigError
-reading `FILE:LINE: Key: reason`; no message repeats a value that might be
-a key.
+PersistentKeepalive and FwMark take "off". The AmneziaWG keys are those of
+an AmneziaVPN or `awg-quick` file, so its [Interface] section works as it
+is; an empty value leaves one unset (AmneziaVPN writes `I2 =`), as does
+`Jc = 0`. wg-quick's own settings (DNS, Table, PreUp/PostUp/PreDown/
+PostDown, SaveConfig) are accepted, kept for writing the file back, and
+ignored with a warning. Where `wg` would take a mistake silently, this
+parser refuses: unknown keys and sections, a key given twice, a peer given
+twice, one prefix routed to two peers, a low-order public key or our own as
+a peer. Every error is a ConfigError reading `FILE:LINE: Key: reason`; no
+message repeats a value that might be a key.
 
 Host names in Endpoint are kept as written and resolved when the interface
 comes up, not here.
@@ -56,6 +74,7 @@ from typing import Callable, NamedTuple, Optional, Union
 
 from dataplane._native import lib
 from dataplane.device import REALTIME_PRIORITY_MAX, REALTIME_PRIORITY_MIN
+from dataplane.obfuscation import KEYS as OBFUSCATION_KEYS, PLAIN, Obfuscation, ObfuscationError
 from dataplane.keys import PresharedKey, PrivateKey, PublicKey, is_low_order
 
 log = logging.getLogger(__name__)
@@ -237,6 +256,8 @@ class InterfaceConfig:
     fwmark: int = 0
     addresses: tuple[IPInterface, ...] = ()
     mtu: Optional[int] = None                     # None: chosen at bring-up
+    # AmneziaWG: Jc Jmin Jmax S1..S4 H1..H4 I1..I5 (dataplane/obfuscation.py)
+    obfuscation: Obfuscation = PLAIN
     # wg-quick settings we do not apply, (Key, value) in file order, kept so
     # that writing the file back loses nothing.
     ignored: tuple[tuple[str, str], ...] = ()
@@ -269,6 +290,7 @@ class DataPlaneConfig:
     replay_window: int = REPLAY_WINDOW_DEFAULT    # anti-replay bits per keypair
     busy_poll_us: int = 0                         # xdp busy polling; 0: off
     realtime_priority: int = 0                    # workers' SCHED_FIFO priority; 0: off
+    accept_plain_wireguard: bool = False          # plain WireGuard too, beside obfuscation
 
 
 @dataclass(frozen=True)
@@ -282,7 +304,7 @@ class Config:
     def to_wg_quick(self, include_dataplane: bool = True) -> str:
         """The file text. It holds the private key in clear: write it with
         mode 0600. Without [DataPlane] (include_dataplane=False) it is a
-        file stock wg-quick takes."""
+        file stock wg-quick takes, or, with AmneziaWG keys, awg-quick."""
         i = self.interface
         out = ["[Interface]", f"PrivateKey = {i.private_key.reveal_base64()}"]
         if i.listen_port is not None:
@@ -293,6 +315,7 @@ class Config:
             out.append(f"Address = {', '.join(str(a) for a in i.addresses)}")
         if i.mtu is not None:
             out.append(f"MTU = {i.mtu}")
+        out += i.obfuscation.file_lines()
         out += [f"{key} = {value}".rstrip() for key, value in i.ignored]
         for peer in self.peers:
             out += ["", "[Peer]", f"PublicKey = {peer.public_key}"]
@@ -329,6 +352,8 @@ class Config:
                 out.append(f"BusyPoll = {d.busy_poll_us}")
             if d.realtime_priority:
                 out.append(f"RealtimePriority = {d.realtime_priority}")
+            if d.accept_plain_wireguard:
+                out.append("AcceptPlainWireGuard = yes")
         return "\n".join(out) + "\n"
 
 
@@ -425,6 +450,22 @@ def _realtime_priority(key, value):
                    "off or a SCHED_FIFO priority")
 
 
+_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}
+
+
+def _boolean(key, value):
+    if value.lower() not in _BOOLEANS:
+        raise ValueError(f"{key}: expected yes or no (true/false, on/off, 1/0), got {value!r}")
+    return _BOOLEANS[value.lower()]
+
+
+def _obfuscation(parser, section, key, value):
+    """Checked alone here, with the others in finish()."""
+    Obfuscation.parse_setting(key, value)
+    section.values.setdefault("obfuscation", {})[key] = value
+
+
 def _count(maximum):
     def convert(key, value):
         return _number(key, value, 1, maximum, "a count")
@@ -508,6 +549,7 @@ _KEYS: dict[str, dict[str, tuple[_Handler, bool]]] = {
         "FwMark": (_set(_fwmark), False),
         "Address": (_addresses, True),
         "MTU": (_set(_mtu), False),
+        **{key: (_obfuscation, False) for key in OBFUSCATION_KEYS},
         **{key: (_wg_quick_only, True) for key in WG_QUICK_ONLY},
     },
     "Peer": {
@@ -530,6 +572,7 @@ _KEYS: dict[str, dict[str, tuple[_Handler, bool]]] = {
         "ReplayWindow": (_set(_replay_window), False),
         "BusyPoll": (_set(_busy_poll), False),
         "RealtimePriority": (_set(_realtime_priority), False),
+        "AcceptPlainWireGuard": (_set(_boolean), False),
     },
 }
 _SECTIONS = {name.lower(): name for name in _KEYS}
@@ -551,8 +594,8 @@ class _Parser:
     def error(self, reason: str, line: Optional[int] = -1) -> ConfigError:
         return ConfigError(self.filename, self.lineno if line == -1 else line, reason)
 
-    def warn(self, reason: str) -> None:
-        message = f"{self.filename}:{self.lineno}: {reason}"
+    def warn(self, reason: str, line: Optional[int] = None) -> None:
+        message = f"{self.filename}:{self.lineno if line is None else line}: {reason}"
         self.warnings.append(message)
         log.warning("%s", message)
 
@@ -582,7 +625,8 @@ class _Parser:
         if not repeatable and key in self.current.lines:
             raise self.error(f"{key}: given twice in this [{section}] "
                              f"(first at line {self.current.lines[key]})")
-        if not value and key != "AllowedIPs" and key not in WG_QUICK_ONLY:
+        if not value and key != "AllowedIPs" and key not in WG_QUICK_ONLY and \
+                key not in OBFUSCATION_KEYS:
             raise self.error(f"{key}: empty value")
         self.current.lines.setdefault(key, self.lineno)
         try:
@@ -640,14 +684,15 @@ class _Parser:
                 allowed_ips=tuple(p.values.get("AllowedIPs", ())),
                 endpoint=p.values.get("Endpoint"),
                 persistent_keepalive=p.values.get("PersistentKeepalive", 0)))
+        d = self.dataplane.values if self.dataplane is not None else {}
         interface = InterfaceConfig(
             private_key=private_key,
             listen_port=i.values.get("ListenPort"),
             fwmark=i.values.get("FwMark", 0),
             addresses=tuple(i.values.get("Address", ())),
             mtu=i.values.get("MTU"),
+            obfuscation=self.obfuscation(i, d.get("AcceptPlainWireGuard", False)),
             ignored=tuple(i.values.get("ignored", ())))
-        d = self.dataplane.values if self.dataplane is not None else {}
         dataplane = DataPlaneConfig(
             backend=d.get("Backend", "auto"),
             workers=d.get("Workers"),
@@ -660,7 +705,8 @@ class _Parser:
             api_client_ca=d.get("ApiClientCA"),
             replay_window=d.get("ReplayWindow", REPLAY_WINDOW_DEFAULT),
             busy_poll_us=d.get("BusyPoll", 0),
-            realtime_priority=d.get("RealtimePriority", 0))
+            realtime_priority=d.get("RealtimePriority", 0),
+            accept_plain_wireguard=d.get("AcceptPlainWireGuard", False))
         if dataplane.busy_poll_us and dataplane.backend == "socket":
             raise self.error("BusyPoll: only the xdp backend busy-polls (its AF_XDP sockets); "
                              "this file says Backend = socket",
@@ -687,6 +733,27 @@ class _Parser:
             self.warn("ApiCertificate/ApiCertificateKey/ApiClientCA are set but ApiListen is "
                       "not: the API serves only its unix socket")
         return Config(name, interface, tuple(peers), dataplane, tuple(self.warnings))
+
+    def obfuscation(self, i: _Section, accept_plain: bool) -> Obfuscation:
+        """The AmneziaWG keys of [Interface] checked together; an error
+        points at the line of the key it names (for AcceptPlainWireGuard's
+        rule, at that line when the key was left at its default)."""
+        settings = i.values.get("obfuscation", {})
+        plain_line = self.dataplane.lines.get("AcceptPlainWireGuard") if accept_plain else None
+        try:
+            obf = Obfuscation.from_settings(settings)
+        except ObfuscationError as e:
+            line = i.lines.get(e.key) or i.lines.get(e.related or "") or i.line
+            raise self.error(str(e), line=line) from None
+        if accept_plain:
+            if obf.profile_is_plain:
+                self.warn("AcceptPlainWireGuard: no S1..S4 or H1..H4 is set, so the interface "
+                          "speaks plain WireGuard anyway", line=plain_line)
+            try:
+                obf.check_plain_alongside()
+            except ObfuscationError as e:
+                raise self.error(str(e), line=i.lines.get(e.key, plain_line)) from None
+        return obf
 
 
 def interface_name(filename: str) -> str:

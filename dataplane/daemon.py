@@ -36,6 +36,7 @@ from dataplane.api.server import ApiServer, tls_context
 from dataplane._native import lib
 from dataplane.device import Device, DeviceError
 from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
+from dataplane.obfuscation import Obfuscation
 from dataplane.topology import nodad
 from dataplane.tun import open_tun
 from dataplane.xdp_backend import (OuterRoutes, XdpPlumbing, XdpUnavailable,
@@ -277,12 +278,16 @@ class Daemon:
                                           macs[1])
                     if conf.dataplane.busy_poll_us:
                         device.xsk_busy_poll(conf.dataplane.busy_poll_us)
+                    self.xdp.set_wire(conf.interface.obfuscation,
+                                      conf.dataplane.accept_plain_wireguard)
                     self.xdp.attach(device)
                 except (DeviceError, XdpUnavailable) as e:
                     device.close()
                     raise XdpUnavailable(str(e)) from None
                 self.outer_routes = OuterRoutes(device, self.xdp.wan, port)
             self.iface = Interface(self.name, conf.interface.private_key, device, port)
+            self.set_obfuscation(conf.interface.obfuscation,
+                                 conf.dataplane.accept_plain_wireguard)
             if self.outer_routes is not None:
                 self.iface.on_need_route = lambda ep: self.outer_routes.want(ep.address)
             self._apply_fwmark(conf.interface.fwmark)
@@ -455,7 +460,7 @@ class Daemon:
         TLS when ApiListen is set."""
         d = self.conf.dataplane
         self.api = Controller(self.iface, self.routes_changed, self.interface_info,
-                              self._api_listen_port, self._apply_fwmark)
+                              self._api_listen_port, self._apply_fwmark, self.set_obfuscation)
         metrics = Metrics(self.name, lambda: self.iface, self.status,
                           lambda: dict(self.api.counters))
         self._api_server = ApiServer(self.api, metrics, self.api_path, d.api_listen,
@@ -629,11 +634,25 @@ class Daemon:
                 rx_bytes=st.rx_bytes, persistent_keepalive_interval=peer.persistent_keepalive,
                 allowed_ips=tuple(iface.device.allowed_ips(peer.id))))
         return uapi.DeviceState(private_key=iface.private_key, listen_port=iface.listen_port,
-                                fwmark=iface.fwmark, peers=tuple(peers))
+                                fwmark=iface.fwmark, obfuscation=iface.obfuscation,
+                                peers=tuple(peers))
 
     def apply_set(self, ops: list) -> None:
-        """Apply a parsed `set`; it was checked whole before (parse_set)."""
+        """Apply a parsed `set` (parse_set checked each line). The AmneziaWG
+        lines are checked together with the profile held before anything
+        is applied, and go first: a peer the same set makes initiate uses
+        the new profile."""
         iface = self.iface
+        obf = None
+        if any(isinstance(op, uapi.SetObfuscation) for op in ops):
+            obf = uapi.merge_obfuscation(ops, iface.obfuscation)
+            if iface.accept_plain:
+                try:
+                    obf.check_plain_alongside(lower=True)
+                except ValueError as e:
+                    raise uapi.UapiError(uapi.EINVAL, str(e)) from None
+        if obf is not None and obf != iface.obfuscation:
+            self.set_obfuscation(obf, iface.accept_plain)
         if self.api is not None:
             # what the API last put no longer says what these peers hold
             self.api.changed_elsewhere()
@@ -690,6 +709,14 @@ class Daemon:
                 iface.add_allowed_ip(peer, op.network)
                 changed = True
         return changed
+
+    def set_obfuscation(self, obf: Obfuscation, accept_plain: bool) -> None:
+        """The interface's AmneziaWG profile (checked by the caller:
+        Obfuscation.check, and check_plain_alongside with accept_plain), in
+        the control plane, the workers and the WAN program at once."""
+        self.iface.set_obfuscation(obf, accept_plain)
+        if self.xdp is not None:
+            self.xdp.set_wire(obf, bool(accept_plain) and not obf.profile_is_plain)
 
     def _set_listen_port(self, port: int) -> None:
         if port and port == self.iface.listen_port:
@@ -749,6 +776,8 @@ class Daemon:
                          "sockets": [self.iface.device.xsk_socket_options(w)
                                      for w in range(self.workers)]}
         return {"backend": self.backend, "workers": self.workers, "xdp": xdp_counters,
+                "obfuscation": self.iface.obfuscation.as_json(),
+                "accept_plain_wireguard": self.iface.accept_plain,
                 # the ChaCha20-Poly1305 implementation the CPU chose
                 "crypto": crypto.active(),
                 "wan": wan, "busy_poll": busy_poll,

@@ -232,8 +232,10 @@ class Interface:
         Sessions keep the profile of the handshake that made them; peers
         move to the new one at their next handshake."""
         self.obfuscation = obf
-        self.accept_plain = bool(accept_plain) and not obf.profile_is_plain
-        self.device.set_wire(obf, self.accept_plain)
+        # kept as asked (a plain profile accepts plain WireGuard anyway), so
+        # that AcceptPlainWireGuard survives a move to a plain profile and back
+        self.accept_plain = bool(accept_plain)
+        self.device.set_wire(obf, self.accept_plain and not obf.profile_is_plain)
 
     def default_wire(self) -> int:
         """The profile of a peer that has not completed a handshake yet:

@@ -19,7 +19,7 @@ wire (amneziawg-go v0.2.19 is the reference):
 S and H must be equal on both ends; J and I are the initiator's alone. All
 of them unset is plain WireGuard, bit for bit.
 
-A receiver classifies a datagram by size and header (`Profile.classify`,
+A receiver classifies a datagram by size and header (`Obfuscation.classify`,
 the model that the native data path and the XDP program follow):
 initiation when it is 148+S1 bytes and the 4 bytes at S1 fall in H1,
 response 92+S2 and H2, cookie reply 64+S3 and H3, transport when it is at
@@ -81,15 +81,42 @@ _DIGIT_BYTES = b"0123456789"
 
 class ObfuscationError(ValueError):
     """A setting that cannot be used. str() is `Key: reason`, with the key
-    spelled as the caller wrote it (`key`)."""
+    spelled as the caller wrote it (`key`); `related` names the other key
+    of a rule between two (a file points at its line when `key` is not
+    written there)."""
 
-    def __init__(self, key: str, reason: str) -> None:
-        self.key, self.reason = key, reason
+    def __init__(self, key: str, reason: str, related: Optional[str] = None) -> None:
+        self.key, self.reason, self.related = key, reason, related
         super().__init__(f"{key}: {reason}")
 
 
 def _spell(key: str, lower: bool) -> str:
     return key.lower() if lower else key
+
+
+def _shown(value: object) -> str:
+    """A value as an error quotes it: repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole(value: object) -> Optional[int]:
+    """A decimal number from text (a file, UAPI) or a JSON integer; None if
+    it is neither or longer than any value we take."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if _DIGITS.fullmatch(text) and len(text) <= _DIGITS_MAX:
+            return int(text)
+    return None
+
+
+def _count(key: str, value: object, lo: int, hi: int, what: str, note: str = "") -> int:
+    n = _whole(value)
+    if n is None or not lo <= n <= hi:
+        raise ObfuscationError(key, f"expected {what} {lo}..{hi}{note}, got {_shown(value)}")
+    return n
 
 
 # ---------------------------------------------------------------- headers
@@ -101,21 +128,19 @@ class HeaderRange:
     hi: int
 
     @classmethod
-    def parse(cls, text: str, key: str = "H") -> "HeaderRange":
-        """`N` or `A-B`, decimal, 0..2^32-1, A <= B."""
-        if isinstance(text, int) and not isinstance(text, bool):
-            text = str(text)
-        if not isinstance(text, str):
-            raise ObfuscationError(key, f"expected N or A-B, got {text!r}")
-        parts = text.strip().split("-")
-        if len(parts) > 2 or not all(_DIGITS.fullmatch(p.strip()) for p in parts):
-            raise ObfuscationError(key, f"expected a number N or a range A-B of 0..{HEADER_MAX}, "
-                                        f"got {text!r}")
-        lo, hi = int(parts[0]), int(parts[-1])
-        if lo > HEADER_MAX or hi > HEADER_MAX:
-            raise ObfuscationError(key, f"{text!r}: values are 32-bit, 0..{HEADER_MAX}")
+    def parse(cls, text: object, key: str = "H") -> "HeaderRange":
+        """`N` or `A-B`, decimal, 0..2^32-1, A <= B (a JSON integer too)."""
+        parts = text.split("-") if isinstance(text, str) else [text]
+        ends = [_whole(p) for p in parts]
+        if len(parts) > 2 or any(n is None for n in ends):
+            raise ObfuscationError(key, f"expected a type value N or a range A-B of "
+                                        f"0..{HEADER_MAX}, got {_shown(text)}")
+        lo, hi = ends[0], ends[-1]
+        if not 0 <= lo <= HEADER_MAX or not 0 <= hi <= HEADER_MAX:
+            raise ObfuscationError(key, f"{_shown(text)}: type values are 32-bit, "
+                                        f"0..{HEADER_MAX}")
         if lo > hi:
-            raise ObfuscationError(key, f"{text!r}: the range's start is above its end")
+            raise ObfuscationError(key, f"{_shown(text)}: the range's start is above its end")
         return cls(lo, hi)
 
     def __str__(self) -> str:
@@ -157,17 +182,24 @@ class Tag:
         return struct.pack(">I", int(time.time()) & 0xFFFFFFFF)
 
 
-def parse_chain(text: str, key: str = "I1") -> tuple[Tag, ...]:
+SIGNATURE_TAGS = ("b", "r", "rc", "rd", "t")
+
+
+def parse_chain(text: object, key: str = "I1") -> tuple[Tag, ...]:
     """A signature packet's spec: one or more tags, nothing but whitespace
-    between them, at most MAX_DATAGRAM bytes in all."""
+    between them, at most SIGNATURE_SPEC_MAX characters, building at most
+    MAX_DATAGRAM bytes. (amneziawg-go skips text outside tags; here it is
+    refused, as it is a mistake more likely than a comment.)"""
     if not isinstance(text, str):
         raise ObfuscationError(key, f"expected a chain of tags such as <b 0x...><r 16>, "
-                                    f"got {text!r}")
+                                    f"got {_shown(text)}")
+    if len(text) > SIGNATURE_SPEC_MAX:
+        raise ObfuscationError(key, f"{len(text)} characters, more than AmneziaWG's tools "
+                                    f"take ({SIGNATURE_SPEC_MAX})")
     tags: list[Tag] = []
     pos = 0
     for m in _TAG.finditer(text):
-        if text[pos:m.start()].strip():
-            raise ObfuscationError(key, f"text outside a tag: {text[pos:m.start()].strip()!r}")
+        _outside(key, text[pos:m.start()])
         pos = m.end()
         parts = m.group(1).split()
         if not parts:
@@ -178,30 +210,39 @@ def parse_chain(text: str, key: str = "I1") -> tuple[Tag, ...]:
                 raise ObfuscationError(key, "<t> takes no value")
             tags.append(Tag("t", 4))
         elif name == "b":
-            if len(args) != 1:
-                raise ObfuscationError(key, "<b> takes one value, hex bytes such as 0xc0ffee")
-            hexa = args[0][2:] if args[0][:2].lower() == "0x" else args[0]
-            if not hexa or len(hexa) % 2 or not re.fullmatch(r"[0-9a-fA-F]+", hexa):
-                raise ObfuscationError(key, f"<b {args[0]}>: expected an even number of hex "
-                                            f"digits")
+            hexa = args[0][2:] if len(args) == 1 and args[0][:2].lower() == "0x" else \
+                "".join(args[:1])
+            if len(args) != 1 or not hexa or len(hexa) % 2 or \
+                    not re.fullmatch(r"[0-9a-fA-F]+", hexa):
+                raise ObfuscationError(key, f"<{m.group(1)[:24]}>: <b> takes one value, an even "
+                                            f"number of hex digits such as 0xc0ffee")
             data = bytes.fromhex(hexa)
             tags.append(Tag("b", len(data), data))
         elif name in ("r", "rc", "rd"):
-            if len(args) != 1 or not _DIGITS.fullmatch(args[0]) or \
-                    not 1 <= int(args[0]) <= MAX_DATAGRAM:
-                raise ObfuscationError(key, f"<{name}> takes a length 1..{MAX_DATAGRAM}")
-            tags.append(Tag(name, int(args[0])))
+            n = _whole(args[0]) if len(args) == 1 else None
+            if n is None or n > MAX_DATAGRAM:
+                raise ObfuscationError(key, f"<{name}> takes a length 0..{MAX_DATAGRAM}, "
+                                            f"as <{name} 16>")
+            tags.append(Tag(name, n))
         else:
-            raise ObfuscationError(key, f"unknown tag <{name}> (signature packets take <b>, "
-                                        f"<r>, <rc>, <rd> and <t>)")
-    if text[pos:].strip():
-        raise ObfuscationError(key, f"text outside a tag: {text[pos:].strip()!r}")
+            raise ObfuscationError(key, f"unknown tag <{name[:16]}> (signature packets take "
+                                        f"{', '.join(f'<{t}>' for t in SIGNATURE_TAGS)})")
+    _outside(key, text[pos:])
     if not tags:
         raise ObfuscationError(key, "no tags (an empty value leaves the key unset)")
-    if sum(t.length for t in tags) > MAX_DATAGRAM:
-        raise ObfuscationError(key, f"{sum(t.length for t in tags)} bytes, more than a UDP "
-                                    f"datagram holds ({MAX_DATAGRAM})")
+    size = chain_length(tags)
+    if size > MAX_DATAGRAM:
+        raise ObfuscationError(key, f"{size} bytes, more than a UDP datagram holds "
+                                    f"({MAX_DATAGRAM})")
     return tuple(tags)
+
+
+def _outside(key: str, between: str) -> None:
+    between = between.strip()
+    if "<" in between:
+        raise ObfuscationError(key, f"a tag is not closed: {_shown(between)}")
+    if between:
+        raise ObfuscationError(key, f"text outside a tag: {_shown(between)}")
 
 
 def chain_length(tags: Iterable[Tag]) -> int:
@@ -243,86 +284,106 @@ class Obfuscation:
 
     # -- reading settings
 
+    @staticmethod
+    def parse_setting(key: str, value: object, lower: bool = False) -> tuple[str, object]:
+        """One setting alone: (field name, value). `key` in any case; the
+        value is text as in a file or over UAPI, or from JSON an integer
+        (J, S, H) or null. None or "" unsets the key (plain WireGuard's
+        value); so does 0 for J. Raises ObfuscationError naming the key
+        (lower case with `lower`)."""
+        canonical = _CANONICAL.get(key.lower()) if isinstance(key, str) else None
+        if canonical is None:
+            raise ObfuscationError(str(key)[:24], "not an AmneziaWG setting (known: "
+                                                  f"{', '.join(_spell(k, lower) for k in KEYS)})")
+        name, spelled = canonical.lower(), _spell(canonical, lower)
+        if isinstance(value, str):
+            value = value.strip()
+        if value is None or value == "":
+            return name, getattr(PLAIN, name)
+        if canonical == "Jc":
+            return name, _count(spelled, value, 0, JUNK_COUNT_MAX, "a count of junk packets",
+                                " (0: none)")
+        if canonical in JUNK_KEYS:
+            return name, _count(spelled, value, 0, MAX_DATAGRAM, "a junk packet size in bytes")
+        if canonical in PADDING_KEYS:
+            return name, _count(spelled, value, 0, MAX_DATAGRAM, "a padding in bytes")
+        if canonical in HEADER_KEYS:
+            return name, HeaderRange.parse(value, spelled)
+        parse_chain(value, spelled)
+        return name, value
+
     @classmethod
     def from_settings(cls, settings: Mapping[str, object], base: Optional["Obfuscation"] = None,
-                      lower: bool = False) -> "Obfuscation":
-        """Settings by key (any case) onto `base` (default: plain), checked
-        one by one and then as a whole. Values are text as in a file or
-        over UAPI (numbers and None also do, from JSON); None or "" unsets
-        a key. lower: name keys in errors in lower case (UAPI, the API)."""
-        values = dataclasses.asdict(base or cls())
-        for k in ("h1", "h2", "h3", "h4"):
-            values[k] = getattr(base or cls(), k)
-        for raw_key, value in settings.items():
-            k = raw_key.lower()
-            canonical = next((x for x in KEYS if x.lower() == k), None)
-            if canonical is None:
-                raise ObfuscationError(raw_key, "not an AmneziaWG setting")
-            key = _spell(canonical, lower)
-            if isinstance(value, str):
-                value = value.strip()
-            unset = value is None or value == ""
-            if canonical in JUNK_KEYS or canonical in PADDING_KEYS:
-                values[k] = 0 if unset else _count(key, value, canonical in JUNK_KEYS)
-            elif canonical in HEADER_KEYS:
-                values[k] = (PLAIN_HEADERS[HEADER_KEYS.index(canonical)] if unset
-                             else HeaderRange.parse(value, key))
-            else:
-                if not unset:
-                    parse_chain(value, key)
-                values[k] = None if unset else value
+                      lower: bool = False, check: bool = True) -> "Obfuscation":
+        """Settings by key (any case) onto `base` (default: plain), each
+        checked as parse_setting does, then (unless `check` is False: what
+        another device holds, read back) the whole as check does."""
+        base = base or PLAIN
+        values = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls)}
+        for key, value in settings.items():
+            name, parsed = cls.parse_setting(key, value, lower)
+            values[name] = parsed
         obf = cls(**values)
-        obf.check(lower)
+        if check:
+            obf.check(lower)
         return obf
 
     def check(self, lower: bool = False) -> None:
-        """The rules between keys (amneziawg-go's, and that everything fits
-        a datagram). Raises ObfuscationError naming the key."""
+        """The rules between keys: amneziawg-go's (header ranges must not
+        overlap; junk sizes positive), Jmin <= Jmax, and every padded
+        message fits a datagram. Raises ObfuscationError naming the key."""
         def name(k: str) -> str:
             return _spell(k, lower)
-        for key in PADDING_KEYS:
-            kind = KINDS[PADDING_KEYS.index(key)]
-            pad = getattr(self, key.lower())
+        for key, kind, pad in zip(PADDING_KEYS, KINDS, self.paddings):
             if pad + BASE_LEN[kind] > MAX_DATAGRAM:
                 raise ObfuscationError(name(key), f"{pad} bytes of padding on a "
                                                   f"{KIND_NAMES[kind]} message of "
                                                   f"{BASE_LEN[kind]} bytes do not fit a UDP "
                                                   f"datagram ({MAX_DATAGRAM} bytes)")
         if self.jc:
-            if not self.jmin or not self.jmax:
-                raise ObfuscationError(name("Jc"), "junk packets need Jmin and Jmax too")
-        if (self.jmin or self.jmax) and not self.jc:
-            raise ObfuscationError(name("Jmin" if self.jmin else "Jmax"),
-                                   "set Jc too (how many junk packets to send)")
-        if self.jmin > self.jmax:
-            raise ObfuscationError(name("Jmin"), f"{self.jmin} is above Jmax ({self.jmax})")
-        if self.jmax > MAX_DATAGRAM:
-            raise ObfuscationError(name("Jmax"), f"{self.jmax} bytes do not fit a UDP datagram "
-                                                 f"({MAX_DATAGRAM} bytes)")
+            for key in ("Jmin", "Jmax"):
+                if not getattr(self, key.lower()):
+                    raise ObfuscationError(name(key), f"Jc = {self.jc} junk packets need a size: "
+                                                      f"set {key} to 1..{MAX_DATAGRAM} bytes",
+                                           name("Jc"))
+        if self.jmin and self.jmax and self.jmin > self.jmax:
+            raise ObfuscationError(name("Jmin"), f"{self.jmin} is above Jmax ({self.jmax})",
+                                   name("Jmax"))
         headers = self.headers
         for a in range(4):
             for b in range(a + 1, 4):
                 if headers[a].overlaps(headers[b]):
+                    # name the one that was set, not a default it ran into
+                    if headers[b] == PLAIN_HEADERS[b] and headers[a] != PLAIN_HEADERS[a]:
+                        a, b = b, a
+                    default = " (the default)" if headers[a] == PLAIN_HEADERS[a] else ""
                     raise ObfuscationError(
                         name(HEADER_KEYS[b]),
-                        f"{headers[b]} overlaps {HEADER_KEYS[a] if not lower else HEADER_KEYS[a].lower()} "
-                        f"({headers[a]}): a receiver could not tell the message kinds apart")
+                        f"{headers[b]} overlaps {name(HEADER_KEYS[a])} = {headers[a]}{default}: "
+                        f"a receiver could not tell the message kinds apart",
+                        name(HEADER_KEYS[a]))
 
-    def check_plain_alongside(self, lower: bool = False, key: str = "AcceptPlainWireGuard") -> None:
-        """With plain WireGuard served on the same port, a datagram must
-        belong to one profile only: no header range may hold 1..4, the
-        plain types (with S = 0 a plain message's type would read as an
-        obfuscated header; with S > 0 a transport message's type field
-        would)."""
-        if self.is_plain:
+    def check_plain_alongside(self, lower: bool = False,
+                              key: str = "AcceptPlainWireGuard") -> None:
+        """With plain WireGuard served on the same port (`key` names that
+        setting), a datagram must belong to one profile only: no header
+        range may hold 1..4, the plain types. (With S = 0 a plain message
+        would read as an obfuscated one outright; with S > 0 only by the
+        chance that its bytes at S fall in H, which the data path resolves
+        by trying plain where the obfuscated reading finds no session.)"""
+        if self.profile_is_plain:
             return
-        for k, h in zip(HEADER_KEYS, self.headers):
+        for k, h, plain in zip(HEADER_KEYS, self.headers, PLAIN_HEADERS):
             clash = [t for t in KINDS if t in h]
             if clash:
+                default = " (the default)" if h == plain else ""
+                what = f"{clash[0]}, a plain WireGuard message type" if len(clash) == 1 else \
+                    f"{', '.join(map(str, clash[:-1]))} and {clash[-1]}, plain WireGuard " \
+                    f"message types"
                 raise ObfuscationError(
                     _spell(k, lower),
-                    f"{h} includes {', '.join(map(str, clash))}, a plain WireGuard message type: "
-                    f"with {key} the two profiles could not be told apart (pick values above 4)")
+                    f"{h}{default} includes {what}: with {key} the two profiles could not "
+                    f"be told apart (set {_spell('H1..H4', lower)} to values above 4)")
 
     # -- what it says
 
@@ -346,7 +407,7 @@ class Obfuscation:
     @property
     def is_plain(self) -> bool:
         """Nothing set at all."""
-        return self == Obfuscation()
+        return self == PLAIN
 
     def padding(self, kind: int) -> int:
         return self.paddings[KINDS.index(kind)]
@@ -407,7 +468,8 @@ class Obfuscation:
 
     def settings(self) -> dict[str, object]:
         """Every key that differs from plain WireGuard, lower case, values
-        as UAPI writes them (numbers; headers and signatures as text)."""
+        as UAPI writes them (numbers; headers and signatures as text), in
+        amneziawg-go's order."""
         out: dict[str, object] = {}
         for k in JUNK_KEYS + PADDING_KEYS:
             if getattr(self, k.lower()):
@@ -422,7 +484,8 @@ class Obfuscation:
 
     def as_json(self) -> dict[str, object]:
         """All keys, for the API and `dataplane show --json`: numbers for
-        J and S, text for H (`N` or `A-B`), text or null for I."""
+        J and S (0: none), text for H (`N` or `A-B`), text or null for I.
+        from_settings takes it back."""
         out: dict[str, object] = {k.lower(): getattr(self, k.lower())
                                   for k in JUNK_KEYS + PADDING_KEYS}
         out.update({k.lower(): str(h) for k, h in zip(HEADER_KEYS, self.headers)})
@@ -431,19 +494,8 @@ class Obfuscation:
 
     def file_lines(self) -> list[str]:
         """`Key = value` lines for a wg-quick [Interface] section."""
-        canon = {k.lower(): k for k in KEYS}
-        return [f"{canon[k]} = {v}" for k, v in self.settings().items()]
+        return [f"{_CANONICAL[k]} = {v}" for k, v in self.settings().items()]
 
 
-def _count(key: str, value: object, positive: bool) -> int:
-    """J keys: 1..MAX_DATAGRAM (amneziawg-go refuses 0 and below); S keys:
-    0..MAX_DATAGRAM."""
-    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    lo = 1 if positive else 0
-    if not isinstance(text, str) or not _DIGITS.fullmatch(text) or \
-            not lo <= int(text) <= MAX_DATAGRAM:
-        raise ObfuscationError(key, f"expected a whole number {lo}..{MAX_DATAGRAM}, got {value!r}")
-    return int(text)
-
-
+_CANONICAL = {k.lower(): k for k in KEYS}
 PLAIN = Obfuscation()

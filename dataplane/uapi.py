@@ -20,7 +20,8 @@ connection is deleted); the request then comes on a second connection.
   and probe each as above; then, for each interface shown, the same as
   `wg show NAME`.
 * `wg show NAME [field]`, `wg showconf NAME`: `get=1\\n\\n`; read lines to
-  the empty line after `errno=`. `wg` ignores keys it does not know, checks
+  the empty line after `errno=`. `wg` ignores keys it does not know (the
+  AmneziaWG ones below included: v1.0.20210914 was checked), checks
   numbers against their ranges, and needs `errno=0`.
 * `wg set NAME ...`: one `set=1` request with only what the command line
   names: `private_key` (from the file; `/dev/null` gives 64 zeros, which
@@ -49,6 +50,17 @@ connection is deleted); the request then comes on a second connection.
 `wg` opens one connection per request and closes it after the reply;
 wireguard-go also serves several requests on one connection in turn.
 
+AmneziaWG (dataplane/obfuscation.py) adds device keys, as amneziawg-go
+v0.2.19 and its `awg` tools name them: `jc jmin jmax s1 s2 s3 s4` (numbers),
+`h1 h2 h3 h4` (`N` or `A-B`) and `i1`..`i5` (tag chains). `set` takes
+them in any order among the device keys, each checked alone by parse_set
+and all of them together with what the device holds before anything is
+applied; an empty value unsets a key (and, unlike amneziawg-go, `jc=0`
+means no junk). `get` writes those that differ from plain WireGuard, in
+amneziawg-go's order after `fwmark`: on a plain interface the reply is
+wireguard-go's, byte for byte. (amneziawg-go writes h1..h4 always, 1..4
+when unset; `awg` reads a missing key as unset, which is the same.)
+
 Differences from wireguard-go, on purpose: a `set` is parsed and checked
 whole before anything is applied (wireguard-go applies line by line and
 stops at the first bad one); a low-order peer public key is refused
@@ -66,6 +78,8 @@ from typing import Iterable, Optional, Union
 from dataplane.config import Endpoint, IPNetwork, parse_prefix
 from dataplane.keys import (KEY_BYTES, PresharedKey, PrivateKey, PublicKey, is_low_order,
                             parse_hex_key)
+from dataplane.obfuscation import (KEYS as OBFUSCATION_KEYS, PLAIN, SIGNATURE_SPEC_MAX,
+                                   Obfuscation, ObfuscationError)
 
 # errno values as wireguard-go's ipc package uses them (positive here; the
 # wire carries them negated).
@@ -76,15 +90,17 @@ EADDRINUSE = _errno.EADDRINUSE
 EMSGSIZE = _errno.EMSGSIZE
 ENOANO = _errno.ENOANO        # wireguard-go's "unknown error"
 
-MAX_LINE_BYTES = 1024
-"""Longest line accepted, without its newline. The longest line `wg` sends
-is an endpoint with a scoped IPv6 address, under 100 bytes."""
+MAX_LINE_BYTES = len("i1=") + SIGNATURE_SPEC_MAX
+"""Longest line accepted, without its newline: an AmneziaWG signature
+packet's spec as long as `awg` sends one (the longest line `wg` sends is
+an endpoint with a scoped IPv6 address, under 100 bytes)."""
 MAX_REQUEST_BYTES = 16 << 20
 """Largest request accepted: about 200,000 peers with a few lines each."""
 
 U16_MAX, U32_MAX, U64_MAX = 2**16 - 1, 2**32 - 1, 2**64 - 1
 _DIGITS = re.compile(r"[0-9]+")
 _ZERO_HEX = "0" * (2 * KEY_BYTES)
+_OBFUSCATION_LOWER = frozenset(k.lower() for k in OBFUSCATION_KEYS)
 
 
 class UapiError(Exception):
@@ -232,6 +248,14 @@ class SetFwmark:
 
 
 @dataclass(frozen=True)
+class SetObfuscation:
+    """An AmneziaWG device key (`jc`, ..., `i5`) and its value as sent,
+    checked alone; "" unsets it."""
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
 class ReplacePeers:
     """Remove every peer before adding the ones that follow."""
 
@@ -283,9 +307,9 @@ class SetProtocolVersion:
     version: int                           # only 1 exists
 
 
-Operation = Union[SetPrivateKey, SetListenPort, SetFwmark, ReplacePeers, SelectPeer, RemovePeer,
-                  UpdateOnly, SetPresharedKey, SetEndpoint, SetPersistentKeepalive,
-                  ReplaceAllowedIPs, AddAllowedIP, SetProtocolVersion]
+Operation = Union[SetPrivateKey, SetListenPort, SetFwmark, SetObfuscation, ReplacePeers,
+                  SelectPeer, RemovePeer, UpdateOnly, SetPresharedKey, SetEndpoint,
+                  SetPersistentKeepalive, ReplaceAllowedIPs, AddAllowedIP, SetProtocolVersion]
 
 
 def _invalid(message: str) -> UapiError:
@@ -349,6 +373,25 @@ def _protocol_version(key, value):
     return SetProtocolVersion(1)
 
 
+def _obfuscation(key, value):
+    try:
+        Obfuscation.parse_setting(key, value, lower=True)
+    except ObfuscationError as e:
+        raise _invalid(str(e)) from None
+    return SetObfuscation(key, value)
+
+
+def merge_obfuscation(ops: Iterable[Operation], base: Obfuscation = PLAIN) -> Obfuscation:
+    """The profile a set's SetObfuscation lines leave on a device holding
+    `base` (the last line of a key wins), checked whole; UapiError(EINVAL)
+    naming the key if it cannot be used."""
+    settings = {op.key: op.value for op in ops if isinstance(op, SetObfuscation)}
+    try:
+        return Obfuscation.from_settings(settings, base=base, lower=True)
+    except ObfuscationError as e:
+        raise _invalid(str(e)) from None
+
+
 def _flag(op):
     def parse(key, value):
         _true(key, value)
@@ -361,6 +404,7 @@ _DEVICE_KEYS = {
     "listen_port": lambda k, v: SetListenPort(_uint(k, v, U16_MAX)),
     "fwmark": lambda k, v: SetFwmark(_uint(k, v, U32_MAX)),
     "replace_peers": _flag(ReplacePeers),
+    **{key.lower(): _obfuscation for key in OBFUSCATION_KEYS},
 }
 _PEER_KEYS = {
     "remove": _flag(RemovePeer),
@@ -412,6 +456,8 @@ def _op_line(op: Operation) -> str:
         return f"listen_port={op.port}"
     if isinstance(op, SetFwmark):
         return f"fwmark={op.fwmark}"
+    if isinstance(op, SetObfuscation):
+        return f"{op.key}={op.value}"
     if isinstance(op, ReplacePeers):
         return "replace_peers=true"
     if isinstance(op, SelectPeer):
@@ -461,6 +507,7 @@ class DeviceState:
     private_key: Optional[PrivateKey] = None
     listen_port: int = 0                           # the bound port; 0: not bound
     fwmark: int = 0
+    obfuscation: Obfuscation = PLAIN
     peers: tuple[PeerState, ...] = ()
 
 
@@ -480,6 +527,7 @@ def format_get(state: DeviceState) -> str:
         out.append(f"listen_port={state.listen_port}")
     if _check_range("fwmark", state.fwmark, U32_MAX):
         out.append(f"fwmark={state.fwmark}")
+    out += [f"{key}={value}" for key, value in state.obfuscation.settings().items()]
     for peer in state.peers:
         psk = peer.preshared_key
         out.append(f"public_key={PublicKey(peer.public_key).hex()}")
@@ -510,6 +558,7 @@ def parse_get(text: str) -> DeviceState:
     if not text.endswith("\n\n"):
         raise UapiError(EPROTO, "the reply does not end with an empty line")
     device: dict = {"peers": []}
+    obfuscation: dict[str, str] = {}
     peer: Optional[dict] = None
     status = None
     for line in text[:-2].split("\n"):
@@ -533,6 +582,8 @@ def parse_get(text: str) -> DeviceState:
                 device["private_key"] = PrivateKey(raw) if any(raw) else None
             elif key in ("listen_port", "fwmark"):
                 device[key] = _uint(key, value, U16_MAX if key == "listen_port" else U32_MAX)
+            elif key in _OBFUSCATION_LOWER:
+                obfuscation[key] = value
             continue
         if key == "preshared_key":
             peer[key] = _preshared_key(key, value).preshared_key
@@ -554,6 +605,10 @@ def parse_get(text: str) -> DeviceState:
         raise UapiError(EPROTO, "the reply has no errno= line")
     if status:
         raise UapiError(status, "the device refused the request")
+    try:
+        device["obfuscation"] = Obfuscation.from_settings(obfuscation, lower=True, check=False)
+    except ObfuscationError as e:
+        raise UapiError(EPROTO, f"the device's AmneziaWG settings: {e}") from None
     peers = []
     for p in device.pop("peers"):
         ns = p.pop("sec", 0) * 10**9 + p.pop("nsec", 0)

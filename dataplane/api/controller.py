@@ -30,6 +30,7 @@ from dataplane.api.model import ApiError, BulkOp, DeleteOp, PeerSpec, SessionSpe
 from dataplane.device import DeviceError, Endpoint
 from dataplane.interface import NS, REJECT_AFTER_NS, Interface, Peer
 from dataplane.keys import PresharedKey, PublicKey
+from dataplane.obfuscation import Obfuscation, ObfuscationError
 from dataplane._native import lib
 
 log = logging.getLogger("dataplane.api")
@@ -106,12 +107,15 @@ class Controller:
     def __init__(self, iface: Interface, routes_changed: Callable[[list, list], None],
                  interface_info: Callable[[], dict],
                  set_listen_port: Callable[[int], None],
-                 set_fwmark: Callable[[int], None]):
+                 set_fwmark: Callable[[int], None],
+                 set_obfuscation: Optional[Callable[[Obfuscation, bool], None]] = None):
         self.iface = iface
         self.routes_changed = routes_changed
         self.interface_info = interface_info
         self.set_listen_port = set_listen_port
         self.set_fwmark = set_fwmark
+        # the daemon's applies a profile to the XDP program as well
+        self.set_obfuscation = set_obfuscation or iface.set_obfuscation
         self.records: dict[PublicKey, PeerRecord] = {}
         self.tombstones: collections.OrderedDict[PublicKey, int] = collections.OrderedDict()
         self.interface_generation = 0
@@ -146,6 +150,8 @@ class Controller:
 
     def interface(self) -> dict:
         info = self.interface_info()
+        info["obfuscation"] = self.iface.obfuscation.as_json()
+        info["accept_plain_wireguard"] = self.iface.accept_plain
         info["generation"] = self.interface_generation
         return info
 
@@ -218,14 +224,45 @@ class Controller:
             raise ApiError(409, f"generation {g} is older than the interface's "
                                 f"({self.interface_generation})", "generation",
                            held=self.interface_generation)
+        wire = self._wire_after(patch)
         if patch.listen_port is not None:
             self.set_listen_port(patch.listen_port)
         if patch.fwmark is not None:
             self.set_fwmark(patch.fwmark)
         if patch.set_private_key:
             self.iface.set_private_key(patch.private_key)
+        if wire is not None:
+            self.set_obfuscation(*wire)
         self.interface_generation = g if g is not None else self.interface_generation + 1
         return self.interface()
+
+    def _wire_after(self, patch: model.InterfacePatch) -> Optional[tuple[Obfuscation, bool]]:
+        """The profile and plain-alongside setting a PATCH leaves, checked
+        whole against what the interface holds; None if it changes
+        neither."""
+        iface = self.iface
+        if not patch.obfuscation and patch.accept_plain_wireguard is None:
+            return None
+        try:
+            obf = Obfuscation.from_settings(patch.obfuscation, base=iface.obfuscation, lower=True)
+        except ObfuscationError as e:
+            raise model.obfuscation_error(e) from None
+        accept = patch.accept_plain_wireguard
+        if accept is None:
+            # turning obfuscation off ends serving plain WireGuard beside it
+            accept = iface.accept_plain and not obf.profile_is_plain
+        elif accept and obf.profile_is_plain:
+            raise model.bad("accept_plain_wireguard",
+                            "the profile is plain WireGuard (no s1..s4 or h1..h4 set), which "
+                            "is all the port serves anyway; set obfuscation in the same request")
+        if accept:
+            try:
+                obf.check_plain_alongside(lower=True, key="accept_plain_wireguard")
+            except ObfuscationError as e:
+                raise model.obfuscation_error(e) from None
+        if (obf, accept) == (iface.obfuscation, iface.accept_plain):
+            return None
+        return obf, accept
 
     def put_peer(self, spec: PeerSpec) -> tuple[int, dict]:
         results, status = self.apply([BulkOp(1, "put_peer", spec.public_key, spec)])

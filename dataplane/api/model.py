@@ -16,6 +16,8 @@ from typing import Any, Optional
 from dataplane._native import lib
 from dataplane.keys import (KEY_BYTES, LOW_ORDER_POINTS, PresharedKey, PrivateKey, PublicKey,
                             Secret)
+from dataplane.obfuscation import (HEADER_KEYS, JUNK_KEYS, KEYS as OBFUSCATION_KEYS,
+                                   PADDING_KEYS, Obfuscation, ObfuscationError)
 
 GENERATION_MAX = (1 << 63) - 1
 INDEX_MAX = (1 << 32) - 1
@@ -305,9 +307,45 @@ class InterfacePatch:
     listen_port: Optional[int]
     fwmark: Optional[int]
     generation: Optional[int]
+    # AmneziaWG keys given (lower case) and their values, each checked
+    # alone: together and with what the interface holds by the controller
+    obfuscation: dict
+    accept_plain_wireguard: Optional[bool]
 
 
-INTERFACE_FIELDS = ("private_key", "listen_port", "fwmark", "generation")
+INTERFACE_FIELDS = ("private_key", "listen_port", "fwmark", "obfuscation",
+                    "accept_plain_wireguard", "generation")
+OBFUSCATION_FIELDS = tuple(k.lower() for k in OBFUSCATION_KEYS)
+_NUMBER_FIELDS = frozenset(k.lower() for k in JUNK_KEYS + PADDING_KEYS)
+_HEADER_FIELDS = frozenset(k.lower() for k in HEADER_KEYS)
+
+
+def obfuscation_settings(value: Any, field: str = "obfuscation") -> dict:
+    """The `obfuscation` object of a PATCH: only the keys given change; J
+    and S integers, H an integer or "A-B", I a tag chain; null (or "")
+    unsets a key. Each value is checked alone here."""
+    d = _object(value, field, OBFUSCATION_FIELDS)
+    for key, v in d.items():
+        name = f"{field}.{key}"
+        if v is None:
+            continue
+        if key in _NUMBER_FIELDS and (isinstance(v, bool) or not isinstance(v, int)):
+            raise bad(name, f"must be an integer or null, not {_kind(v)}")
+        if key in _HEADER_FIELDS and (isinstance(v, bool) or not isinstance(v, (int, str))):
+            raise bad(name, f"must be an integer, a range string \"A-B\" or null, "
+                            f"not {_kind(v)}")
+        if key not in _NUMBER_FIELDS | _HEADER_FIELDS and not isinstance(v, str):
+            raise bad(name, f"must be a string of tags or null, not {_kind(v)}")
+        try:
+            Obfuscation.parse_setting(key, v, lower=True)
+        except ObfuscationError as e:
+            raise obfuscation_error(e, field) from None
+    return dict(d)
+
+
+def obfuscation_error(e: ObfuscationError, field: str = "obfuscation") -> ApiError:
+    """An ObfuscationError (key in lower case) as a 400 naming the field."""
+    return bad(f"{field}.{e.key}", e.reason)
 
 
 def interface_patch(body: Any) -> InterfacePatch:
@@ -321,7 +359,11 @@ def interface_patch(body: Any) -> InterfacePatch:
         private_key=key, set_private_key="private_key" in d,
         listen_port=None if port is None else _int(port, "listen_port", 0, PORT_MAX),
         fwmark=None if mark is None else _int(mark, "fwmark", 0, FWMARK_MAX),
-        generation=generation(d.get("generation")))
+        generation=generation(d.get("generation")),
+        obfuscation=obfuscation_settings(d["obfuscation"]) if d.get("obfuscation") is not None
+        else {},
+        accept_plain_wireguard=None if d.get("accept_plain_wireguard") is None
+        else _bool(d["accept_plain_wireguard"], "accept_plain_wireguard"))
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ import copy
 
 from dataplane import __version__
 from dataplane.api import model
+from dataplane import obfuscation as obf
 
 _KEY = {"type": "string", "pattern": r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
         "description": "A 32-byte key in standard base64, as `wg` prints it",
@@ -64,6 +65,41 @@ _PEER_PUT_PROPS = {
     "session": _ref("SessionPut"),
 }
 
+_HEADER_TEXT = {"type": "string", "pattern": r"^[0-9]+(-[0-9]+)?$",
+                "example": "1000000-1000999"}
+_HEADER_INT = {"type": "integer", "minimum": 0, "maximum": obf.HEADER_MAX}
+_CHAIN = {"type": "string", "maxLength": obf.SIGNATURE_SPEC_MAX,
+          "example": "<b 0xc0ffee><r 16><t>"}
+_OBFUSCATION_DOC = {
+    "jc": "Junk datagrams sent before each handshake initiation this node sends (0: none)",
+    "jmin": "Least size of a junk datagram, bytes", "jmax": "Largest size, bytes",
+    "s1": "Random bytes before each initiation", "s2": "... each response",
+    "s3": "... each cookie reply", "s4": "... each transport message",
+    "h1": "Type field of initiations: N or A-B (a fresh value each message)",
+    "h2": "... of responses", "h3": "... of cookie replies", "h4": "... of transport messages",
+    "i1": "Signature datagram sent before the junk: tags <b 0xHEX> <r N> <rc N> <rd N> <t>",
+    "i2": "", "i3": "", "i4": "", "i5": ""}
+
+
+def _obfuscation_props(patch: bool) -> dict:
+    out = {}
+    for key, doc in _OBFUSCATION_DOC.items():
+        if key == "jc":
+            schema = {"type": "integer", "minimum": 0, "maximum": obf.JUNK_COUNT_MAX}
+        elif key[0] in "js":
+            schema = {"type": "integer", "minimum": 0, "maximum": obf.MAX_DATAGRAM}
+        elif key[0] == "h":
+            schema = {"anyOf": [_HEADER_INT, _HEADER_TEXT]} if patch else dict(_HEADER_TEXT)
+        else:
+            schema = {**_CHAIN, "nullable": True}
+        if patch:
+            schema["nullable"] = True
+        if doc:
+            schema["description"] = doc
+        out[key] = schema
+    return out
+
+
 _SCHEMAS = {
     "Error": {"type": "object", "required": ["error"],
               "properties": {"error": {"type": "string"}, "field": {"type": "string"},
@@ -93,11 +129,29 @@ _SCHEMAS = {
         "backend": {"type": "string", "enum": ["socket", "xdp"]},
         "workers": {"type": "integer"}, "peers": {"type": "integer"},
         "max_peers": {"type": "integer"}, "generation": {"type": "integer"},
+        "obfuscation": _ref("Obfuscation"),
+        "accept_plain_wireguard": {
+            "type": "boolean",
+            "description": "Plain WireGuard clients are served on the port too"},
         "status": {"type": "object"}}},
+    "Obfuscation": {
+        "type": "object", "required": list(_OBFUSCATION_DOC),
+        "description": "AmneziaWG 2.0 settings (all at their defaults: plain WireGuard)",
+        "properties": _obfuscation_props(patch=False)},
+    "ObfuscationPatch": {
+        "type": "object", "additionalProperties": False,
+        "description": "Only the keys given change; null or \"\" sets a key back to plain "
+                       "WireGuard's value. S and H must be the clients' own.",
+        "properties": _obfuscation_props(patch=True)},
     "InterfacePatch": {"type": "object", "additionalProperties": False, "properties": {
         "private_key": {**_KEY, "nullable": True, "description": "Write-only"},
         "listen_port": {"type": "integer", "minimum": 0, "maximum": model.PORT_MAX},
         "fwmark": {"type": "integer", "minimum": 0, "maximum": model.FWMARK_MAX},
+        "obfuscation": _ref("ObfuscationPatch"),
+        "accept_plain_wireguard": {
+            "type": "boolean", "nullable": True,
+            "description": "Serve plain WireGuard beside the obfuscated profile (H1..H4 must "
+                           "then exclude 1..4; needs S or H set)"},
         "generation": _GEN}},
     "BulkOperation": {"type": "object", "required": ["op", "public_key"],
                       "properties": {"op": {"type": "string", "enum": list(model.BULK_OPS)},
@@ -128,7 +182,8 @@ _PATHS = {
     "/v1/interface": {
         "get": {"summary": "The interface", "operationId": "getInterface",
                 "responses": {"200": _resp("The interface", _ref("Interface"))}},
-        "patch": {"summary": "Change the private key, listen port or fwmark",
+        "patch": {"summary": "Change the private key, listen port, fwmark or AmneziaWG "
+                             "obfuscation",
                   "operationId": "patchInterface",
                   "requestBody": _json_body(_ref("InterfacePatch")),
                   "responses": {"200": _resp("The interface", _ref("Interface")),

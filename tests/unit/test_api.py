@@ -283,6 +283,100 @@ def test_interface_patch(world):
     assert world.fwmarks == [7]
 
 
+# ---------------------------------------------------------------- AmneziaWG
+
+OBFUSCATION = {"jc": 4, "jmin": 40, "jmax": 70, "s1": 15, "s2": 18, "s3": 20, "s4": 8,
+               "h1": "1000000-1000999", "h2": "2000000-2000999", "h3": "3000000-3000999",
+               "h4": "4000000-4000999", "i1": "<b 0xc0ffee><r 12><t>"}
+PLAIN_JSON = {"jc": 0, "jmin": 0, "jmax": 0, "s1": 0, "s2": 0, "s3": 0, "s4": 0,
+              "h1": "1", "h2": "2", "h3": "3", "h4": "4",
+              "i1": None, "i2": None, "i3": None, "i4": None, "i5": None}
+
+
+def test_interface_shows_plain_wireguard_by_default(world):
+    view = world.client.interface()
+    assert view["obfuscation"] == PLAIN_JSON and view["accept_plain_wireguard"] is False
+
+
+def test_obfuscation_patch_is_partial_and_reaches_the_workers(world):
+    view = world.client.patch_interface(obfuscation=OBFUSCATION, generation=3)
+    assert view["obfuscation"] == {**PLAIN_JSON, **OBFUSCATION} and view["generation"] == 3
+    wire = world.device.wire()
+    assert wire["obfuscated"] and not wire["accept_plain"]
+    assert wire["padding"] == [15, 18, 20, 8] and wire["header_max"][3] == 4000999
+    # only the keys given change; h as an integer; null and "" unset
+    view = world.client.patch_interface(obfuscation={"h4": 5000000, "s4": None, "i1": ""})
+    assert view["obfuscation"] == {**PLAIN_JSON, **OBFUSCATION, "h4": "5000000", "s4": 0,
+                                   "i1": None}
+    assert view["generation"] == 4
+    assert world.device.wire()["padding"] == [15, 18, 20, 0]
+    assert world.iface.obfuscation.h4.lo == 5000000
+    # what GET says, PATCH takes back as it is
+    assert world.client.patch_interface(obfuscation=view["obfuscation"])["obfuscation"] == \
+        view["obfuscation"]
+    # and everything back to plain WireGuard
+    view = world.client.patch_interface(obfuscation={k: None for k in PLAIN_JSON})
+    assert view["obfuscation"] == PLAIN_JSON and not world.device.wire()["obfuscated"]
+
+
+@pytest.mark.parametrize("body,field,message", [
+    ({"obfuscation": {"jc": "4"}}, "obfuscation.jc", "must be an integer or null, not a string"),
+    ({"obfuscation": {"s1": True}}, "obfuscation.s1", "must be an integer or null"),
+    ({"obfuscation": {"s2": 65508}}, "obfuscation.s2", "expected a padding in bytes 0..65507"),
+    ({"obfuscation": {"h1": [1]}}, "obfuscation.h1", "must be an integer, a range string"),
+    ({"obfuscation": {"h1": "5-4"}}, "obfuscation.h1", "the range's start is above its end"),
+    ({"obfuscation": {"h3": -1}}, "obfuscation.h3", "type values are 32-bit"),
+    ({"obfuscation": {"i2": 5}}, "obfuscation.i2", "must be a string of tags or null"),
+    ({"obfuscation": {"i2": "<q>"}}, "obfuscation.i2", "unknown tag <q>"),
+    ({"obfuscation": {"h5": 1}}, "obfuscation.h5", "unknown field"),
+    ({"obfuscation": [1]}, "obfuscation", "must be a JSON object"),
+    # between keys, and against what the interface holds
+    ({"obfuscation": {"h2": 1000500}}, "obfuscation.h2", "1000500 overlaps h1 = 1000000-1000999"),
+    ({"obfuscation": {"jmin": 71}}, "obfuscation.jmin", "71 is above Jmax (70)"),
+    ({"obfuscation": {"jmax": None}}, "obfuscation.jmax", "Jc = 4 junk packets need a size"),
+    ({"accept_plain_wireguard": "yes"}, "accept_plain_wireguard", "must be true or false"),
+    ({"accept_plain_wireguard": True, "obfuscation": {"h3": "999999-1000000"}},
+     "obfuscation.h3", "999999-1000000 overlaps h1 = 1000000-1000999"),
+    ({"accept_plain_wireguard": True, "obfuscation": {"h3": "2-9"}}, "obfuscation.h3",
+     "2-9 includes 2, 3 and 4, plain WireGuard message types: with accept_plain_wireguard"),
+    ({"accept_plain_wireguard": True, "obfuscation": {k: None for k in PLAIN_JSON}},
+     "accept_plain_wireguard", "the profile is plain WireGuard"),
+])
+def test_obfuscation_errors_name_the_field_and_change_nothing(world, body, field, message):
+    world.client.patch_interface(obfuscation=OBFUSCATION, fwmark=3)
+    before = world.client.interface()
+    refusal = refused(lambda: world.client.patch_interface(fwmark=9, **body), 400, field)
+    assert refusal["error"].startswith(f"{field}: ") and message in refusal["error"], refusal
+    after = world.client.interface()
+    assert after == before and world.fwmarks == [3]
+    assert world.device.wire()["padding"] == [15, 18, 20, 8]
+
+
+def test_plain_wireguard_beside_the_profile(world):
+    served = {"s1": 10, "h1": 5, "h2": 6, "h3": 7, "h4": "8-1000"}
+    view = world.client.patch_interface(obfuscation=served, accept_plain_wireguard=True)
+    assert view["accept_plain_wireguard"] is True and world.device.wire()["accept_plain"]
+    # a header range that takes in a plain type is refused while plain is served
+    refused(lambda: world.client.patch_interface(obfuscation={"h4": "4-1000"}), 400,
+            "obfuscation.h4")
+    world.client.patch_interface(obfuscation={"h4": "9-1000"})
+    assert world.client.interface()["accept_plain_wireguard"] is True
+    # turning obfuscation off ends it; so does saying so
+    view = world.client.patch_interface(accept_plain_wireguard=False)
+    assert view["accept_plain_wireguard"] is False and not world.device.wire()["accept_plain"]
+    world.client.patch_interface(accept_plain_wireguard=True)
+    view = world.client.patch_interface(obfuscation={k: None for k in PLAIN_JSON})
+    assert view["accept_plain_wireguard"] is False and not world.device.wire()["obfuscated"]
+
+
+def test_obfuscation_follows_generations(world):
+    world.client.patch_interface(obfuscation={"s1": 5}, generation=10)
+    refused(lambda: world.client.patch_interface(obfuscation={"s1": 6}, generation=9), 409,
+            "generation")
+    assert world.client.interface()["obfuscation"]["s1"] == 5
+    assert world.client.patch_interface(obfuscation={"s1": 6})["generation"] == 11
+
+
 # ---------------------------------------------------------------- bulk
 
 def test_bulk_applies_all_or_nothing(world):

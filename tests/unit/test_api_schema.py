@@ -14,6 +14,7 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error,
                                  response_schema_conformance, status_code_conformance)
 
 from dataplane.api.openapi import openapi_document
+from dataplane.obfuscation import KEYS, Obfuscation
 
 from .api_world import ApiWorld
 
@@ -51,3 +52,30 @@ def test_the_api_never_answers_5xx_and_keeps_to_its_document(case, api_url):
     case.call_and_validate(base_url=api_url, checks=[
         not_a_server_error, status_code_conformance, content_type_conformance,
         response_schema_conformance])
+
+
+# PATCH /v1/interface carries the AmneziaWG settings, whose rules between
+# keys (disjoint header ranges, Jmin <= Jmax) schemas cannot state: more
+# examples for it alone.
+@schema.include(operation_id="patchInterface").parametrize()
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much])
+def test_interface_patches_never_answer_5xx(case, api_url):
+    case.call_and_validate(base_url=api_url, checks=[
+        not_a_server_error, status_code_conformance, response_schema_conformance])
+
+
+def test_the_document_lists_every_amneziawg_key():
+    schemas = openapi_document()["components"]["schemas"]
+    keys = [k.lower() for k in KEYS]
+    assert list(schemas["Obfuscation"]["properties"]) == keys
+    assert schemas["Obfuscation"]["required"] == keys
+    assert list(schemas["ObfuscationPatch"]["properties"]) == keys
+    assert set(Obfuscation().as_json()) == set(keys)
+    interface = schemas["Interface"]["properties"]
+    assert interface["obfuscation"] == {"$ref": "#/components/schemas/Obfuscation"}
+    assert interface["accept_plain_wireguard"]["type"] == "boolean"
+    patch = schemas["InterfacePatch"]["properties"]
+    assert set(patch) == {"private_key", "listen_port", "fwmark", "obfuscation",
+                          "accept_plain_wireguard", "generation"}

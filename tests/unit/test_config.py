@@ -17,6 +17,7 @@ from dataplane.config import (Config, ConfigError, DataPlaneConfig, Endpoint, In
                               PeerConfig, interface_name, load_config, parse_config,
                               parse_prefix)
 from dataplane.keys import PresharedKey, PrivateKey
+from dataplane.obfuscation import PLAIN, HeaderRange, Obfuscation
 
 SERVER = PrivateKey(bytes(range(1, 33)))
 SERVER_B64 = SERVER.reveal_base64()
@@ -182,6 +183,26 @@ GOOD_CASES = [
      lambda c: c.dataplane.realtime_priority == 0 and "Realtime" not in c.to_wg_quick()),
     (iface(),
      lambda c: c.dataplane.realtime_priority == 0),
+    # AmneziaWG: any case, empty values unset, written back
+    (iface("jc = 4", "JMIN = 40", "jMax = 70", "s4 = 8", "h4 = 4000000-4000999", "I2 ="),
+     lambda c: (c.interface.obfuscation.jc, c.interface.obfuscation.jmax,
+                c.interface.obfuscation.s4, c.interface.obfuscation.h4,
+                c.interface.obfuscation.i2) == (4, 70, 8, HeaderRange(4000000, 4000999), None)
+     and "H4 = 4000000-4000999" in c.to_wg_quick() and "I2" not in c.to_wg_quick()),
+    (iface("I1 = <b 0xc0ffee> <r 16>   # a comment"),
+     lambda c: c.interface.obfuscation.i1 == "<b 0xc0ffee> <r 16>"),
+    (iface("Jc = 0"), lambda c: c.interface.obfuscation == PLAIN),
+    (iface("H1 = 1", "H2 = 2", "H3 = 3", "H4 = 4", "S1 = 0"),     # plain, spelled out
+     lambda c: c.interface.obfuscation == PLAIN and "H1" not in c.to_wg_quick()),
+    (iface(), lambda c: c.interface.obfuscation == PLAIN and
+     not c.dataplane.accept_plain_wireguard),
+    *[(iface("S1 = 10", "H1 = 5", "H2 = 6", "H3 = 7", "H4 = 8") +
+       ["[DataPlane]", f"AcceptPlainWireGuard = {word}"],
+       lambda c, want=want: c.dataplane.accept_plain_wireguard is want and
+       ("AcceptPlainWireGuard = yes" in c.to_wg_quick()) is want)
+      for word, want in [("yes", True), ("YES", True), ("true", True), ("on", True),
+                         ("1", True), ("no", False), ("false", False), ("Off", False),
+                         ("0", False)]],
 ]
 
 
@@ -200,6 +221,73 @@ def test_host_bits_are_masked_with_a_warning(caplog):
         "wg0.conf:6: AllowedIPs: fd00::1/64 has host bits set; using fd00::/64, as wg does",
         "wg0.conf:6: AllowedIPs: 10.0.0.0/24 is listed twice for this peer")
     assert [r.getMessage() for r in caplog.records] == list(cfg.warnings)
+
+
+# An AmneziaVPN client's export, as the app writes it (AmneziaWG 2.0: header
+# ranges, all four paddings, a DNS-like I1; I2..I5 left empty).
+DNS_LIKE_I1 = ("<b 0x858000010001000000000669636c6f756403636f6d0000010001c00c000100010000105a"
+               "00044d583737><r 16><t>")
+AMNEZIAVPN_CLIENT = f"""\
+[Interface]
+Address = 10.8.1.2/32
+DNS = 1.1.1.1, 1.0.0.1
+PrivateKey = {SERVER_B64}
+Jc = 4
+Jmin = 40
+Jmax = 70
+S1 = 15
+S2 = 18
+S3 = 20
+S4 = 8
+H1 = 1000000-1000999
+H2 = 2000000-2000999
+H3 = 3000000-3000999
+H4 = 4000000-4000999
+I1 = {DNS_LIKE_I1}
+I2 = \nI3 = \nI4 = \nI5 = \n
+[Peer]
+PublicKey = {PEER1}
+PresharedKey = {PSK_B64}
+AllowedIPs = 0.0.0.0/0, ::/0
+Endpoint = 203.0.113.5:51820
+PersistentKeepalive = 25
+"""
+
+
+def test_an_amneziavpn_client_file_works_as_it_is():
+    cfg = parse(AMNEZIAVPN_CLIENT, "awg0.conf")
+    obf = cfg.interface.obfuscation
+    assert obf == Obfuscation.from_settings({
+        "Jc": 4, "Jmin": 40, "Jmax": 70, "S1": 15, "S2": 18, "S3": 20, "S4": 8,
+        "H1": "1000000-1000999", "H2": "2000000-2000999", "H3": "3000000-3000999",
+        "H4": "4000000-4000999", "I1": DNS_LIKE_I1})
+    (signature,) = obf.signature_packets()
+    assert len(signature) == 42 + 16 + 4 and signature.startswith(bytes.fromhex("8580000100"))
+    assert cfg.interface.addresses == (ipaddress.ip_interface("10.8.1.2/32"),)
+    assert cfg.peers[0].allowed_ips == (net("0.0.0.0/0"), net("::/0"))
+    assert cfg.warnings == ("awg0.conf:3: DNS: dataplane does not apply this wg-quick setting; "
+                            "ignored",)
+    # written back, it reads as the same; the empty keys are left out
+    text = cfg.to_wg_quick()
+    assert parse(text, "awg0.conf") == cfg
+    assert "I2" not in text and "S3 = 20" in text and "H2 = 2000000-2000999" in text
+
+
+def test_accept_plain_wireguard_without_a_profile_is_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="dataplane.config"):
+        cfg = parse(conf(*iface("Jc = 4", "Jmin = 1", "Jmax = 2"), "[DataPlane]", "Workers = 1",
+                         "AcceptPlainWireGuard = yes"))
+    assert cfg.dataplane.accept_plain_wireguard
+    assert cfg.warnings == ("wg0.conf:8: AcceptPlainWireGuard: no S1..S4 or H1..H4 is set, so "
+                            "the interface speaks plain WireGuard anyway",)
+    assert [r.getMessage() for r in caplog.records] == list(cfg.warnings)
+
+
+def test_a_profile_that_plain_wireguard_can_share_a_port_with():
+    cfg = parse(conf(*iface("S1 = 15", "S2 = 18", "S4 = 8", "H1 = 5", "H2 = 6", "H3 = 7",
+                            "H4 = 8-1000"), "[DataPlane]", "AcceptPlainWireGuard = yes"))
+    assert cfg.dataplane.accept_plain_wireguard and cfg.warnings == ()
+    assert cfg.interface.obfuscation.h4 == HeaderRange(8, 1000)
 
 
 # ---------------------------------------------------------------- bad files
@@ -322,6 +410,40 @@ BAD_CASES = [
      "PrivateKey: unknown key in [DataPlane]; it belongs in [Interface]"),
     (iface() + ["[DataPlane]", "[DataPlane]"], 4, "[DataPlane] appears twice (first at line 3)"),
     (iface("Table = off\0"), 3, "NUL byte"),
+    # AmneziaWG: one key's value at its line, with the key as the file spells it
+    (iface("Jc = many"), 3, "Jc: expected a count of junk packets 0..128 (0: none), got 'many'"),
+    (iface("jmin = -1"), 3, "Jmin: expected a junk packet size in bytes 0..65507, got '-1'"),
+    (iface("S2 = 65508"), 3, "S2: expected a padding in bytes 0..65507, got '65508'"),
+    (iface("H1 = 5-4"), 3, "H1: '5-4': the range's start is above its end"),
+    (iface("H3 = 0x10"), 3, "H3: expected a type value N or a range A-B of 0..4294967295"),
+    (iface("I1 = <b 0xabc>"), 3, "I1: <b 0xabc>: <b> takes one value, an even number of hex"),
+    (iface("I5 = <z 3>"), 3, "I5: unknown tag <z>"),
+    (iface("I2 = text<t>"), 3, "I2: text outside a tag: 'text'"),
+    (iface("S1 = 1", "S1 = 2"), 4, "S1: given twice in this [Interface] (first at line 3)"),
+    (iface() + peer("S1 = 5"), 6, "S1: unknown key in [Peer]; it belongs in [Interface]"),
+    (iface() + ["[DataPlane]", "H1 = 5"], 4, "H1: unknown key in [DataPlane]; it belongs in"),
+    # between keys: at the line of the key named
+    (iface("H1 = 100-200", "S4 = 8", "H2 = 150-300"), 5,
+     "H2: 150-300 overlaps H1 = 100-200: a receiver could not tell the message kinds apart"),
+    (iface("S1 = 5", "H3 = 2"), 4, "H3: 2 overlaps H2 = 2 (the default)"),
+    (iface("Jc = 4", "Jmin = 80", "Jmax = 70"), 4, "Jmin: 80 is above Jmax (70)"),
+    (iface("Jmin = 40", "Jc = 4"), 4, "Jmax: Jc = 4 junk packets need a size: set Jmax"),
+    (iface("Jc = 4", "H3 = 3-300", "S1 = 5", "Jmax = 3", "Jmin = 40"), 7, "Jmin: 40 is above Jmax"),
+    (iface("H3 = 0-1000"), 3, "H3: 0-1000 overlaps H1 = 1 (the default)"),
+    (iface("Jmax = 40", "Jc = 4"), 4, "Jmin: Jc = 4 junk packets need a size"),  # Jc's line
+    (iface("S1 = 65360"), 3, "S1: 65360 bytes of padding on a initiation message"),
+    # AcceptPlainWireGuard
+    (iface() + ["[DataPlane]", "AcceptPlainWireGuard = maybe"], 4,
+     "AcceptPlainWireGuard: expected yes or no (true/false, on/off, 1/0), got 'maybe'"),
+    (iface() + ["[DataPlane]", "AcceptPlainWireGuard ="], 4, "AcceptPlainWireGuard: empty value"),
+    (iface("S1 = 10", "H1 = 20", "H2 = 21", "H3 = 0-9", "H4 = 22") +
+     ["[DataPlane]", "AcceptPlainWireGuard = yes"], 6,
+     "H3: 0-9 includes 1, 2, 3 and 4, plain WireGuard message types: with "
+     "AcceptPlainWireGuard the two profiles could not be told apart"),
+    (iface("S1 = 10", "S4 = 4") + ["", "[DataPlane]", "Workers = 1",
+                                   "AcceptPlainWireGuard = on"], 8,
+     "H1: 1 (the default) includes 1, a plain WireGuard message type: with "
+     "AcceptPlainWireGuard"),
 ]
 
 
@@ -496,6 +618,21 @@ def configs(draw):
         busy_poll_us=draw(st.integers(0, 100000)))
     if dataplane.backend == "socket":
         dataplane = dataclasses.replace(dataplane, busy_poll_us=0)
+    if draw(st.booleans()):
+        # an AmneziaWG profile, served beside plain WireGuard or not
+        lo = draw(st.integers(5, 2**31))
+        spans = draw(st.lists(st.integers(0, 1000), min_size=4, max_size=4))
+        headers, at = {}, lo
+        for n, span in enumerate(spans):
+            headers[f"H{n + 1}"] = f"{at}-{at + span}" if span else str(at)
+            at += span + 1 + draw(st.integers(0, 10))
+        obf = Obfuscation.from_settings({
+            **headers, **{f"S{n}": draw(st.integers(0, 1000)) for n in range(1, 5)},
+            "Jc": draw(st.integers(0, 128)), "Jmin": 10, "Jmax": draw(st.integers(10, 1400)),
+            "I1": draw(st.sampled_from([None, "<t>", "<b 0xc0ffee> <r 16><t>",
+                                        "<rc 5><rd 3>"]))})
+        interface = dataclasses.replace(interface, obfuscation=obf)
+        dataplane = dataclasses.replace(dataplane, accept_plain_wireguard=draw(st.booleans()))
     return Config("dp0", interface, tuple(peers), dataplane)
 
 

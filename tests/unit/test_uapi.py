@@ -1,8 +1,10 @@
 """The UAPI text protocol: framing and its limits, `set` parsing with
 wireguard-go's errno values, the `get` reply byte for byte as wireguard-go
-writes it, round trips, and `wg` itself talking to a fake device built from
-these functions (when `wg` is installed and /var/run/wireguard is ours to
-write)."""
+(and, for the AmneziaWG keys, amneziawg-go) writes it, round trips, the
+daemon's handling of AmneziaWG keys on a real device, and `wg` itself
+talking to a fake device built from these functions (when `wg` is installed
+and /var/run/wireguard is ours to write)."""
+import dataclasses
 import errno
 import io
 import ipaddress
@@ -16,14 +18,15 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dataplane import keys
-from dataplane.config import Endpoint, parse_config
+from dataplane.config import Config, Endpoint, InterfaceConfig, parse_config
 from dataplane.keys import PresharedKey, PrivateKey, PublicKey
-from dataplane.uapi import (AddAllowedIP, DeviceState, PeerState, ReplaceAllowedIPs,
-                            ReplacePeers, RemovePeer, Request, RequestReader, SelectPeer,
-                            SetEndpoint, SetFwmark, SetListenPort, SetPersistentKeepalive,
-                            SetPresharedKey, SetPrivateKey, SetProtocolVersion, UapiError,
-                            UpdateOnly, format_get, format_set, format_status, parse_get,
-                            parse_set, read_request)
+from dataplane.obfuscation import PLAIN, HeaderRange, Obfuscation
+from dataplane.uapi import (MAX_LINE_BYTES, AddAllowedIP, DeviceState, PeerState,
+                            ReplaceAllowedIPs, ReplacePeers, RemovePeer, Request, RequestReader,
+                            SelectPeer, SetEndpoint, SetFwmark, SetListenPort, SetObfuscation,
+                            SetPersistentKeepalive, SetPresharedKey, SetPrivateKey,
+                            SetProtocolVersion, UapiError, UpdateOnly, format_get, format_set,
+                            format_status, merge_obfuscation, parse_get, parse_set, read_request)
 
 PRIV_HEX = "a8dac1d8a70a751f0f699fb14ba1cff7b79cf4fbd8f09f44c6e4160f56d7c7b7"
 PEER_HEX = "b85996fecc9c7f1fc6d2572a76eda11d59bcd20be8e543b15ce4bd85a8e75a33"
@@ -102,13 +105,25 @@ def test_request_repr_hides_the_lines():
     (b"set=1", errno.EPROTO, "closed in the middle of a request"),
     (b"set=1\nlisten_port=\xff\n\n", errno.EPROTO, "not UTF-8"),
     (b"get=1\n\nget=1\n\n", errno.EPROTO, "holds 2 requests"),
-    (b"set=1\n" + b"x" * 1025 + b"\n\n", errno.EMSGSIZE, "longer than 1024 bytes"),
-    (b"set=1\n" + b"x" * 5000, errno.EMSGSIZE, "longer than 1024 bytes"),
-    (b"x" * 2000, errno.EMSGSIZE, "longer than 1024 bytes"),
+    (b"set=1\n" + b"x" * (MAX_LINE_BYTES + 1) + b"\n\n", errno.EMSGSIZE,
+     f"longer than {MAX_LINE_BYTES} bytes"),
+    (b"set=1\n" + b"x" * 9000, errno.EMSGSIZE, f"longer than {MAX_LINE_BYTES} bytes"),
+    (b"x" * 9000, errno.EMSGSIZE, f"longer than {MAX_LINE_BYTES} bytes"),
 ])
 def test_framing_errors(data, code, message):
     err = uapi_error(read_request, data)
     assert err.errno == code and message in str(err)
+
+
+def test_lines_fit_the_longest_signature_packet_awg_sends():
+    # awg refuses I1..I5 values of 5 KiB or more
+    line = "i1=" + "<b 0x" + "ab" * 2554 + ">  <t>"
+    assert len(line) == MAX_LINE_BYTES == 3 + 5 * 1024 - 1
+    assert read_request(f"set=1\n{line}\n\n".encode()).lines == (line,)
+    assert parse_set([line]) == [SetObfuscation("i1", line[3:])]
+    longer = line.replace("  ", "   ")
+    assert uapi_error(read_request, f"set=1\n{longer}\n\n".encode()).errno == errno.EMSGSIZE
+    assert "5120 characters" in str(uapi_error(parse_set, [longer]))
 
 
 def test_request_size_limit():
@@ -160,8 +175,61 @@ def test_parse_set_everything():
     assert parse_set([]) == []
 
 
+CLIENT = Obfuscation.from_settings({
+    "Jc": 4, "Jmin": 40, "Jmax": 70, "S1": 15, "S2": 18, "S3": 20, "S4": 8,
+    "H1": "1000000-1000999", "H2": "2000000-2000999", "H3": "3000000-3000999",
+    "H4": "4000000-4000999", "I1": "<b 0xc0ffee><r 12><t>"})
+# What amneziawg-go v0.2.19 (and `awg set`) send for CLIENT, in its order.
+CLIENT_LINES = ["jc=4", "jmin=40", "jmax=70", "s1=15", "s2=18", "s3=20", "s4=8",
+                "h1=1000000-1000999", "h2=2000000-2000999", "h3=3000000-3000999",
+                "h4=4000000-4000999", "i1=<b 0xc0ffee><r 12><t>"]
+
+
+def test_parse_set_amneziawg_keys():
+    ops = parse_set(["listen_port=1", *CLIENT_LINES, "i2=", "h4=4",
+                     f"public_key={PEER_HEX}", "remove=true"])
+    assert ops[0] == SetListenPort(1)
+    assert ops[1:15] == [SetObfuscation(*line.split("=", 1)) for line in CLIENT_LINES] + \
+        [SetObfuscation("i2", ""), SetObfuscation("h4", "4")]
+    assert ops[15:] == [SelectPeer(PublicKey.from_hex(PEER_HEX)), RemovePeer()]
+    # together, onto what a device holds; the last line of a key wins
+    merged = merge_obfuscation(ops[:13], PLAIN)
+    assert merged == CLIENT
+    assert merge_obfuscation(ops, PLAIN).h4 == HeaderRange(4, 4)
+    assert merge_obfuscation([SetObfuscation("s4", "")], CLIENT) == \
+        Obfuscation.from_settings({"S4": 0}, base=CLIENT)
+    assert merge_obfuscation([SetListenPort(1)], CLIENT) == CLIENT
+
+
+@pytest.mark.parametrize("ops,message", [
+    ([SetObfuscation("h2", "1000500")], "h2: 1000500 overlaps h1 = 1000000-1000999"),
+    ([SetObfuscation("jmin", "80")], "jmin: 80 is above Jmax (70)"),
+    ([SetObfuscation("jmax", "")], "jmax: Jc = 4 junk packets need a size"),
+    ([SetObfuscation("h1", "5"), SetObfuscation("h2", "5")], "h2: 5 overlaps h1 = 5"),
+])
+def test_a_set_is_checked_whole_against_the_device(ops, message):
+    err = uapi_error(merge_obfuscation, ops, CLIENT)
+    assert err.errno == errno.EINVAL and str(err).startswith(message), str(err)
+
+
 BAD_SET = [
     # (lines, errno, message)
+    (["jc=-1"], errno.EINVAL, "jc: expected a count of junk packets 0..128 (0: none), got '-1'"),
+    (["jc=129"], errno.EINVAL, "jc: expected a count of junk packets 0..128"),
+    (["jmin=x"], errno.EINVAL, "jmin: expected a junk packet size in bytes 0..65507"),
+    (["jmax=65508"], errno.EINVAL, "jmax: expected a junk packet size"),
+    (["s1=65508"], errno.EINVAL, "s1: expected a padding in bytes 0..65507"),
+    (["s4=-8"], errno.EINVAL, "s4: expected a padding"),
+    (["h1=1-2-3"], errno.EINVAL, "h1: expected a type value N or a range A-B"),
+    (["h3=4294967296"], errno.EINVAL, "h3: '4294967296': type values are 32-bit"),
+    (["h4=9-1"], errno.EINVAL, "h4: '9-1': the range's start is above its end"),
+    (["i1=<b 0xf>"], errno.EINVAL, "i1: <b 0xf>: <b> takes one value"),
+    (["i5=<q>"], errno.EINVAL, "i5: unknown tag <q>"),
+    (["i2=x<t>"], errno.EINVAL, "i2: text outside a tag: 'x'"),
+    (["H1=5"], errno.EINVAL, "invalid UAPI device key 'H1'"),     # lower case only, as awg
+    (["h5=5"], errno.EINVAL, "invalid UAPI device key 'h5'"),
+    ([f"public_key={PEER_HEX}", "jc=4"], errno.EINVAL,
+     "invalid UAPI peer key 'jc' (device keys come before the first public_key)"),
     (["listen_port=abc"], errno.EINVAL, "listen_port: 'abc' is not a number 0..65535"),
     (["listen_port=65536"], errno.EINVAL, "listen_port: '65536' is not a number"),
     (["listen_port=-1"], errno.EINVAL, "listen_port"),
@@ -242,7 +310,9 @@ _device_ops = st.one_of(
     st.one_of(st.none(), _keys32.filter(any).map(PrivateKey)).map(SetPrivateKey),
     st.integers(0, 65535).map(SetListenPort),
     st.integers(0, 2**32 - 1).map(SetFwmark),
-    st.just(ReplacePeers()))
+    st.just(ReplacePeers()),
+    st.sampled_from(CLIENT_LINES + ["i2=", "h1=7", "jc=0"]).map(
+        lambda line: SetObfuscation(*line.split("=", 1))))
 _peer_ops = st.one_of(
     st.just(RemovePeer()), st.just(UpdateOnly()), st.just(ReplaceAllowedIPs()),
     st.just(SetProtocolVersion(1)),
@@ -294,6 +364,28 @@ def test_format_get_matches_wireguard_go_byte_for_byte():
         "\n")
 
 
+def test_format_get_writes_amneziawg_keys_as_amneziawg_go_does():
+    """The device lines of amneziawg-go v0.2.19's get after the set of
+    CLIENT_LINES (its order: after fwmark, before the peers); h1..h4 it
+    writes always, we leave out those at plain WireGuard's value."""
+    state = DeviceState(listen_port=51820, fwmark=1, obfuscation=CLIENT,
+                        peers=(PeerState(PEER2),))
+    text = format_get(state)
+    assert text.startswith("listen_port=51820\nfwmark=1\n" +
+                           "".join(line + "\n" for line in CLIENT_LINES) +
+                           f"public_key={PEER2.hex()}\n")
+    assert parse_get(text) == state
+    only_s1 = Obfuscation.from_settings({"S1": 5})
+    assert format_get(DeviceState(obfuscation=only_s1)) == "s1=5\nerrno=0\n\n"
+    # amneziawg-go's form of the same, with the default headers written out
+    assert parse_get("s1=5\nh1=1\nh2=2\nh3=3\nh4=4\nerrno=0\n\n").obfuscation == only_s1
+
+
+def test_parse_get_refuses_a_device_s_unreadable_amneziawg_values():
+    for text in ("jc=x\nerrno=0\n\n", "h1=5-1\nerrno=0\n\n", "i1=<x>\nerrno=0\n\n"):
+        assert uapi_error(parse_get, text).errno == errno.EPROTO
+
+
 def test_format_get_device_fields():
     assert format_get(DeviceState()) == "errno=0\n\n"
     assert format_get(DeviceState(private_key=PrivateKey(bytes(32)))) == "errno=0\n\n"
@@ -331,11 +423,19 @@ _peer_states = st.builds(
     rx_bytes=st.integers(0, 2**64 - 1),
     persistent_keepalive_interval=st.integers(0, 65535),
     allowed_ips=st.lists(_prefixes, max_size=5).map(tuple))
+_profiles = st.one_of(st.just(PLAIN), st.just(CLIENT), st.builds(
+    lambda pads, base, jc: Obfuscation.from_settings({
+        **{f"s{n + 1}": p for n, p in enumerate(pads)},
+        **{f"h{n + 1}": f"{base + 10 * n}-{base + 10 * n + 9}" for n in range(4)},
+        "jc": jc, "jmin": 1, "jmax": 1000}, lower=True),
+    st.lists(st.integers(0, 2000), min_size=4, max_size=4), st.integers(5, 2**32 - 41),
+    st.integers(0, 128)))
 _device_states = st.builds(
     DeviceState,
     private_key=st.one_of(st.none(), _keys32.filter(any).map(PrivateKey)),
     listen_port=st.integers(0, 65535),
     fwmark=st.integers(0, 2**32 - 1),
+    obfuscation=_profiles,
     peers=st.lists(_peer_states, max_size=4).map(tuple))
 
 
@@ -346,7 +446,10 @@ def test_format_get_parse_get_round_trip(state):
 
 
 def test_parse_get_errors_and_unknown_keys():
-    assert parse_get("jc=4\nlisten_port=5\nerrno=0\n\n") == DeviceState(listen_port=5)
+    assert parse_get("bogus=4\nlisten_port=5\nerrno=0\n\n") == DeviceState(listen_port=5)
+    # what a device holds is read as it is, also where this side would refuse it
+    # (amneziawg-go takes jc without jmin and jmax)
+    assert parse_get("jc=4\nerrno=0\n\n").obfuscation.jc == 4
     err = uapi_error(parse_get, "errno=-22\n\n")
     assert err.errno == errno.EINVAL
     assert uapi_error(parse_get, "listen_port=5\n\n").errno == errno.EPROTO
@@ -479,6 +582,23 @@ def test_wg_show_dump_reads_our_get(device):
 
 
 @needs_fake_device
+def test_stock_wg_skips_the_amneziawg_keys(device):
+    """wireguard-tools v1.0.20210914 reads a get with every AmneziaWG key
+    (a signature spec as long as awg sends one) as if they were not there:
+    `wg show`, `dump` and `showconf` print what they print without them.
+    (showconf then lacks them: `wg-quick save` would drop them.)"""
+    plain = {args: device.wg(*args).stdout
+             for args in (("show", "NAME"), ("show", "NAME", "dump"), ("showconf", "NAME"))}
+    long_i1 = "<b 0x" + "ab" * 2554 + ">  <t>"
+    device.state = dataclasses.replace(STATE, obfuscation=Obfuscation.from_settings(
+        {"I1": long_i1, "I5": "<rc 5>"}, base=CLIENT))
+    assert "\ni1=<b 0xabab" in format_get(device.state)
+    for args, text in plain.items():
+        assert device.wg(*args).stdout == text, args
+    assert "Jc" not in plain[("showconf", "NAME")]
+
+
+@needs_fake_device
 def test_wg_showconf_reads_back_into_our_config(device):
     text = device.wg("showconf", "NAME").stdout
     cfg = parse_config(text, f"{device.name}.conf")
@@ -589,3 +709,75 @@ def test_wg_reports_a_refused_set_line(device):
     result = device.wg("set", "NAME", "peer", keys.format_base64_key(bytes(32)), check=False)
     assert result.returncode != 0
     assert os.strerror(errno.EINVAL) in result.stderr
+
+
+# ---------------------------------------------------------------- the daemon's UAPI
+
+@pytest.fixture
+def daemon():
+    """A Daemon serving UAPI requests for an Interface over a real native
+    device (no root: inner packets go to /dev/null, UDP to loopback)."""
+    from dataplane.daemon import Daemon
+    from dataplane.device import Device
+    from dataplane.interface import Interface
+    null = os.open("/dev/null", os.O_WRONLY)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    device = Device([null], [os.dup(udp.fileno())], [-1], 1420, max_peers=16)
+    d = Daemon(Config("dpt0", InterfaceConfig(DEVICE_KEY)))
+    d.iface = Interface("dpt0", DEVICE_KEY, device, udp.getsockname()[1])
+    yield d
+    device.close()
+    udp.close()
+
+
+def _request(d, text):
+    return d.uapi_request(read_request(text.encode()))
+
+
+def test_the_daemon_sets_and_gets_amneziawg_keys(daemon):
+    assert _request(daemon, "set=1\n" + "".join(l + "\n" for l in CLIENT_LINES) + "\n") == \
+        "errno=0\n\n"
+    assert daemon.iface.obfuscation == CLIENT
+    wire = daemon.iface.device.wire()
+    assert wire["obfuscated"] and wire["padding"] == [15, 18, 20, 8]
+    assert wire["header_min"] == [1000000, 2000000, 3000000, 4000000]
+    got = _request(daemon, "get=1\n\n")
+    assert "".join(l + "\n" for l in CLIENT_LINES) in got
+    assert parse_get(got).obfuscation == CLIENT
+    # a later set changes only the keys it names
+    assert _request(daemon, "set=1\ns4=0\nh4=5000000\ni1=\n\n") == "errno=0\n\n"
+    o = daemon.iface.obfuscation
+    assert (o.s4, o.h4, o.i1, o.s1, o.h1) == (0, HeaderRange(5000000, 5000000), None, 15,
+                                              CLIENT.h1)
+    assert daemon.iface.device.wire()["padding"] == [15, 18, 20, 0]
+    assert daemon.status()["obfuscation"] == o.as_json()
+    assert daemon.status()["accept_plain_wireguard"] is False
+
+
+@pytest.mark.parametrize("lines", [
+    ["fwmark=7", "h2=1000500"],                       # overlaps the held h1
+    ["fwmark=7", "jc=4", "jmin=9", "jmax=8"],
+    ["fwmark=7", "jmax="],                            # jc = 4 held needs it
+    ["fwmark=7", f"public_key={PEER_HEX}", "persistent_keepalive_interval=1", "s1=x"],
+])
+def test_a_refused_set_changes_nothing(daemon, lines):
+    assert _request(daemon, "set=1\n" + "".join(l + "\n" for l in CLIENT_LINES) + "\n") == \
+        "errno=0\n\n"
+    before = _request(daemon, "get=1\n\n")
+    assert _request(daemon, "set=1\n" + "".join(l + "\n" for l in lines) + "\n") == \
+        "errno=-22\n\n"
+    assert _request(daemon, "get=1\n\n") == before
+    assert daemon.iface.obfuscation == CLIENT and daemon.iface.fwmark == 0
+    assert not daemon.iface.peers
+
+
+def test_with_plain_wireguard_accepted_a_set_keeps_the_profiles_apart(daemon):
+    served = Obfuscation.from_settings({"h1": 5, "h2": 6, "h3": 7, "h4": 8, "s1": 10}, lower=True)
+    daemon.set_obfuscation(served, True)
+    assert daemon.iface.accept_plain
+    assert _request(daemon, "set=1\nh4=4-100\n\n") == "errno=-22\n\n"
+    assert daemon.iface.obfuscation == served
+    assert _request(daemon, "set=1\nh4=9-100\n\n") == "errno=0\n\n"
+    assert daemon.iface.obfuscation.h4 == HeaderRange(9, 100) and daemon.iface.accept_plain
+    assert daemon.iface.device.wire()["accept_plain"]
