@@ -7,6 +7,13 @@ threads that run the C sender and receiver loops.
     sender = Sender(sock, peers, sizes=[1420], ...)
     receiver = Receiver(sink, None, plain=True)
 
+With an AmneziaWG profile (`obfuscation=`, dataplane.obfuscation) the
+peers speak it as AmneziaWG clients do: signature and junk datagrams
+before every initiation, padded handshake messages with headers from the
+profile's ranges, and (in C) S4 random bytes and an H4 header on every
+transport message; the receiver takes only transport messages of the
+profile.
+
 Keys of the emulated peers live in the native table (locked memory, wiped
 when closed); Python drops its copies as soon as they are installed.
 """
@@ -26,6 +33,8 @@ from typing import Optional, Sequence
 from dataplane import crypto, noise
 from dataplane._native import ffi, lib
 from dataplane.keys import PrivateKey
+from dataplane.obfuscation import (COOKIE_REPLY, INITIATION, PLAIN, PLAIN_HEADERS, RESPONSE,
+                                   TRANSPORT, Obfuscation)
 
 BURST: int = lib.DP_LG_BURST
 MAX_FLOWS: int = lib.DP_LG_MAX_FLOWS
@@ -46,6 +55,23 @@ class LoadGenError(Exception):
 def _ip4(addr: str) -> int:
     """IPv4 address as the uint32 C wants (network byte order in memory)."""
     return struct.unpack("=I", ipaddress.IPv4Address(addr).packed)[0]
+
+
+def wire_fields(obfuscation: Obfuscation) -> dict:
+    """The transport profile (S4, H4) as the C configs' wire_* fields."""
+    h4 = obfuscation.header(TRANSPORT)
+    if h4.lo == h4.hi == 0:
+        # 0..0 is the C side's "plain" (type 4)
+        raise ValueError("H4 = 0: the load generator cannot send a transport header of 0")
+    if obfuscation.s4 > lib.DP_LG_WIRE_PADDING_MAX:
+        raise ValueError(f"S4 = {obfuscation.s4}: the load generator pads at most "
+                         f"{lib.DP_LG_WIRE_PADDING_MAX} bytes")
+    return {"wire_padding": obfuscation.s4, "wire_header_min": h4.lo,
+            "wire_header_max": h4.hi}
+
+
+def _transport_obfuscated(obfuscation: Obfuscation) -> bool:
+    return bool(obfuscation.s4) or obfuscation.header(TRANSPORT) != PLAIN_HEADERS[3]
 
 
 class EmulatedPeers:
@@ -78,12 +104,15 @@ class EmulatedPeers:
 
     def handshake(self, sock: socket.socket, dut_public: bytes, window: int = 16,
                   timeout: float = 5.0, attempts: int = 5,
-                  progress=None) -> None:
+                  progress=None, obfuscation: Obfuscation = PLAIN) -> None:
         """A real Noise_IKpsk2 handshake for every peer through `sock`
         (connected to the tunnel under test), `window` at a time; cookie
         replies are honoured (a loaded responder asks for them). Then one
         keepalive per peer, so the responder confirms its keypair and may
-        send to us at once."""
+        send to us at once. With an AmneziaWG profile, every initiation
+        is preceded by the profile's signature and junk datagrams, and
+        what comes back is taken only if it fits the profile."""
+        obf = obfuscation
         states: dict[int, tuple] = {}   # peer -> (noise.Handshake, InitiatorState, sent_at, tries)
         cookies: dict[int, bytes] = {}
         pending = list(range(self.n - 1, -1, -1))
@@ -92,38 +121,46 @@ class EmulatedPeers:
         try:
             def start(i: int, tries: int) -> None:
                 hs = noise.Handshake(self.keys[i].reveal(), lambda _pub: bytes(32))
-                msg, st = hs.create_initiation(dut_public, INDEX_BASE + i, cookies.get(i))
-                sock.send(msg)
+                msg, st = hs.create_initiation(dut_public, INDEX_BASE + i, cookies.get(i),
+                                               header=obf.draw_header(INITIATION))
+                for datagram in obf.preamble():
+                    sock.send(datagram)
+                sock.send(obf.wrap(INITIATION, msg))
                 states[i] = (hs, st, time.monotonic(), tries)
 
             while pending or states:
                 while pending and len(states) < window:
                     start(pending.pop(), 1)
                 try:
-                    msg = sock.recv(2048)
+                    datagram = sock.recv(65536)
                 except socket.timeout:
-                    msg = b""
+                    datagram = b""
                 now = time.monotonic()
-                if len(msg) >= 8:
-                    mtype = msg[0]
-                    idx = struct.unpack_from("<I", msg, 8 if mtype == noise.MSG_RESPONSE else 4)[0]
+                # by the profile's sizes and headers; anything else is not
+                # for us (transport messages of earlier sessions, junk)
+                kind, off = obf.classify(datagram) or (None, 0)
+                if kind in (RESPONSE, COOKIE_REPLY):
+                    msg = datagram[off:]
+                    idx = struct.unpack_from("<I", msg, 8 if kind == RESPONSE else 4)[0]
                     i = idx - INDEX_BASE
-                    if i in states and mtype == noise.MSG_RESPONSE:
+                    if i in states and kind == RESPONSE:
                         hs, st, sent, tries = states[i]
                         try:
-                            keys = hs.consume_response(msg, st)
+                            keys = hs.consume_response(msg, st, expect=obf.header(RESPONSE))
                         except noise.HandshakeError:
                             continue  # not from the DUT: the timeout retries it
                         del states[i]
                         lib.dp_lg_peer_set(self.table, i, keys.send_key, keys.recv_key,
                                            keys.remote_index, 1, _ip4(self.inner[i]))
-                        sock.send(struct.pack("<IIQ", 4, keys.remote_index, 0)
-                                  + crypto.seal(keys.send_key, 0, b""))
+                        keepalive = struct.pack("<IIQ", obf.draw_header(TRANSPORT),
+                                                keys.remote_index, 0)
+                        sock.send(obf.wrap(TRANSPORT, keepalive
+                                           + crypto.seal(keys.send_key, 0, b"")))
                         keys.send_key = keys.recv_key = b""
                         done += 1
                         if progress and done % 500 == 0:
                             progress(done, self.n)
-                    elif i in states and mtype == noise.MSG_COOKIE_REPLY:
+                    elif i in states and kind == COOKIE_REPLY:
                         hs, st, _, tries = states.pop(i)
                         try:
                             cookies[i] = noise.consume_cookie_reply(msg, dut_public, st.mac1)
@@ -279,7 +316,11 @@ class Sender:
     def __init__(self, sock: socket.socket, peers: EmulatedPeers, *, sealed: bool,
                  sizes: Sequence[int], dst: str = "0.0.0.0", src_port: int = 0,
                  dst_port: int = 9, flow: int = 0, mtu: int = 1420, rate: int = 0,
-                 seconds: float = 1.0, cpu: int = -1):
+                 seconds: float = 1.0, cpu: int = -1, obfuscation: Obfuscation = PLAIN):
+        """obfuscation: sealed, the AmneziaWG profile whose S4 and H4 every
+        transport message gets."""
+        if not sealed and _transport_obfuscated(obfuscation):
+            raise ValueError("an AmneziaWG profile applies to sealed messages only")
         for s in sizes:
             if not INNER_MIN <= s <= INNER_MAX:
                 raise ValueError(f"inner packet size {s} is not in {INNER_MIN}..{INNER_MAX}")
@@ -289,13 +330,15 @@ class Sender:
             "fd": sock.fileno(), "mode": lib.DP_LG_MODE_SEALED if sealed else lib.DP_LG_MODE_PLAIN,
             "cpu": cpu, "flow": flow, "dst_addr": _ip4(dst), "src_port": src_port,
             "dst_port": dst_port, "sizes": self.sizes, "n_sizes": len(sizes), "mtu": mtu,
-            "rate_pps": int(rate), "duration_ns": int(seconds * 1e9)})
+            "rate_pps": int(rate), "duration_ns": int(seconds * 1e9),
+            **wire_fields(obfuscation)})
         self.stop_flag = ffi.new("int *", 0)
         self.stats = ffi.new("struct dp_lg_send_stats *")
         self.thread = _Thread(self._run)
 
     def _run(self) -> SendResult:
-        if lib.dp_lg_send(self.cfg, self.peers.table, self.stop_flag, self.stats) != 0:
+        table = self.peers.table if self.peers is not None else ffi.NULL
+        if lib.dp_lg_send(self.cfg, table, self.stop_flag, self.stats) != 0:
             raise LoadGenError("dp_lg_send refused its configuration")
         st = self.stats
         return SendResult(st.packets, st.bytes, st.send_errors, st.ns / 1e9, st.cpu_ns / 1e9)
@@ -311,20 +354,52 @@ class Sender:
         return self.thread.join_result(timeout)
 
 
+class JunkSender(Sender):
+    """A junk flood: datagrams of random bytes through a connected socket,
+    their lengths taken in turn from `sizes` (1..INNER_MAX; a shuffled set
+    of random lengths makes random sizes), as fast as it can or at `rate`.
+    SendResult counts datagrams and their bytes."""
+
+    def __init__(self, sock: socket.socket, *, sizes: Sequence[int], rate: int = 0,
+                 seconds: float = 1.0, cpu: int = -1):
+        for s in sizes:
+            if not 1 <= s <= INNER_MAX:
+                raise ValueError(f"junk datagram length {s} is not in 1..{INNER_MAX}")
+        if not 1 <= len(sizes) <= lib.DP_LG_MAX_SIZES:
+            raise ValueError(f"1..{lib.DP_LG_MAX_SIZES} junk lengths, not {len(sizes)}")
+        self.sock, self.peers = sock, None
+        self.sizes = ffi.new("uint16_t[]", list(sizes))
+        self.cfg = ffi.new("struct dp_lg_send_config *", {
+            "fd": sock.fileno(), "mode": lib.DP_LG_MODE_JUNK, "cpu": cpu, "sizes": self.sizes,
+            "n_sizes": len(sizes), "rate_pps": int(rate), "duration_ns": int(seconds * 1e9)})
+        self.stop_flag = ffi.new("int *", 0)
+        self.stats = ffi.new("struct dp_lg_send_stats *")
+        self.thread = _Thread(self._run)
+
+
+def junk_sizes(lo: int = 16, hi: int = 1400, n: int = lib.DP_LG_MAX_SIZES) -> list[int]:
+    """n random datagram lengths in lo..hi, for a JunkSender."""
+    return [lo + secrets.randbelow(hi - lo + 1) for _ in range(n)]
+
+
 class Receiver:
     """dp_lg_recv in a thread, until stop()."""
 
     def __init__(self, sock: socket.socket, peers: Optional[EmulatedPeers], *, sealed: bool,
-                 cpu: int = -1, poll_us: int = 0):
+                 cpu: int = -1, poll_us: int = 0, obfuscation: Obfuscation = PLAIN):
         """poll_us 0 waits on the socket for every datagram; otherwise the
         receiver never sleeps on the socket (whose wakeups the delivering
-        CPU pays) and checks it every poll_us microseconds when idle."""
+        CPU pays) and checks it every poll_us microseconds when idle.
+        obfuscation: sealed, the AmneziaWG profile (S4, H4) to accept;
+        other datagrams count as foreign."""
         if not 0 <= poll_us <= 1_000_000:
             raise ValueError("poll_us must be 0..1000000")
+        if not sealed and _transport_obfuscated(obfuscation):
+            raise ValueError("an AmneziaWG profile applies to sealed messages only")
         self.sock, self.peers = sock, peers
         self.cfg = ffi.new("struct dp_lg_recv_config *", {
             "fd": sock.fileno(), "mode": lib.DP_LG_MODE_SEALED if sealed else lib.DP_LG_MODE_PLAIN,
-            "cpu": cpu, "poll_ns": poll_us * 1000})
+            "cpu": cpu, "poll_ns": poll_us * 1000, **wire_fields(obfuscation)})
         self.stop_flag = ffi.new("int *", 0)
         self.stats = ffi.new("struct dp_lg_recv_stats *")
         self.thread = _Thread(self._run)

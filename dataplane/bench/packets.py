@@ -18,10 +18,18 @@ By default the DUT is pinned to the last CPU, with its interfaces'
 receive in NAPI threads pinned there too, and the generator and sink to
 the others; the DUT's CPU time per packet is that CPU's busy time
 (/proc/stat), the kernel's work for the DUT included.
+
+With --obfuscation the generator's peers speak AmneziaWG (junk and
+signature packets before each initiation, padded messages, header ranges)
+to every DUT that can (dataplane-socket, dataplane-xdp, amneziawg-go);
+`both` measures our DUTs without and with it in the same run. With
+--junk-flood a separate sender floods the DUT's port with random
+datagrams during the measured runs.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -37,19 +45,26 @@ from pathlib import Path
 from typing import Optional
 
 from dataplane import __version__
+from dataplane import amneziawg_go
 from dataplane._native import lib
-from dataplane.bench.loadgen import IMIX, EmulatedPeers, Receiver, RecvResult, Sender
+from dataplane.amneziawg_go import AmneziaWGGo, AmneziaWGUnavailable
+from dataplane.bench.awg_profile import (DEFAULT_PROFILE, MODES, PROFILE_DUTS, label,
+                                         profile_arg, variants)
+from dataplane.bench.loadgen import (IMIX, EmulatedPeers, JunkSender, Receiver, RecvResult,
+                                     Sender, junk_sizes)
 from dataplane.bench.tunnel import _median, cpu_seconds
 from dataplane.client import Client
 from dataplane.commands import interface_status, xsk_drops
 from dataplane.device import REALTIME_PRIORITY_MAX, REALTIME_PRIORITY_MIN
 from dataplane.keys import PrivateKey
 from dataplane.launch import start_daemon
+from dataplane.obfuscation import PLAIN, Obfuscation
 from dataplane.topology import Topology, socket_in
 from dataplane.wireguard_go import WireGuardGo
 
-DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go", "xsk-forward", "no-tunnel")
-TUNNEL_DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go")
+DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go", "amneziawg-go", "xsk-forward",
+        "no-tunnel")
+TUNNEL_DUTS = ("dataplane-socket", "dataplane-xdp", "wireguard-go", "amneziawg-go")
 # need the XDP programs (built, and loadable here)
 XDP_DUTS = ("dataplane-xdp", "xsk-forward")
 
@@ -63,8 +78,20 @@ def xdp_available() -> bool:
         return False
 
 
-def default_duts() -> list[str]:
-    return [d for d in DUTS if d not in XDP_DUTS or xdp_available()]
+def amneziawg_available() -> bool:
+    """amneziawg-go is built, or can be (dataplane.amneziawg_go.binary)."""
+    try:
+        amneziawg_go.binary()
+        return True
+    except AmneziaWGUnavailable:
+        return False
+
+
+def default_duts(obfuscation: bool = False) -> list[str]:
+    """Every DUT that can run here; amneziawg-go only in obfuscated runs
+    (without a profile it is wireguard-go)."""
+    return [d for d in DUTS if (d not in XDP_DUTS or xdp_available()) and
+            (d != "amneziawg-go" or (obfuscation and amneziawg_available()))]
 DIRECTIONS = ("decap", "encap", "both")
 SIZES = ("64", "512", "1420", "imix")
 
@@ -72,7 +99,7 @@ CLIENT, DUT_CLIENT_SIDE = "10.241.0.1", "10.241.0.2"
 DUT_FAR_SIDE, SINK = "10.242.0.1", "10.242.0.2"
 TUNNEL_ADDRESS = "10.200.0.1/16"
 FIRST_PEER_INNER = "10.200.0.2"
-LISTEN_PORT, GEN_PORT, SINK_PORT = 51820, 40000, 40001
+LISTEN_PORT, GEN_PORT, SINK_PORT, JUNK_PORT = 51820, 40000, 40001, 40002
 MTU = 1420
 REHANDSHAKE_AFTER = 90.0  # seconds; sessions expire at 180 s (REJECT_AFTER_TIME)
 # Receivers of saturated runs look at their sockets this often when idle
@@ -134,6 +161,9 @@ _poll_us_arg = _whole_number(0, 10000, "not a whole number of microseconds: {tex
 _busy_poll_arg = _whole_number(
     0, lib.DP_DEVICE_BUSY_POLL_MAX_US, "not a whole number of microseconds: {text}",
     f"busy polling must be 0..{lib.DP_DEVICE_BUSY_POLL_MAX_US} us, not {{n}}")
+_junk_arg = _whole_number(0, 100_000_000, "not a whole number of packets/s: {text}",
+                          "junk flood rate must be 0..100000000 packets/s (0: as fast as "
+                          "possible), not {n}")
 _realtime_arg = _whole_number(
     0, REALTIME_PRIORITY_MAX, "not a SCHED_FIFO priority: {text}",
     f"a SCHED_FIFO priority is {REALTIME_PRIORITY_MIN}..{REALTIME_PRIORITY_MAX} (0: off), "
@@ -186,6 +216,27 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="the DUTs' own threads run SCHED_FIFO at PRIO: dataplane's workers "
                         "(RealtimePriority = PRIO), xsk-forward's forwarding thread and every "
                         "wireguard-go thread (default 0: off; not with --busy-poll)")
+    p.add_argument("--obfuscation", nargs="?", const="on", default="off", choices=MODES,
+                   help="the generator's peers speak AmneziaWG (--obfuscation-profile) to "
+                        "every DUT that can: dataplane-socket, dataplane-xdp and amneziawg-go "
+                        "(added to the default DUTs); wireguard-go, xsk-forward and no-tunnel "
+                        "run plain. `both`: the dataplane DUTs run without and with it "
+                        "(rows DUT and DUT+awg). Rows carry `obfuscation`")
+    p.add_argument("--obfuscation-profile", type=profile_arg, default=DEFAULT_PROFILE,
+                   metavar="FILE|default",
+                   help="the AmneziaWG keys (Jc Jmin Jmax S1-S4 H1-H4 I1-I5) from a file of "
+                        "`Key = value` lines (an AmneziaWG config works; other keys are "
+                        "ignored); default: Jc 4, Jmin 40, Jmax 70, S1 15, S2 18, S3 20, S4 8, "
+                        "header ranges and an I1")
+    p.add_argument("--junk-flood", type=_junk_arg, nargs="?", const=0, default=None,
+                   metavar="PPS",
+                   help="during the measured runs, a separate sender floods the tunnel DUTs' "
+                        "port with random datagrams of random sizes, as fast as it can or at "
+                        "PPS; rows carry what it sent and the DUT's drop counters")
+    p.add_argument("--junk-both", action="store_true",
+                   help="measure each tunnel DUT without and with the junk flood (--junk-flood, "
+                        "default as fast as it goes), the runs taking turns: rows LABEL and "
+                        "LABEL+junk, the latter with vs_no_junk and cpu_vs_no_junk")
     p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list")
     p.add_argument("--plot", metavar="FILE.png", help="throughput and CPU per packet (matplotlib)")
 
@@ -229,6 +280,49 @@ def wait_idle(cpu: int, busy_below: float = 0.1, window: float = 0.1,
             return busy
 
 
+# Figures among a status's XDP counters that are not counts
+_GAUGES = frozenset({"outer_routes"})
+
+
+def _deltas(before: Optional[dict], after: Optional[dict]) -> Optional[dict]:
+    """What moved between two status_counters(), per section: {section:
+    {name: increase}}, the counters that did not move left out."""
+    if before is None or after is None:
+        return None
+    return {section: {k: v - before[section].get(k, 0) for k, v in after[section].items()
+                      if isinstance(v, int) and k not in _GAUGES and
+                      v != before[section].get(k, 0)}
+            for section in after}
+
+
+def _total(before: Optional[dict], after: Optional[dict], section: str,
+           prefix: str = "") -> Optional[int]:
+    """How much the counters of a section (those starting with prefix) grew."""
+    if before is None or after is None:
+        return None
+    return sum(v - before[section].get(k, 0) for k, v in after[section].items()
+               if k.startswith(prefix) and isinstance(v, int))
+
+
+def _add_deltas(runs: list) -> Optional[dict]:
+    """dut_counter_deltas summed over runs (None if a run has none)."""
+    if any(r.get("dut_counter_deltas") is None for r in runs):
+        return None
+    out: dict = {}
+    for r in runs:
+        for section, moved in r["dut_counter_deltas"].items():
+            mine = out.setdefault(section, {})
+            for k, v in moved.items():
+                mine[k] = mine.get(k, 0) + v
+    return out
+
+
+def _sum(runs: list, key: str) -> Optional[int]:
+    """runs' key summed; None when a run has none."""
+    values = [r.get(key) for r in runs]
+    return None if any(v is None for v in values) else sum(values)
+
+
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # <asm-generic/socket.h>; not in Python's socket
 
 
@@ -238,12 +332,22 @@ def _big_buffers(sock: socket.socket) -> None:
 
 
 class World:
-    """The three namespaces, the DUT with `peers` peers, and sessions."""
+    """The three namespaces, the DUT with `peers` peers, and sessions.
+    obfuscation: the AmneziaWG profile of the DUT and the generator's peers
+    (PROFILE_DUTS only)."""
 
     def __init__(self, topo: Topology, dut: str, n_peers: int, tmp: Path, pin: bool,
                  say=print, napi_threads: bool = True, sessions: str = "handshake",
-                 busy_poll_us: int = 0, realtime: int = 0):
+                 busy_poll_us: int = 0, realtime: int = 0, obfuscation: Obfuscation = PLAIN):
+        if not obfuscation.is_plain and dut not in PROFILE_DUTS:
+            raise ValueError(f"{dut} cannot be given an AmneziaWG profile (only "
+                             f"{', '.join(PROFILE_DUTS)})")
         self.topo, self.dut, self.say = topo, dut, say
+        self.obfuscation = obfuscation
+        # The transport profile the generator sends and accepts: the DUT's,
+        # unless a test sets another one to see it refused
+        self.wire = obfuscation
+        self.label = label(dut, not obfuscation.is_plain)
         self.busy_poll_us = busy_poll_us  # the XDP DUTs' busy polling; 0: off
         self.realtime = realtime  # SCHED_FIFO priority of the DUT's own threads; 0: off
         # dataplane DUTs may get their sessions pushed through the control-
@@ -255,6 +359,9 @@ class World:
         cpus = sorted(os.sched_getaffinity(0))
         self.dut_cpu = cpus[-1] if pin and len(cpus) > 1 else None
         self.gen_cpu = cpus[0] if self.dut_cpu is not None else -1
+        # a junk flood gets a CPU of its own where there is one to spare
+        self.junk_cpu = cpus[1] if self.dut_cpu is not None and len(cpus) > 2 else self.gen_cpu
+        self._junk_sock: Optional[socket.socket] = None
         self.client, self.server, self.far = (topo.namespace("cl"), topo.namespace("dut"),
                                               topo.namespace("far"))
         self.client_if, dut_in = topo.link(self.client, self.server, [f"{CLIENT}/24"],
@@ -359,8 +466,10 @@ class World:
         started = time.monotonic()
         if self.dut.startswith("dataplane-"):
             backend = self.dut.split("-", 1)[1]
-            # the two dataplane DUTs may be up at once (interleaved runs)
-            name = f"{'bpd' if backend == 'xdp' else 'bps'}{tag}"
+            # the dataplane DUTs may be up at once (interleaved runs), each
+            # backend with and without obfuscation
+            name = (f"{'bpd' if backend == 'xdp' else 'bps'}{tag}"
+                    f"{'' if self.obfuscation.is_plain else 'a'}")
             self.dut_name = name
             conf = tmp / f"{name}.conf"
             wan = f"Interfaces = {self.wan}\n" if backend == "xdp" else ""
@@ -368,14 +477,30 @@ class World:
                 wan += f"BusyPoll = {self.busy_poll_us}\n"
             if self.realtime:
                 wan += f"RealtimePriority = {self.realtime}\n"
+            awg = "".join(f"{line}\n" for line in self.obfuscation.file_lines())
             conf.write_text(f"[Interface]\nPrivateKey = {key.reveal_base64()}\n"
                             f"ListenPort = {LISTEN_PORT}\nAddress = {TUNNEL_ADDRESS}\n"
-                            f"MTU = {MTU}\n{peers_conf}\n[DataPlane]\nBackend = {backend}\n{wan}")
+                            f"MTU = {MTU}\n{awg}{peers_conf}\n[DataPlane]\nBackend = {backend}\n"
+                            f"{wan}")
             conf.chmod(0o600)
             self.dut_pid = start_daemon(self.topo, self.server, conf, log=tmp / f"{name}.log",
                                         timeout=60 + n_peers / 100).pid
             if self.sessions == "api":
                 self.api = Client(Path(f"/run/dataplane/{name}.api.sock"), timeout=300)
+        elif self.dut == "amneziawg-go":
+            awg = AmneziaWGGo(self.topo, self.server, f"bpa{tag}")
+            # as wireguard-go: on the DUT's CPU from the start
+            awg.start(cpus=[self.dut_cpu] if self.dut_cpu is not None else None)
+            awg.configure(key, LISTEN_PORT, self.obfuscation)
+            # every peer in one UAPI request (one each takes minutes for 60 000)
+            awg.uapi("set=1\n" + "".join(
+                f"public_key={base64.b64decode(pub).hex()}\nallowed_ip={addr}/32\n"
+                for pub, addr in zip(self.peers.public_keys(), self.peers.inner)) + "\n")
+            awg.up([TUNNEL_ADDRESS], mtu=MTU)
+            self.dut_pid = awg.proc.pid
+            if self.realtime:
+                subprocess.run(["chrt", "-f", "-a", "-p", str(self.realtime), str(self.dut_pid)],
+                               check=True, capture_output=True)
         else:
             wg = WireGuardGo(self.topo, self.server, f"bpw{tag}")
             # on the DUT's CPU from the start: Go sizes its scheduler to
@@ -390,7 +515,8 @@ class World:
                 subprocess.run(["chrt", "-f", "-a", "-p", str(self.realtime), str(self.dut_pid)],
                                check=True, capture_output=True)
         key.wipe()
-        self.say(f"  {self.dut}: up with {n_peers} peer(s) in {time.monotonic() - started:.1f} s")
+        self.say(f"  {self.label}: up with {n_peers} peer(s) in "
+                 f"{time.monotonic() - started:.1f} s")
         self.gen.connect((DUT_CLIENT_SIDE, LISTEN_PORT))
         self.handshake()
 
@@ -444,12 +570,13 @@ class World:
             self.api.bulk(self.peers.session_ops(activate="now", put_peer=False,
                                                  taken=self._api_indices))
             self.peers.handshake_at = time.monotonic()
-            self.say(f"  {self.dut}: {self.peers.n} session(s) pushed through the API in "
+            self.say(f"  {self.label}: {self.peers.n} session(s) pushed through the API in "
                      f"{time.monotonic() - started:.1f} s")
             return
         self.peers.handshake(self.gen, self.dut_public,
-                             progress=lambda done, n: self.say(f"    handshakes {done}/{n}"))
-        self.say(f"  {self.dut}: {self.peers.n} handshake(s) in "
+                             progress=lambda done, n: self.say(f"    handshakes {done}/{n}"),
+                             obfuscation=self.obfuscation)
+        self.say(f"  {self.label}: {self.peers.n} handshake(s) in "
                  f"{time.monotonic() - started:.1f} s")
 
     def close(self) -> None:
@@ -468,15 +595,19 @@ class World:
         self.to_sink.close()
         self.gen.close()
         self.sink.close()
+        if self._junk_sock is not None:
+            self._junk_sock.close()
 
     def run(self, size: str, direction: str, seconds: float, rate: int,
-            poll_us: int = RECEIVER_POLL_US) -> dict:
+            poll_us: int = RECEIVER_POLL_US, junk_rate: Optional[int] = None) -> dict:
         """One measured run. pps counts packets that arrived (both ways for
         `both`) per second of sending. With poll_us, the receivers never
         sleep on their sockets but look every poll_us microseconds when
         idle: the DUT's CPU, which delivers to them, then does not also pay
         an IPI to wake them (12% of its time at 1420 B). 0 waits on the
-        sockets, as latency runs do (no polling delay in the figures)."""
+        sockets, as latency runs do (no polling delay in the figures).
+        junk_rate: a tunnel DUT's port gets a junk flood meanwhile, at that
+        rate (0: as fast as it goes)."""
         if self.tunnel and time.monotonic() - self.peers.handshake_at > REHANDSHAKE_AFTER:
             self.handshake()
         sizes = sizes_of(size)
@@ -487,35 +618,43 @@ class World:
             senders.append(Sender(self.gen, self.peers if self.tunnel else self.to_sink,
                                   sealed=self.tunnel, sizes=sizes, dst=SINK, src_port=GEN_PORT,
                                   dst_port=SINK_PORT, flow=0, mtu=MTU, rate=rate,
-                                  seconds=seconds, cpu=self.gen_cpu))
+                                  seconds=seconds, cpu=self.gen_cpu, obfuscation=self.wire))
         if direction in ("encap", "both"):
             receivers.append(Receiver(self.gen, self.peers, sealed=self.tunnel, cpu=self.gen_cpu,
-                                      poll_us=poll_us))
+                                      poll_us=poll_us, obfuscation=self.wire))
             senders.append(Sender(self.sink, self.peers, sealed=False, sizes=sizes,
                                   dst_port=GEN_PORT, flow=1, mtu=MTU, rate=rate,
                                   seconds=seconds, cpu=self.gen_cpu))
+        junk = None
+        if junk_rate is not None and self.tunnel:
+            junk = JunkSender(self._junk_socket(), sizes=junk_sizes(), rate=junk_rate,
+                              seconds=seconds, cpu=self.junk_cpu)
         for r in receivers:
             r.start()
-        ring0 = self.ring_drops()
+        counters0 = self.status_counters()
+        ring0 = self.ring_drops(counters0)
+        junk_sent = None
         try:
             proc0 = cpu_seconds(self.dut_pid) if self.dut_pid else None
             core0 = cpu_busy_seconds(self.dut_cpu) if self.dut_cpu is not None else None
             wall0 = time.monotonic()
-            for s in senders:
+            for s in senders + ([junk] if junk else []):
                 s.start()
             sent = [s.join(seconds + 30) for s in senders]
+            junk_sent = junk.join(seconds + 30) if junk else None
             time.sleep(0.3)  # what is queued in the DUT still arrives
             proc = cpu_seconds(self.dut_pid) - proc0 if self.dut_pid else None
             core = cpu_busy_seconds(self.dut_cpu) - core0 if core0 is not None else None
             wall = time.monotonic() - wall0
         finally:
-            for s in senders:
+            for s in senders + ([junk] if junk else []):
                 s.stop()
             got = [r.stop() for r in receivers]
         total = got[0]
         for g in got[1:]:
             total = total.merge(g)
-        ring1 = self.ring_drops()
+        counters1 = self.status_counters()
+        ring1 = self.ring_drops(counters1)
         n_sent = sum(s.packets for s in sent)
         span = max(s.seconds for s in sent)
         return {
@@ -533,20 +672,52 @@ class World:
             "reordered": total.reordered,
             "duplicates": total.duplicates,
             "rejected": total.rejected,
+            "foreign": total.foreign,
             "dut_ring_drops": ring1 - ring0 if ring0 is not None and ring1 is not None else None,
+            "dut_counter_deltas": _deltas(counters0, counters1),
+            # what the WAN program dropped (junk, and what is not WireGuard
+            # at all to a plain DUT), and every drop of the data path (the
+            # workers)
+            "dut_xdp_drops": _total(counters0, counters1, "xdp", "wan_drop_")
+            if self.dut == "dataplane-xdp" else None,
+            "dut_worker_drops": _total(counters0, counters1, "drops"),
+            "junk_sent": junk_sent.packets if junk_sent else None,
+            "junk_pps": junk_sent.packets / junk_sent.seconds if junk_sent else None,
             "latency": total,
         }
 
-    def ring_drops(self) -> Optional[int]:
+    def _junk_socket(self) -> socket.socket:
+        if self._junk_sock is None:
+            self._junk_sock = socket_in(self.client)
+            self._junk_sock.bind((CLIENT, JUNK_PORT))
+            _big_buffers(self._junk_sock)
+            self._junk_sock.connect((DUT_CLIENT_SIDE, LISTEN_PORT))
+        return self._junk_sock
+
+    def status_counters(self) -> Optional[dict]:
+        """A dataplane DUT's counters now, from its status socket: the XDP
+        programs' and AF_XDP sockets' (`xdp`, the XDP backend) and the data
+        path's drops per reason (`drops`); None for other DUTs, or when the
+        figures did not come."""
+        if not self.dut.startswith("dataplane-") or not self.dut_name:
+            return None
+        try:
+            status = interface_status(self.dut_name)["status"]
+        except (OSError, ValueError):
+            return None
+        return {"xdp": status.get("xdp") or {}, "drops": status.get("drops") or {}}
+
+    def ring_drops(self, counters: Optional[dict] = None) -> Optional[int]:
         """What the kernel has dropped at an XDP DUT's AF_XDP sockets (a
         worker behind: every frame waits in the receive ring), from the
-        dataplane-xdp DUT's status socket or the forwarder's report on
-        SIGUSR1; None for other DUTs, or when the figures did not come."""
+        dataplane-xdp DUT's status (status_counters, read now unless given)
+        or the forwarder's report on SIGUSR1; None for other DUTs, or when
+        the figures did not come."""
         if self.dut == "dataplane-xdp" and self.dut_name:
-            try:
-                counters = interface_status(self.dut_name)["status"].get("xdp") or {}
-            except (OSError, ValueError):
+            counters = counters if counters is not None else self.status_counters()
+            if counters is None:
                 return None
+            counters = counters["xdp"]
         elif self.dut == "xsk-forward" and self._forwarder is not None:
             counters = self._forwarder_report()
             if counters is None:
@@ -591,6 +762,14 @@ def machine_info() -> dict:
         info["wireguard_go"] = (out.stdout or out.stderr).strip().splitlines()[0]
     except (OSError, IndexError, subprocess.TimeoutExpired):
         info["wireguard_go"] = None
+    info["amneziawg_go"] = None
+    if os.access(amneziawg_go.BINARY, os.X_OK):
+        try:
+            out = subprocess.run([str(amneziawg_go.BINARY), "--version"], capture_output=True,
+                                 text=True, timeout=5)
+            info["amneziawg_go"] = (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            pass
     return info
 
 
@@ -614,11 +793,19 @@ def make_row(dut: str, size: str, peers: int, direction: str, runs: list,
         "reordered": sum(r["reordered"] for r in runs),
         "duplicates": sum(r["duplicates"] for r in runs),
         "rejected": sum(r["rejected"] for r in runs),
+        # datagrams at the generator that were not ours: with a profile,
+        # those that did not fit it
+        "foreign": sum(r["foreign"] for r in runs),
         "send_errors": sum(r["send_errors"] for r in runs),
         # the XDP DUTs: packets the kernel dropped at their AF_XDP sockets
         # (the rest of the loss is before them: the WAN veth's ring)
-        "dut_ring_drops": None if any(r.get("dut_ring_drops") is None for r in runs)
-        else sum(r["dut_ring_drops"] for r in runs),
+        "dut_ring_drops": _sum(runs, "dut_ring_drops"),
+        # the dataplane DUTs' counters, summed over the measured runs
+        "dut_counter_deltas": _add_deltas(runs),
+        "dut_xdp_drops": _sum(runs, "dut_xdp_drops"),
+        "dut_worker_drops": _sum(runs, "dut_worker_drops"),
+        "junk_sent": _sum(runs, "junk_sent"),
+        "junk_pps": _median(runs, "junk_pps"),
         "lat_rate_pps": lat_rate if lat else None,
         "lat_p50_us": lat.percentile_us(0.50) if lat else None,
         "lat_p99_us": lat.percentile_us(0.99) if lat else None,
@@ -638,26 +825,44 @@ def _paired(ours: list, theirs: list, invert: bool = False) -> Optional[float]:
     return statistics.median(b / a if invert else a / b for a, b in pairs)
 
 
+def _ratio(a, b) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
 def add_ratios(rows: list[dict]) -> None:
-    """pps against wireguard-go, the raw AF_XDP forwarding ceiling and the
-    no-tunnel ceiling of the same scenario in this run: the ratio of the
-    medians, and (`*_paired`) the median of the run-by-run ratios."""
-    by = {(r["dut"], r["size"], r["peers"], r["direction"]): r for r in rows}
+    """pps against wireguard-go, amneziawg-go, the raw AF_XDP forwarding
+    ceiling and the no-tunnel ceiling of the same scenario in this run, and
+    packets per DUT CPU-second against wireguard-go's and amneziawg-go's:
+    the ratio of the medians, and (`*_paired`) the median of the run-by-run
+    ratios. An obfuscated row also gets both against the same DUT without
+    obfuscation in this run (`vs_unobfuscated`, `cpu_vs_unobfuscated`):
+    what the profile costs; a row under a junk flood against the same DUT
+    without one (`vs_no_junk`, `cpu_vs_no_junk`, --junk-both). Tunnel DUTs
+    are compared with rows of the same junk flood, or none."""
+    by = {(r.get("label", r["dut"]), r["size"], r["peers"], r["direction"]): r for r in rows}
     for r in rows:
         key = (r["size"], r["peers"], r["direction"])
-        for name, ref in (("vs_wireguard_go", "wireguard-go"), ("vs_xsk_forward", "xsk-forward"),
-                          ("vs_no_tunnel", "no-tunnel")):
-            other = by.get((ref, *key))
-            r[name] = r["pps"] / other["pps"] if other and other["pps"] else None
-            r[f"{name}_paired"] = _paired(r.get("pps_runs", []), other.get("pps_runs", [])) \
+        junk = JUNK_SUFFIX if r.get("junk_flood") is not None else ""
+        plain = by.get((label(r["dut"], False) + junk, *key)) if r.get("obfuscation") else None
+        calm = by.get((r["label"][:-len(junk)], *key)) if junk else None
+        refs = (("wireguard_go", by.get(("wireguard-go" + junk, *key))),
+                ("amneziawg_go", by.get(("amneziawg-go" + junk, *key))),
+                ("xsk_forward", by.get(("xsk-forward", *key))),
+                ("no_tunnel", by.get(("no-tunnel", *key))),
+                ("unobfuscated", plain if plain and not plain.get("obfuscation") else None),
+                ("no_junk", calm))
+        for name, other in refs:
+            r[f"vs_{name}"] = _ratio(r["pps"], other["pps"]) if other else None
+            r[f"vs_{name}_paired"] = _paired(r.get("pps_runs", []), other.get("pps_runs", [])) \
                 if other else None
-        # packets per DUT CPU-second against wireguard-go's (its ns/pkt over ours)
-        wg = by.get(("wireguard-go", *key))
-        r["cpu_vs_wireguard_go"] = wg["cpu_ns_per_pkt"] / r["cpu_ns_per_pkt"] \
-            if wg and wg.get("cpu_ns_per_pkt") and r.get("cpu_ns_per_pkt") else None
-        r["cpu_vs_wireguard_go_paired"] = _paired(
-            r.get("cpu_ns_per_pkt_runs", []), wg.get("cpu_ns_per_pkt_runs", []),
-            invert=True) if wg else None
+            if name in ("xsk_forward", "no_tunnel"):
+                continue
+            # packets per DUT CPU-second against theirs (their ns/pkt over ours)
+            r[f"cpu_vs_{name}"] = _ratio(other.get("cpu_ns_per_pkt"), r.get("cpu_ns_per_pkt")) \
+                if other else None
+            r[f"cpu_vs_{name}_paired"] = _paired(
+                r.get("cpu_ns_per_pkt_runs", []), other.get("cpu_ns_per_pkt_runs", []),
+                invert=True) if other else None
 
 
 def _fmt(v, spec: str, width: int) -> str:
@@ -665,19 +870,46 @@ def _fmt(v, spec: str, width: int) -> str:
 
 
 def print_table(rows: list[dict], out=sys.stdout) -> None:
-    print(f"\n{'dut':17} {'size':>5} {'peers':>5} {'dir':6} {'kpps':>8} {'min':>8} {'max':>8} "
-          f"{'Gbit/s':>7} {'loss%':>6} {'DUT ns/pkt':>10} {'p50 us':>7} {'p99 us':>7} "
-          f"{'p999 us':>8} {'vs wg-go':>8} {'vs xsk':>8} {'vs plain':>8} {'pkt/CPU-s vs wg-go':>18}",
-          file=out)
+    """The rows, one line each; the columns of obfuscation and of a junk
+    flood only where a row has them."""
+    def pct(v):
+        return v * 100 if v is not None else None
+
+    columns = [  # header, width, format, value
+        ("kpps", 8, ".1f", lambda r: r["pps"] / 1e3),
+        ("min", 8, ".1f", lambda r: r["pps_min"] / 1e3),
+        ("max", 8, ".1f", lambda r: r["pps_max"] / 1e3),
+        ("Gbit/s", 7, ".3f", lambda r: r["gbps"]),
+        ("loss%", 6, ".1f", lambda r: pct(r["loss"])),
+        ("DUT ns/pkt", 10, ".0f", lambda r: r["cpu_ns_per_pkt"]),
+        ("p50 us", 7, ".0f", lambda r: r["lat_p50_us"]),
+        ("p99 us", 7, ".0f", lambda r: r["lat_p99_us"]),
+        ("p999 us", 8, ".0f", lambda r: r["lat_p999_us"]),
+        ("vs wg-go", 8, ".2f", lambda r: r["vs_wireguard_go"]),
+        ("vs xsk", 8, ".2f", lambda r: r["vs_xsk_forward"]),
+        ("vs plain", 8, ".2f", lambda r: r["vs_no_tunnel"]),
+        ("pkt/CPU-s vs wg-go", 18, ".2f", lambda r: r["cpu_vs_wireguard_go"]),
+    ]
+    if any(r.get("obfuscation") or r["dut"] == "amneziawg-go" for r in rows):
+        columns += [
+            ("pkt/CPU-s vs awg-go", 19, ".2f", lambda r: r.get("cpu_vs_amneziawg_go")),
+            ("pkt/CPU-s vs no-awg", 19, ".2f", lambda r: r.get("cpu_vs_unobfuscated")),
+        ]
+    if any(r.get("junk_sent") is not None for r in rows):
+        columns += [
+            ("vs no-junk", 10, ".2f", lambda r: r.get("vs_no_junk")),
+            ("pkt/CPU-s vs no-junk", 20, ".2f", lambda r: r.get("cpu_vs_no_junk")),
+            ("junk kpps", 9, ".1f", lambda r: r["junk_pps"] / 1e3 if r.get("junk_pps") else None),
+            ("XDP drops", 10, "d", lambda r: r.get("dut_xdp_drops")),
+            ("worker drops", 12, "d", lambda r: r.get("dut_worker_drops")),
+        ]
+    width = max([17] + [len(r.get("label", r["dut"])) for r in rows])
+    print(f"\n{'dut':{width}} {'size':>5} {'peers':>5} {'dir':6} "
+          + " ".join(f"{h:>{w}}" for h, w, _, _ in columns), file=out)
     for r in rows:
-        print(f"{r['dut']:17} {str(r['size']):>5} {r['peers']:5} {r['direction']:6} "
-              f"{r['pps'] / 1e3:8.1f} {r['pps_min'] / 1e3:8.1f} {r['pps_max'] / 1e3:8.1f} "
-              f"{r['gbps']:7.3f} {_fmt(r['loss'] * 100 if r['loss'] is not None else None, '.1f', 6)} "
-              f"{_fmt(r['cpu_ns_per_pkt'], '.0f', 10)} {_fmt(r['lat_p50_us'], '.0f', 7)} "
-              f"{_fmt(r['lat_p99_us'], '.0f', 7)} {_fmt(r['lat_p999_us'], '.0f', 8)} "
-              f"{_fmt(r['vs_wireguard_go'], '.2f', 8)} {_fmt(r['vs_xsk_forward'], '.2f', 8)} "
-              f"{_fmt(r['vs_no_tunnel'], '.2f', 8)} {_fmt(r['cpu_vs_wireguard_go'], '.2f', 18)}",
-              file=out)
+        print(f"{r.get('label', r['dut']):{width}} {str(r['size']):>5} {r['peers']:5} "
+              f"{r['direction']:6} " + " ".join(_fmt(value(r), spec, w)
+                                                for _, w, spec, value in columns), file=out)
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -686,7 +918,7 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     groups = sorted({(r["peers"], r["direction"]) for r in rows})
-    duts = [d for d in DUTS if any(r["dut"] == d for r in rows)]
+    duts = list(dict.fromkeys(r.get("label", r["dut"]) for r in rows))
     fig, axes = plt.subplots(2, len(groups), figsize=(5 * len(groups), 7), squeeze=False)
     for col, (peers, direction) in enumerate(groups):
         sel = [r for r in rows if r["peers"] == peers and r["direction"] == direction]
@@ -695,7 +927,8 @@ def plot(rows: list[dict], path: str) -> None:
         for j, dut in enumerate(duts):
             xs, pps, err, cpu = [], [], [], []
             for i, size in enumerate(sizes):
-                r = next((r for r in sel if r["dut"] == dut and str(r["size"]) == size), None)
+                r = next((r for r in sel if r.get("label", r["dut"]) == dut and
+                          str(r["size"]) == size), None)
                 if r:
                     xs.append(i + j * width)
                     pps.append(r["pps"] / 1e6)
@@ -729,67 +962,98 @@ def scenarios_of(args) -> list[tuple[str, int, str]]:
     return quick_scenarios() if args.quick else default_scenarios()
 
 
-def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, machine: dict,
-             say, progress: dict) -> list[dict]:
-    """The rows of every DUT for these scenarios (one peer count). Every
-    DUT's world is up at once and their runs take turns (A B C A B C ...),
-    so that the ratios between DUTs compare runs seconds apart: this
-    machine's speed drifts by a fifth over minutes, and DUTs measured one
-    after the other would carry that drift in their ratios. Before each
-    run the DUT's CPU must have gone quiet (wait_idle): idle worlds sleep,
-    but a DUT may go on working for a moment after its run."""
+JUNK_SUFFIX = "+junk"  # rows measured under a junk flood
+
+
+def _junk_rates(args, dut: str) -> list[Optional[int]]:
+    """The junk flood of each set of rows a DUT gets: None (no flood), the
+    flood's rate, or both (--junk-both). Only tunnel DUTs have a port."""
+    if args.junk_flood is None or dut not in TUNNEL_DUTS:
+        return [None]
+    return [None, args.junk_flood] if args.junk_both else [args.junk_flood]
+
+
+def _measure(args, variants: list[tuple[str, bool]], n_peers: int, scenarios: list, tmp: Path,
+             machine: dict, say, progress: dict) -> list[dict]:
+    """The rows of every DUT for these scenarios (one peer count); variants
+    are (dut, obfuscated). Every DUT's world is up at once and their runs
+    take turns (A B C A B C ...), so that the ratios between DUTs compare
+    runs seconds apart: this machine's speed drifts by a fifth over
+    minutes, and DUTs measured one after the other would carry that drift
+    in their ratios. With --junk-both a tunnel DUT's runs without and with
+    the junk flood take turns the same way. Before each run the DUT's CPU
+    must have gone quiet (wait_idle): idle worlds sleep, but a DUT may go
+    on working for a moment after its run."""
     rows: list[dict] = []
-    worlds: dict[str, World] = {}
+    # (row label, world, junk flood rate or None), in the order runs take turns
+    measures: list[tuple[str, World, Optional[int]]] = []
     with contextlib.ExitStack() as stack:
-        for i, dut in enumerate(duts):
+        for i, (dut, obfuscated) in enumerate(variants):
             topo = stack.enter_context(Topology(f"bp{i}"))
             world = World(topo, dut, n_peers, tmp, pin=not args.no_pin, say=say,
                           napi_threads=args.napi_threads, sessions=args.sessions,
-                          busy_poll_us=args.busy_poll, realtime=args.realtime)
+                          busy_poll_us=args.busy_poll, realtime=args.realtime,
+                          obfuscation=args.obfuscation_profile if obfuscated else PLAIN)
             stack.callback(world.close)  # before its topology goes
-            worlds[dut] = world
+            for junk in _junk_rates(args, dut):
+                name = world.label + (JUNK_SUFFIX if junk is not None else "")
+                measures.append((name, world, junk))
         labels: dict[str, str] = {}
 
-        def settle(dut: str) -> None:
-            cpu = worlds[dut].dut_cpu
+        def settle(name: str, world: World) -> None:
+            cpu = world.dut_cpu
             busy = wait_idle(cpu) if cpu is not None else None
             if busy is not None:
-                say(f"  {labels[dut]}: the DUT's CPU is still {busy:.0%} busy after 3 s; "
+                say(f"  {labels[name]}: the DUT's CPU is still {busy:.0%} busy after 3 s; "
                     f"measuring anyway")
 
         for size, _, direction in scenarios:
-            for dut in duts:
+            warm: set = set()
+            for name, world, _ in measures:
                 progress["done"] += 1
-                labels[dut] = (f"[{progress['done']}/{progress['total']}] {dut} {size} B, "
-                               f"{n_peers} peer(s), {direction}")
-                if args.warmup > 0:
-                    worlds[dut].run(size, direction, args.warmup, args.rate,
-                                    args.receiver_poll_us)
-            runs: dict[str, list] = {dut: [] for dut in duts}
+                labels[name] = (f"[{progress['done']}/{progress['total']}] {name} {size} B, "
+                                f"{n_peers} peer(s), {direction}")
+                if args.warmup > 0 and id(world) not in warm:
+                    warm.add(id(world))
+                    world.run(size, direction, args.warmup, args.rate, args.receiver_poll_us)
+            runs: dict[str, list] = {name: [] for name, _, _ in measures}
             for i in range(args.repeat):
-                for dut in duts:
-                    settle(dut)
-                    r = worlds[dut].run(size, direction, args.duration, args.rate,
-                                        args.receiver_poll_us)
-                    runs[dut].append(r)
+                for name, world, junk_rate in measures:
+                    settle(name, world)
+                    r = world.run(size, direction, args.duration, args.rate,
+                                  args.receiver_poll_us, junk_rate=junk_rate)
+                    runs[name].append(r)
                     ring = (f" ({r['dut_ring_drops']} at its AF_XDP ring)"
                             if r.get("dut_ring_drops") is not None else "")
-                    say(f"  {labels[dut]}: run {i + 1}/{args.repeat} "
+                    junk = (f"; junk {r['junk_pps'] / 1e3:.1f} kpps"
+                            if r.get("junk_pps") is not None else "")
+                    if junk and r.get("dut_xdp_drops") is not None:
+                        junk += f", {r['dut_xdp_drops']} dropped in XDP"
+                    if junk and r.get("dut_worker_drops") is not None:
+                        junk += f", {r['dut_worker_drops']} by the workers"
+                    say(f"  {labels[name]}: run {i + 1}/{args.repeat} "
                         f"{r['pps'] / 1e3:.1f} kpps, loss {r['loss'] or 0:.1%}{ring}, "
-                        f"DUT {_fmt(r['cpu_ns_per_pkt'], '.0f', 0)} ns/pkt")
+                        f"DUT {_fmt(r['cpu_ns_per_pkt'], '.0f', 0)} ns/pkt{junk}")
             lat_rate = args.rate or args.latency_rate
-            for dut in duts:
+            for name, world, junk_rate in measures:
                 lat_run = None
                 if args.latency_seconds > 0:
-                    settle(dut)
-                    lat_run = worlds[dut].run(size, direction, args.latency_seconds, lat_rate,
-                                              poll_us=0)
+                    settle(name, world)
+                    lat_run = world.run(size, direction, args.latency_seconds, lat_rate,
+                                        poll_us=0, junk_rate=junk_rate)
                     lat = lat_run["latency"]
-                    say(f"  {labels[dut]}: latency at {lat_rate} pps: p50 "
+                    say(f"  {labels[name]}: latency at {lat_rate} pps: p50 "
                         f"{_fmt(lat.percentile_us(0.5), '.0f', 0)} us, p99 "
                         f"{_fmt(lat.percentile_us(0.99), '.0f', 0)} us")
-                row = make_row(dut, size, n_peers, direction, runs[dut], lat_run, lat_rate,
+                dut = world.dut
+                row = make_row(dut, size, n_peers, direction, runs[name], lat_run, lat_rate,
                                args.duration)
+                row["label"] = name
+                row["obfuscation"] = not world.obfuscation.is_plain
+                row["obfuscation_profile"] = world.obfuscation.settings() \
+                    if row["obfuscation"] else None
+                # the flood's requested rate (0: as fast as it goes), None: none
+                row["junk_flood"] = junk_rate
                 row["machine"] = machine
                 row["napi_threads"] = args.napi_threads
                 row["receiver_poll_us"] = args.receiver_poll_us
@@ -797,12 +1061,18 @@ def _measure(args, duts: list[str], n_peers: int, scenarios: list, tmp: Path, ma
                 # no-tunnel has no threads of its own: the kernel forwards
                 row["realtime_priority"] = args.realtime if dut in TUNNEL_DUTS or \
                     dut == "xsk-forward" else 0
+                row["_world"] = world
                 rows.append(row)
     for row in rows:
+        world = row.pop("_world")
         # the forwarder's, over every run of its world (warm-up and latency runs too)
-        if worlds[row["dut"]].dut_counters is not None:
-            row["dut_counters"] = worlds[row["dut"]].dut_counters
+        if world.dut_counters is not None:
+            row["dut_counters"] = world.dut_counters
     return rows
+
+
+def _profile_text(profile: Obfuscation) -> str:
+    return ", ".join(line.replace(" = ", " ", 1) for line in profile.file_lines())
 
 
 def run(args) -> int:
@@ -822,27 +1092,55 @@ def run(args) -> int:
               "RealtimePriority and BusyPoll: a real-time thread that polls keeps the "
               "receive threads that feed it off its CPU)", file=sys.stderr)
         return 2
-    duts = args.dut or default_duts()
+    obfuscated = args.obfuscation != "off"
+    duts = args.dut or default_duts(obfuscation=obfuscated)
+    if "amneziawg-go" in duts:
+        try:
+            amneziawg_go.binary()
+        except AmneziaWGUnavailable as e:
+            print(f"dataplane bench: amneziawg-go: {e}", file=sys.stderr)
+            return 1
     scenarios = scenarios_of(args)
     machine = machine_info()
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    say(f"dataplane bench: {len(duts)} DUT(s) x {len(scenarios)} scenario(s), "
+    worlds = variants(duts, args.obfuscation)
+    say(f"dataplane bench: {len(worlds)} DUT(s) x {len(scenarios)} scenario(s), "
         f"{args.repeat} x {args.duration:g} s each; {machine['cpu']}, {machine['cores']} cores")
+    if obfuscated:
+        say(f"  AmneziaWG profile: {_profile_text(args.obfuscation_profile)}")
+        for dut in duts:
+            if dut not in PROFILE_DUTS:
+                why = ("cannot speak AmneziaWG" if dut == "wireguard-go" else
+                       "forwards the generator's plain UDP (no WireGuard)")
+                say(f"  {dut}: measured without the profile ({why}); its rows say "
+                    f"obfuscation false")
+    elif "amneziawg-go" in duts:
+        say("  amneziawg-go without --obfuscation speaks plain WireGuard")
+    if args.junk_both and args.junk_flood is None:
+        args.junk_flood = 0
+    if args.junk_flood is not None:
+        rate = f"{args.junk_flood} packets/s" if args.junk_flood else "as fast as it goes"
+        say(f"  junk flood at the tunnel DUTs' port{' (+junk rows)' if args.junk_both else ''}"
+            f", {rate}")
     rows: list[dict] = []
-    progress = {"done": 0, "total": len(duts) * len(scenarios)}
+    progress = {"done": 0, "total": len(scenarios) * sum(
+        len(_junk_rates(args, dut)) for dut, _ in worlds)}
     with tempfile.TemporaryDirectory(prefix="dataplane-bench-") as tmp:
         for n_peers in sorted({p for _, p, _ in scenarios}):
             mine = [s for s in scenarios if s[1] == n_peers]
-            rows += _measure(args, duts, n_peers, mine, Path(tmp), machine, say, progress)
+            rows += _measure(args, worlds, n_peers, mine, Path(tmp), machine, say, progress)
     add_ratios(rows)
     order = {d: i for i, d in enumerate(DUTS)}
     rows.sort(key=lambda r: (scenarios.index((str(r["size"]), r["peers"], r["direction"])),
-                             order[r["dut"]]))
+                             order[r["dut"]], r["obfuscation"], r["junk_flood"] is not None))
     print_table(rows)
     print(f"\n{machine['cpu']} ({machine['cores']} cores), {machine['kernel']}, crypto "
           f"{machine['crypto_impl']}; DUT pinned to CPU "
           f"{'none' if args.no_pin else sorted(os.sched_getaffinity(0))[-1]}. pps = inner packets "
           f"received per second; latency at a fixed rate; DUT ns/pkt from its own CPU time.")
+    if obfuscated:
+        print(f"AmneziaWG profile (+awg rows, amneziawg-go): "
+              f"{_profile_text(args.obfuscation_profile)}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     if args.plot:

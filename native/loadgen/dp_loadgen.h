@@ -8,6 +8,7 @@
  * is IPv4/UDP and carries a payload header (magic, flow, sequence number,
  * send time on CLOCK_MONOTONIC), so loss, reordering and latency are
  * measured where the packet lands. Namespaces share CLOCK_MONOTONIC.
+ * Transport messages are WireGuard's, or an AmneziaWG profile's (wire_*).
  *
  * Threads: one thread runs one dp_lg_send or dp_lg_recv call; a sender and
  * a receiver may share a socket and a peer table (the sender writes only
@@ -21,8 +22,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DP_LG_MODE_SEALED 0 /* WireGuard type 4 messages to/from the tunnel under test */
+#define DP_LG_MODE_SEALED 0 /* transport messages to/from the tunnel under test */
 #define DP_LG_MODE_PLAIN 1  /* the inner packet's UDP payload, sent by the kernel */
+/* Send only: datagrams of random bytes (a junk flood at the tunnel's port);
+ * sizes are the datagrams' lengths, 1..DP_LG_INNER_MAX, and peers may be
+ * NULL. */
+#define DP_LG_MODE_JUNK 2
 
 #define DP_LG_BURST 64
 #define DP_LG_MAX_FLOWS 64
@@ -51,6 +56,16 @@ int dp_lg_peer_set(struct dp_lg_peers *peers, uint32_t i, const uint8_t *send_ke
 /* The counter peer i sends with next (it keeps increasing across runs). */
 uint64_t dp_lg_peer_counter(const struct dp_lg_peers *peers, uint32_t i);
 
+/* AmneziaWG transport profile, sealed mode only (the wire_* fields of
+ * both configs): wire_padding (S4) random bytes in front of every transport
+ * message, and its type field drawn afresh for each message from
+ * wire_header_min..wire_header_max (H4, both ends in; both 0 mean
+ * WireGuard's 4, so all 0 is plain WireGuard). A receiver counts a datagram
+ * that is too short for the padding or whose header is outside the range
+ * as `foreign`, as it counts a handshake. wire_padding is at most
+ * DP_LG_WIRE_PADDING_MAX, and a sent message must still fit a datagram. */
+#define DP_LG_WIRE_PADDING_MAX 65475 /* the largest UDP payload, 65507, less 32 */
+
 struct dp_lg_send_config {
     int fd;        /* UDP socket; connected, except in plain mode */
     int mode;      /* DP_LG_MODE_* */
@@ -69,6 +84,10 @@ struct dp_lg_send_config {
     uint32_t mtu;
     uint64_t rate_pps;    /* 0: as fast as possible */
     uint64_t duration_ns; /* stop after this long (or when *stop is set) */
+    /* Sealed: an AmneziaWG transport profile (see below). All 0: plain. */
+    uint32_t wire_padding;
+    uint32_t wire_header_min;
+    uint32_t wire_header_max;
 };
 
 struct dp_lg_send_stats {
@@ -81,8 +100,9 @@ struct dp_lg_send_stats {
 };
 
 /* Sends until duration_ns has passed or *stop is non-zero. Peers are used
- * round-robin. Returns 0, or -1 with errno-style reason in *out untouched
- * when the config is bad (bad fd, sizes, flow, mode). */
+ * round-robin (peers may be NULL in junk mode). Returns 0, or -1 with *out
+ * untouched when the config is bad (bad fd, sizes, flow, mode, wire
+ * profile). */
 int dp_lg_send(const struct dp_lg_send_config *cfg, struct dp_lg_peers *peers,
                volatile int *stop, struct dp_lg_send_stats *out);
 
@@ -96,13 +116,18 @@ struct dp_lg_recv_config {
      * on the socket is woken by whoever delivers to it, and with the
      * sender's CPU under test that wakeup (an IPI) is charged to it. */
     uint64_t poll_ns;
+    /* Sealed: the transport profile to accept (see above). All 0: plain. */
+    uint32_t wire_padding;
+    uint32_t wire_header_min;
+    uint32_t wire_header_max;
 };
 
 struct dp_lg_recv_stats {
     uint64_t packets;    /* inner packets of ours received intact */
     uint64_t bytes;      /* inner packet bytes of those */
     uint64_t rejected;   /* sealed messages that did not open (unknown index, bad tag) */
-    uint64_t foreign;    /* datagrams that are not ours (handshakes, keepalives, other magic) */
+    uint64_t foreign;    /* datagrams that are not ours (handshakes, keepalives, other magic,
+                          * a header or size outside the transport profile) */
     uint64_t reordered;  /* arrived after a later sequence number of the same flow */
     uint64_t duplicates; /* a sequence number already seen (within the window kept) */
     uint64_t max_seq[DP_LG_MAX_FLOWS]; /* highest seen + 1, per flow (0: none) */
@@ -114,7 +139,8 @@ struct dp_lg_recv_stats {
 };
 
 /* Receives until *stop is non-zero (checked at least every 20 ms).
- * `peers` may be NULL in plain mode. Returns 0 or -1 (bad config). */
+ * `peers` may be NULL in plain mode. Returns 0 or -1 (bad config, a wire
+ * profile in plain mode). */
 int dp_lg_recv(const struct dp_lg_recv_config *cfg, struct dp_lg_peers *peers,
                volatile int *stop, struct dp_lg_recv_stats *out);
 

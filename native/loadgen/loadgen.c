@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -46,6 +47,8 @@ struct lg_payload {
 #define INNER_HEADERS (IPV4_HEADER + UDP_HEADER)
 #define SEALED_OVERHEAD (DP_WG_DATA_HEADER_LEN + DP_WG_TAG_LEN)
 #define SLOT (DP_LG_INNER_MAX + SEALED_OVERHEAD + 64)
+/* Junk mode: leading bytes of each datagram made afresh. */
+#define JUNK_FRESH 128
 /* Seen-sequence window per flow, for duplicate detection. */
 #define SEEN_BITS 65536
 
@@ -83,6 +86,82 @@ static void put64le(uint8_t *p, uint64_t v)
 static uint32_t get32le(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* ------------------------------------------------------------ wire profile */
+
+/* A config's AmneziaWG transport profile, checked. */
+struct wire {
+    uint32_t padding;
+    uint32_t header_min;
+    uint64_t header_span; /* how many headers the range holds: 1 .. 2^32 */
+    /* Where a message starts in its buffer slot: its padding fits in front,
+     * and the message (and the crypto's output) keeps the alignment it has
+     * without padding. */
+    size_t offset;
+};
+
+static int wire_init(struct wire *w, uint32_t padding, uint32_t lo, uint32_t hi)
+{
+    if (lo == 0 && hi == 0)
+        lo = hi = DP_WG_MSG_DATA;
+    if (lo > hi || padding > DP_LG_WIRE_PADDING_MAX)
+        return -1;
+    w->padding = padding;
+    w->header_min = lo;
+    w->header_span = (uint64_t)(hi - lo) + 1;
+    w->offset = ((size_t)padding + 63) & ~(size_t)63;
+    return 0;
+}
+
+static int wire_is_plain(const struct wire *w)
+{
+    return w->padding == 0 && w->header_min == DP_WG_MSG_DATA && w->header_span == 1;
+}
+
+/* wyrand (Wang Yi, public domain). Padding and headers only have to look
+ * random to a classifier, not resist prediction, and a load generator must
+ * not spend a getrandom() call per message on them; the seed comes from
+ * getrandom() once per call. */
+static uint64_t wyrand(uint64_t *state)
+{
+    *state += 0xa0761d6478bd642full;
+    __uint128_t t = (__uint128_t)*state * (*state ^ 0xe7037ed1a0b428dbull);
+    return (uint64_t)(t >> 64) ^ (uint64_t)t;
+}
+
+static uint64_t wyrand_seed(void)
+{
+    uint64_t seed;
+    if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed))
+        seed = now_ns(CLOCK_MONOTONIC) ^ (uint64_t)(uintptr_t)&seed;
+    return seed;
+}
+
+static void fill_random(uint8_t *p, uint32_t n, uint64_t *rng)
+{
+    for (; n >= 8; p += 8, n -= 8) {
+        uint64_t r = wyrand(rng);
+        memcpy(p, &r, 8);
+    }
+    if (n) {
+        uint64_t r = wyrand(rng);
+        memcpy(p, &r, n);
+    }
+}
+
+/* A type field from the profile's range (multiply-shift: the bias is at
+ * most span / 2^32, nothing a receiver's range check can see). */
+static uint32_t wire_header(const struct wire *w, uint64_t *rng)
+{
+    if (w->header_span == 1)
+        return w->header_min;
+    return w->header_min + (uint32_t)(((wyrand(rng) >> 32) * w->header_span) >> 32);
+}
+
+static int wire_accepts(const struct wire *w, uint32_t header)
+{
+    return (uint64_t)(header - w->header_min) < w->header_span;
 }
 
 /* ------------------------------------------------------------ peers */
@@ -180,7 +259,7 @@ static void build_inner(uint8_t *pkt, uint32_t size, uint32_t src, uint32_t dst,
 
 struct send_state {
     uint8_t (*plain)[SLOT];
-    uint8_t (*sealed)[SLOT];
+    uint8_t *sealed; /* DP_LG_BURST slots of `stride` bytes */
     struct mmsghdr mm[DP_LG_BURST];
     struct iovec iov[DP_LG_BURST];
     struct sockaddr_in dest[DP_LG_BURST];
@@ -212,18 +291,31 @@ static int send_burst(int fd, struct mmsghdr *mm, unsigned n, struct dp_lg_send_
 int dp_lg_send(const struct dp_lg_send_config *cfg, struct dp_lg_peers *peers,
                volatile int *stop, struct dp_lg_send_stats *out)
 {
-    if (!cfg || !peers || !out || cfg->fd < 0 || cfg->flow >= DP_LG_MAX_FLOWS ||
+    const int junk = cfg && cfg->mode == DP_LG_MODE_JUNK;
+    if (!cfg || (!peers && !junk) || !out || cfg->fd < 0 || cfg->flow >= DP_LG_MAX_FLOWS ||
         !cfg->sizes || cfg->n_sizes == 0 || cfg->n_sizes > DP_LG_MAX_SIZES ||
-        (cfg->mode != DP_LG_MODE_SEALED && cfg->mode != DP_LG_MODE_PLAIN))
+        (cfg->mode != DP_LG_MODE_SEALED && cfg->mode != DP_LG_MODE_PLAIN && !junk))
         return -1;
-    for (uint32_t i = 0; i < cfg->n_sizes; i++)
-        if (cfg->sizes[i] < DP_LG_INNER_MIN || cfg->sizes[i] > DP_LG_INNER_MAX)
+    struct wire wire;
+    if (wire_init(&wire, cfg->wire_padding, cfg->wire_header_min, cfg->wire_header_max) != 0 ||
+        (cfg->mode != DP_LG_MODE_SEALED && !wire_is_plain(&wire)))
+        return -1;
+    for (uint32_t i = 0; i < cfg->n_sizes; i++) {
+        uint32_t size = cfg->sizes[i];
+        if (size < (junk ? 1 : DP_LG_INNER_MIN) || size > DP_LG_INNER_MAX)
             return -1;
+        uint32_t padded = (size + DP_WG_PADDING - 1) & ~(uint32_t)(DP_WG_PADDING - 1);
+        if (padded > cfg->mtu)
+            padded = size > cfg->mtu ? size : cfg->mtu;
+        if ((uint64_t)wire.padding + SEALED_OVERHEAD + padded > DP_WIRE_MAX_DATAGRAM)
+            return -1;
+    }
+    const size_t stride = wire.offset + SLOT;
     struct send_state *s = calloc(1, sizeof(*s));
     if (!s)
         return -1;
     s->plain = aligned_alloc(64, (size_t)DP_LG_BURST * SLOT);
-    s->sealed = aligned_alloc(64, (size_t)DP_LG_BURST * SLOT);
+    s->sealed = aligned_alloc(64, (size_t)DP_LG_BURST * stride);
     if (!s->plain || !s->sealed) {
         free(s->plain);
         free(s->sealed);
@@ -235,6 +327,9 @@ int dp_lg_send(const struct dp_lg_send_config *cfg, struct dp_lg_peers *peers,
     memset(out, 0, sizeof(*out));
 
     const int sealed = cfg->mode == DP_LG_MODE_SEALED;
+    uint64_t rng = wyrand_seed();
+    if (junk)
+        fill_random(&s->plain[0][0], DP_LG_BURST * SLOT, &rng);
     uint32_t sizes[DP_LG_BURST];
     uint32_t next_peer = 0, next_size = 0;
     uint64_t seq = 0;
@@ -263,8 +358,8 @@ int dp_lg_send(const struct dp_lg_send_config *cfg, struct dp_lg_peers *peers,
                 burst = (unsigned)(due - seq);
         }
         for (unsigned k = 0; k < burst; k++) {
-            struct dp_lg_peer *p = &peers->peer[next_peer];
-            if (++next_peer == peers->n)
+            struct dp_lg_peer *p = junk ? NULL : &peers->peer[next_peer];
+            if (!junk && ++next_peer == peers->n)
                 next_peer = 0;
             uint32_t size = cfg->sizes[next_size];
             if (++next_size == cfg->n_sizes)
@@ -278,14 +373,24 @@ int dp_lg_send(const struct dp_lg_send_config *cfg, struct dp_lg_peers *peers,
                 build_inner(s->plain[k], size, p->inner_addr, cfg->dst_addr, cfg->src_port,
                             cfg->dst_port, (uint16_t)pl.seq, &pl);
                 memset(s->plain[k] + size, 0, padded - size);
-                uint8_t *msg = s->sealed[k];
-                put32le(msg, DP_WG_MSG_DATA);
+                uint8_t *msg = s->sealed + k * stride + wire.offset;
+                fill_random(msg - wire.padding, wire.padding, &rng);
+                put32le(msg, wire_header(&wire, &rng));
                 put32le(msg + 4, p->remote_index);
                 put64le(msg + 8, p->send_counter);
                 s->msgs[k] = (struct dp_aead_msg){
                     .key = p->send_key, .counter = p->send_counter++, .ad = NULL, .ad_len = 0,
                     .len = padded, .src = s->plain[k], .dst = msg + DP_WG_DATA_HEADER_LEN};
-                s->iov[k] = (struct iovec){msg, DP_WG_DATA_HEADER_LEN + padded + DP_WG_TAG_LEN};
+                s->iov[k] = (struct iovec){msg - wire.padding, wire.padding +
+                                           DP_WG_DATA_HEADER_LEN + padded + DP_WG_TAG_LEN};
+                s->mm[k].msg_hdr = (struct msghdr){.msg_iov = &s->iov[k], .msg_iovlen = 1};
+            } else if (junk) {
+                /* Fresh bytes where a receiver looks (the type field at any
+                 * padding a profile may have); refilling whole datagrams
+                 * would cost the flood's rate, and the rest was random from
+                 * the start. */
+                fill_random(s->plain[k], size < JUNK_FRESH ? size : JUNK_FRESH, &rng);
+                s->iov[k] = (struct iovec){s->plain[k], size};
                 s->mm[k].msg_hdr = (struct msghdr){.msg_iov = &s->iov[k], .msg_iovlen = 1};
             } else {
                 /* The kernel adds IPv4 and UDP: we give it the UDP payload. */
@@ -339,7 +444,7 @@ uint64_t dp_lg_bucket_low(uint32_t b)
 }
 
 struct recv_state {
-    uint8_t (*buf)[SLOT];
+    uint8_t *buf; /* DP_LG_BURST slots of `stride` bytes */
     uint8_t (*plain)[SLOT];
     struct mmsghdr mm[DP_LG_BURST];
     struct iovec iov[DP_LG_BURST];
@@ -409,10 +514,15 @@ int dp_lg_recv(const struct dp_lg_recv_config *cfg, struct dp_lg_peers *peers,
         (cfg->mode != DP_LG_MODE_SEALED && cfg->mode != DP_LG_MODE_PLAIN) ||
         (cfg->mode == DP_LG_MODE_SEALED && !peers))
         return -1;
+    struct wire wire;
+    if (wire_init(&wire, cfg->wire_padding, cfg->wire_header_min, cfg->wire_header_max) != 0 ||
+        (cfg->mode == DP_LG_MODE_PLAIN && !wire_is_plain(&wire)))
+        return -1;
+    const size_t stride = wire.offset + SLOT;
     struct recv_state *s = calloc(1, sizeof(*s));
     if (!s)
         return -1;
-    s->buf = aligned_alloc(64, (size_t)DP_LG_BURST * SLOT);
+    s->buf = aligned_alloc(64, (size_t)DP_LG_BURST * stride);
     s->plain = aligned_alloc(64, (size_t)DP_LG_BURST * SLOT);
     s->seen = calloc(DP_LG_MAX_FLOWS, SEEN_BITS / 8);
     if (!s->buf || !s->plain || !s->seen) {
@@ -444,7 +554,9 @@ int dp_lg_recv(const struct dp_lg_recv_config *cfg, struct dp_lg_peers *peers,
                 continue;
         }
         for (unsigned k = 0; k < DP_LG_BURST; k++) {
-            s->iov[k] = (struct iovec){s->buf[k], SLOT};
+            /* the padding lands in front of the message's aligned place */
+            s->iov[k] = (struct iovec){s->buf + k * stride + wire.offset - wire.padding,
+                                       wire.padding + SLOT};
             s->mm[k].msg_hdr = (struct msghdr){.msg_iov = &s->iov[k], .msg_iovlen = 1};
         }
         int r = recvmmsg(cfg->fd, s->mm, DP_LG_BURST, MSG_DONTWAIT, NULL);
@@ -459,18 +571,19 @@ int dp_lg_recv(const struct dp_lg_recv_config *cfg, struct dp_lg_peers *peers,
                     out->foreign++;
                     continue;
                 }
-                account(out, s->seen, s->buf[k], len + INNER_HEADERS, now);
+                account(out, s->seen, s->buf + k * stride, len + INNER_HEADERS, now);
             }
             continue;
         }
         unsigned n = 0;
         for (int k = 0; k < r; k++) {
-            const uint8_t *m = s->buf[k];
+            const uint8_t *m = s->buf + k * stride + wire.offset;
             uint32_t len = s->mm[k].msg_len;
-            if (len < DP_WG_DATA_MIN_LEN || get32le(m) != DP_WG_MSG_DATA) {
+            if (len < wire.padding + DP_WG_DATA_MIN_LEN || !wire_accepts(&wire, get32le(m))) {
                 out->foreign++;
                 continue;
             }
+            len -= wire.padding;
             if (len == DP_WG_DATA_MIN_LEN) {
                 out->foreign++; /* a keepalive */
                 continue;

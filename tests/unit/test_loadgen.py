@@ -12,8 +12,9 @@ import pytest
 
 from dataplane import crypto
 from dataplane._native import ffi, lib
-from dataplane.bench.loadgen import (HIST_BUCKETS, IMIX, INDEX_BASE, EmulatedPeers, Receiver,
-                                     RecvResult, Sender, _ip4)
+from dataplane.bench.loadgen import (HIST_BUCKETS, IMIX, INDEX_BASE, EmulatedPeers,
+                                     JunkSender, Receiver, RecvResult, Sender, _ip4, junk_sizes)
+from dataplane.obfuscation import PLAIN, TRANSPORT, HeaderRange, Obfuscation
 
 SINK_ADDR = "10.9.8.7"
 
@@ -192,3 +193,196 @@ def test_bad_configurations_are_refused():
                          poll_us=bad)
     finally:
         peers.close()
+
+
+# ---------------------------------------------------------------- AmneziaWG profiles
+
+def _profile(s4, h4):
+    """A transport profile alone (built directly: H4 may overlap the plain
+    H1..H3, which a whole profile's check refuses)."""
+    return Obfuscation(s4=s4, h4=HeaderRange.parse(h4))
+
+
+@pytest.mark.parametrize("s4,h4", [(8, "1000-1999"), (1, "77"), (15, "5-4294967295"),
+                                   (100, "0-4294967295"), (0, "123456-123460")])
+def test_sealed_messages_with_a_profile_are_padded_and_headed_from_its_range(s4, h4):
+    """Every transport message gets S4 random bytes in front and a type
+    field drawn from H4: the Python model of the receiver (classify) takes
+    each as a transport message at offset S4, and it opens."""
+    obf = _profile(s4, h4)
+    keys = [os.urandom(32) for _ in range(2)]
+    tx, _rx = session_tables(2, keys)
+    a, b = udp_pair()
+    try:
+        sizes = [64, 1420, 100]
+        sent = Sender(a, tx, sealed=True, sizes=sizes, dst=SINK_ADDR, mtu=1420, rate=4000,
+                      seconds=0.1, obfuscation=obf).start().join(10)
+        assert sent.packets >= 100 and sent.errors == 0
+        b.settimeout(1)
+        headers, pads = set(), set()
+        for k in range(sent.packets):
+            datagram = b.recv(65536)
+            size = sizes[k % 3]
+            assert len(datagram) == s4 + 32 + min(-(-size // 16) * 16, 1420)
+            assert obf.classify(datagram) == (TRANSPORT, s4)
+            header, index, counter = struct.unpack_from("<IIQ", datagram, s4)
+            assert header in obf.h4
+            headers.add(header)
+            pads.add(datagram[:s4])
+            peer = index - INDEX_BASE
+            inner = crypto.open(keys[peer], counter, datagram[s4 + 16:])
+            assert struct.unpack_from("!H", inner, 2)[0] == size
+        if obf.h4.hi - obf.h4.lo > 1000:
+            assert len(headers) > sent.packets * 0.9, "a fresh header for every message"
+        if s4 >= 8:
+            assert len(pads) == sent.packets, "fresh padding for every message"
+    finally:
+        a.close(), b.close()
+        tx.close(), _rx.close()
+
+
+@pytest.mark.parametrize("sizes,poll_us", [([64], 0), (list(IMIX), 100)])
+def test_receiver_with_the_senders_profile_opens_everything(sizes, poll_us):
+    obf = _profile(15, "200000-299999")
+    keys = [os.urandom(32) for _ in range(3)]
+    tx, rx = session_tables(3, keys)
+    a, b = udp_pair()
+    try:
+        recv = Receiver(b, rx, sealed=True, poll_us=poll_us, obfuscation=obf).start()
+        sent = Sender(a, tx, sealed=True, sizes=sizes, dst=SINK_ADDR, rate=5000, seconds=0.2,
+                      obfuscation=obf).start().join(10)
+        # the profile's keepalive, a plain message and one whose header is
+        # out of range: none is ours
+        a.send(os.urandom(15) + struct.pack("<IIQ", 200000, INDEX_BASE, 0) + bytes(16))
+        a.send(struct.pack("<IIQ", 4, INDEX_BASE, 0) + bytes(64))
+        a.send(os.urandom(15) + struct.pack("<IIQ", 300000, INDEX_BASE, 0) + bytes(64))
+        time.sleep(0.2)
+        got = recv.stop()
+        assert sent.packets > 500
+        assert got.packets == sent.packets and got.bytes == sent.bytes, (got, sent)
+        assert got.rejected == got.duplicates == 0
+        assert got.foreign == 3
+    finally:
+        a.close(), b.close()
+        tx.close(), rx.close()
+
+
+@pytest.mark.parametrize("rx_profile", [
+    {"S4": 8, "H4": "1000-1999"},        # the padding differs
+    {"S4": 15, "H4": "2000-2999"},       # the header range differs
+    {"S4": 15, "H4": "1000-1499"},       # part of the range
+    {},                                  # plain WireGuard
+])
+def test_receiver_with_another_profile_takes_nothing(rx_profile):
+    """A mismatched profile on the receiving end: every datagram is foreign
+    (not rejected: it is not even taken for a transport message)."""
+    tx_obf = _profile(15, "1000-1999")
+    rx_obf = Obfuscation.from_settings(rx_profile)
+    keys = [os.urandom(32)]
+    tx, rx = session_tables(1, keys)
+    a, b = udp_pair()
+    try:
+        recv = Receiver(b, rx, sealed=True, obfuscation=rx_obf).start()
+        sent = Sender(a, tx, sealed=True, sizes=[64, 1420], rate=5000, seconds=0.1,
+                      obfuscation=tx_obf).start().join(10)
+        time.sleep(0.2)
+        got = recv.stop()
+        assert sent.packets > 200
+        if rx_profile.get("H4") == "1000-1499":
+            # about half the headers fall in its range; S4 matches, so those open
+            assert 0.3 * sent.packets < got.packets < 0.7 * sent.packets, (got, sent)
+            assert got.packets + got.foreign == sent.packets
+        else:
+            assert got.packets == 0 and got.rejected == 0, got
+            assert got.foreign == sent.packets, (got, sent)
+    finally:
+        a.close(), b.close()
+        tx.close(), rx.close()
+
+
+def test_plain_profile_sends_what_it_sent_before():
+    """All wire fields 0 is plain WireGuard: type 4, no padding."""
+    keys = [os.urandom(32)]
+    tx, _rx = session_tables(1, keys)
+    a, b = udp_pair()
+    try:
+        sent = Sender(a, tx, sealed=True, sizes=[64], rate=2000, seconds=0.02,
+                      obfuscation=PLAIN).start().join(10)
+        assert Sender(a, tx, sealed=True, sizes=[64]).cfg.wire_header_max == 4
+        b.settimeout(1)
+        for _ in range(sent.packets):
+            datagram = b.recv(4096)
+            assert len(datagram) == 32 + 64 and datagram[:4] == b"\x04\0\0\0"
+    finally:
+        a.close(), b.close()
+        tx.close(), _rx.close()
+
+
+def test_bad_wire_profiles_are_refused():
+    peers = EmulatedPeers(1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sizes = ffi.new("uint16_t[]", [64])
+
+    def send_cfg(**wire):
+        return ffi.new("struct dp_lg_send_config *", {
+            "fd": sock.fileno(), "mode": lib.DP_LG_MODE_SEALED, "sizes": sizes,
+            "n_sizes": 1, "mtu": 1420, "duration_ns": 1, "cpu": -1, **wire})
+
+    def recv_cfg(mode=lib.DP_LG_MODE_SEALED, **wire):
+        return ffi.new("struct dp_lg_recv_config *", {"fd": sock.fileno(), "mode": mode,
+                                                       "cpu": -1, **wire})
+    stats = ffi.new("struct dp_lg_send_stats *")
+    rstats = ffi.new("struct dp_lg_recv_stats *")
+    stop = ffi.new("int *", 1)
+    try:
+        # a range upside down; padding beyond the most; a message that no
+        # longer fits a datagram with its padding
+        for wire in ({"wire_header_min": 9, "wire_header_max": 8},
+                     {"wire_padding": lib.DP_LG_WIRE_PADDING_MAX + 1},
+                     {"wire_padding": lib.DP_LG_WIRE_PADDING_MAX}):
+            assert lib.dp_lg_send(send_cfg(**wire), peers.table, stop, stats) == -1, wire
+        # the largest padding that fits a 64-byte packet's message goes
+        ok = 65507 - 32 - 64
+        assert lib.dp_lg_send(send_cfg(wire_padding=ok), peers.table, stop, stats) == 0
+        assert lib.dp_lg_recv(recv_cfg(wire_header_min=9, wire_header_max=8), peers.table,
+                              stop, rstats) == -1
+        assert lib.dp_lg_recv(recv_cfg(wire_padding=lib.DP_LG_WIRE_PADDING_MAX + 1),
+                              peers.table, stop, rstats) == -1
+        # plain mode (the kernel's UDP) has no wire profile
+        assert lib.dp_lg_recv(recv_cfg(lib.DP_LG_MODE_PLAIN, wire_padding=8), ffi.NULL, stop,
+                              rstats) == -1
+        assert lib.dp_lg_recv(recv_cfg(lib.DP_LG_MODE_PLAIN), ffi.NULL, stop, rstats) == 0
+        with pytest.raises(ValueError, match="sealed messages only"):
+            Sender(sock, peers, sealed=False, sizes=[64], obfuscation=_profile(8, "1000"))
+        with pytest.raises(ValueError, match="sealed messages only"):
+            Receiver(sock, None, sealed=False, obfuscation=_profile(0, "1000"))
+        with pytest.raises(ValueError, match="H4 = 0"):
+            Sender(sock, peers, sealed=True, sizes=[64], obfuscation=_profile(8, "0"))
+    finally:
+        sock.close()
+        peers.close()
+
+
+def test_junk_sender_sends_random_datagrams_of_the_given_lengths():
+    """A junk flood: random bytes, lengths in turn from the list, nothing a
+    receiver takes for a message of ours or of a profile."""
+    a, b = udp_pair()
+    try:
+        sizes = junk_sizes(1, 1400, 64)
+        assert all(1 <= s <= 1400 for s in sizes) and len(set(sizes)) > 10
+        sent = JunkSender(a, sizes=sizes, rate=5000, seconds=0.05).start().join(10)
+        assert sent.packets > 100 and sent.errors == 0
+        assert sent.bytes == sum(sizes[k % 64] for k in range(sent.packets))
+        b.settimeout(1)
+        got = [b.recv(4096) for _ in range(sent.packets)]
+        assert [len(d) for d in got] == [sizes[k % 64] for k in range(sent.packets)]
+        heads = {d[:16] for d in got if len(d) >= 16}
+        assert len(heads) == sum(1 for d in got if len(d) >= 16), "fresh bytes every datagram"
+        obf = Obfuscation.from_settings({"S4": 8, "H4": "1000-1999"})
+        assert not [d for d in got if obf.classify(d) or PLAIN.classify(d)]
+        with pytest.raises(ValueError):
+            JunkSender(a, sizes=[0])
+        with pytest.raises(ValueError):
+            JunkSender(a, sizes=[100] * 65)
+    finally:
+        a.close(), b.close()
