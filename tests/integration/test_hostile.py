@@ -501,6 +501,7 @@ def test_full_speed_flood_stalls_neither_the_control_plane_nor_the_tunnel(world)
     w = world
     exit_pub = bytes(w.exit_key.public_key())
     strangers = unknown_initiations(exit_pub, 2000)
+    kernel_drops = udp_receive_errors(w.topo, w.exit_ns)
     ping = w.topo.popen(w.client_ns, ["ping", "-c", "12", "-i", "0.2", "-W", "1", EXIT_INNER],
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for round_ in range(2):
@@ -530,7 +531,17 @@ def test_full_speed_flood_stalls_neither_the_control_plane_nor_the_tunnel(world)
             assert d.get("events_full", 0) > 0 and d.get("cookie_replies_sent", 0) > 0, d
     # the data path does not wait on the control plane
     out, _ = ping.communicate(timeout=20)
-    assert ping_received(out) >= 11 and "DUP!" not in out, out
+    lost = 12 - ping_received(out)
+    assert "DUP!" not in out, out
+    if w.backend == "socket" and udp_receive_errors(w.topo, w.exit_ns) > kernel_drops:
+        # with no XDP filter in front, the kernel drops at a full socket
+        # buffer whatever arrives, the client's datagrams among the flood's
+        # (two flooding processes share the machine's two cores with the
+        # workers): a ping or two of those sent during the floods (2 of 12
+        # once in CI), but not a stalled tunnel
+        assert lost <= 2, out
+    else:
+        assert lost <= 1, out
     assert_still_serving(w)
 
 
