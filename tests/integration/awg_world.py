@@ -61,6 +61,7 @@ class Client:
     key: Optional[PrivateKey] = None
     proc: object = None
     ifname: str = ""
+    veth: str = ""                # the client's end of its link to the exit node
 
     @property
     def outer(self) -> tuple[str, str]:
@@ -89,8 +90,8 @@ class AwgWorld:
         for n, c in enumerate(clients):
             c.n, c.ns, c.key = n, topo.namespace(f"c{n}"), PrivateKey.generate()
             c.ifname = f"awc{tag}{n}" if c.kind == "amneziawg-go" else f"wgc{tag}{n}"
-            topo.link(c.ns, self.exit_ns, [f"{c.outer[0]}/24", f"{c.outer[1]}/64"],
-                      [f"{c.exit_outer[0]}/24", f"{c.exit_outer[1]}/64"])
+            c.veth, _ = topo.link(c.ns, self.exit_ns, [f"{c.outer[0]}/24", f"{c.outer[1]}/64"],
+                                  [f"{c.exit_outer[0]}/24", f"{c.exit_outer[1]}/64"])
         conf = ["[Interface]", f"PrivateKey = {self.exit_key.reveal_base64()}",
                 f"ListenPort = {EXIT_PORT}", f"Address = {', '.join(EXIT_INNER)}"]
         conf += exit_obf.file_lines()
