@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
     build-essential pkg-config python3 python3-venv python3-dev
     libssl-dev openssl
-    clang llvm libbpf-dev libxdp-dev bpftool liburcu-dev
+    clang llvm libclang-rt-14-dev libbpf-dev libxdp-dev bpftool liburcu-dev
     iproute2 iputils-ping procps nftables wireguard-tools wireguard-go iperf3 tcpdump ethtool
     libndpi-bin tshark
 )

@@ -15,6 +15,7 @@
 #include "crypto_internal.h"
 #include "device_internal.h"
 #include "offload.h"
+#include "wire.h"
 #include "xsk_port.h"
 
 /* Random bytes made at a time: the padding and headers of a few bursts. */
@@ -217,58 +218,6 @@ static int pad_room(struct burst *b, uint32_t n)
     b->pad = p;
     b->pad_cap = n;
     return 0;
-}
-
-static const uint32_t wire_base_len[4] = {DP_WG_INITIATION_LEN, DP_WG_RESPONSE_LEN,
-                                          DP_WG_COOKIE_REPLY_LEN, DP_WG_DATA_MIN_LEN};
-
-static uint32_t load_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-/* The plain WireGuard message kind of a datagram, or 0. */
-static uint32_t plain_kind(const uint8_t *m, uint32_t len)
-{
-    uint32_t type;
-
-    if (len < 4)
-        return 0;
-    type = load_le32(m);
-    if (type == DP_WG_MSG_DATA)
-        return len >= DP_WG_DATA_MIN_LEN ? type : 0;
-    if (type >= DP_WG_MSG_INITIATION && type <= DP_WG_MSG_COOKIE_REPLY)
-        return len == wire_base_len[type - 1] ? type : 0;
-    return 0;
-}
-
-/* The message kind (DP_WG_MSG_*) of a datagram by the interface's
- * profiles, where its message starts (*off) and in which profile (*wire);
- * 0 for junk. The obfuscated profile is tried first, its handshake kinds
- * before transport (as amneziawg-go does); plain WireGuard where it is the
- * only profile or accepted beside it. */
-uint32_t dp_wire_classify(const struct dp_wire *w, const uint8_t *m, uint32_t len,
-                          uint32_t *off, uint8_t *wire)
-{
-    if (w->obfuscated) {
-        for (uint32_t k = 0; k < 4; k++) {
-            uint32_t pad = w->padding[k], h;
-
-            if (k < 3 ? len != pad + wire_base_len[k] : len < pad + wire_base_len[k])
-                continue;
-            h = load_le32(m + pad);
-            if (h >= w->header_min[k] && h <= w->header_max[k]) {
-                *off = pad;
-                *wire = DP_WIRE_OBFUSCATED;
-                return k + 1;
-            }
-        }
-        if (!w->accept_plain)
-            return 0;
-    }
-    *off = 0;
-    *wire = DP_WIRE_PLAIN;
-    return plain_kind(m, len);
 }
 
 void dp_burst_bind(struct burst *b, const struct dp_device *d, int w)
@@ -550,14 +499,14 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
             continue;
         }
         uint64_t counter;
-        struct keypair *kp = dp_keypair_by_index(d, load_le32(m + off + 4));
+        struct keypair *kp = dp_keypair_by_index(d, dp_load_le32(m + off + 4));
 
         /* A plain transport message whose bytes at S4 happen to fall in
          * H4 (a chance of |H4| in 2^32) reads as an obfuscated one with an
          * index nobody holds: it is taken as plain when that finds one. */
         if (!kp && wire == DP_WIRE_OBFUSCATED && w.accept_plain &&
-            plain_kind(m, len) == DP_WG_MSG_DATA &&
-            (kp = dp_keypair_by_index(d, load_le32(m + 4))))
+            dp_wire_plain_kind(m, len) == DP_WG_MSG_DATA &&
+            (kp = dp_keypair_by_index(d, dp_load_le32(m + 4))))
             off = 0;
         if (!kp) {
             count_drop(d, DP_DROP_UNKNOWN_INDEX, 1);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "device_internal.h"
+#include "wire.h"
 
 static _Atomic uint64_t clock_offset_ns;
 
@@ -690,15 +691,10 @@ int dp_device_set_mtu(struct dp_device *d, uint32_t mtu)
 
 int dp_device_set_wire(struct dp_device *d, const struct dp_wire *w)
 {
-    static const uint32_t base[4] = {DP_WG_INITIATION_LEN, DP_WG_RESPONSE_LEN,
-                                     DP_WG_COOKIE_REPLY_LEN, DP_WG_DATA_MIN_LEN};
+    int err = dp_wire_check(w);
 
-    if (!w)
-        return -EINVAL;
-    for (int k = 0; k < 4 && w->obfuscated; k++)
-        if (w->header_min[k] > w->header_max[k] ||
-            w->padding[k] > DP_WIRE_MAX_DATAGRAM - base[k])
-            return -EINVAL;
+    if (err)
+        return err;
     pthread_mutex_lock(&d->control);
     atomic_fetch_add_explicit(&d->wire_seq, 1, memory_order_acq_rel);
     atomic_thread_fence(memory_order_release);
