@@ -562,7 +562,8 @@ class Daemon:
 
     async def _status_client(self, reader, writer) -> None:
         # Tests only: with DATAPLANE_TEST_CLOCK set at start, a client may
-        # first send "advance SECONDS" to move the clock forward.
+        # first send "advance SECONDS" to move the clock forward, or "load
+        # SECONDS" to hold the handshake path under load (cookie replies).
         if self.test_clock:
             try:
                 line = await asyncio.wait_for(reader.readline(), 0.2)
@@ -572,6 +573,10 @@ class Daemon:
             if len(words) == 2 and words[0] == b"advance" and words[1].isdigit():
                 lib.dp_device_test_advance_clock(int(words[1]) * 1_000_000_000)
                 self.iface.tick()
+            elif len(words) == 2 and words[0] == b"load" and words[1].isdigit():
+                self.iface.under_load_until = self.iface.clock() + int(words[1]) * 1_000_000_000
+                if self.xdp is not None:
+                    self.xdp.follow_load(True)
         writer.write(json.dumps(self.status()).encode())
         await writer.drain()
         writer.close()

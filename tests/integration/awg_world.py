@@ -150,11 +150,19 @@ class AwgWorld:
         return [line.split("\t") for line in out.splitlines()[1:]]
 
     def advance_clock(self, seconds: int) -> dict:
+        return self._test_command(f"advance {seconds}")
+
+    def hold_under_load(self, seconds: int) -> dict:
+        """The handshake path answers initiations without a valid MAC2
+        with cookie replies for `seconds` (test clock worlds only)."""
+        return self._test_command(f"load {seconds}")
+
+    def _test_command(self, command: str) -> dict:
         import socket
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(10)
             s.connect(f"/run/dataplane/{self.name}.status.sock")
-            s.sendall(f"advance {seconds}\n".encode())
+            s.sendall(f"{command}\n".encode())
             data = b""
             while chunk := s.recv(65536):
                 data += chunk

@@ -65,6 +65,28 @@ def test_amneziawg_go_client_handshake_ping_iperf(topo, tmp_path, backend, profi
     assert world.down() == 0
 
 
+def test_cookie_reply_and_expiry_rehandshake_with_an_amneziawg_go_client(topo, tmp_path, backend):
+    """S3/H3: under load our answer to the client's initiation is a cookie
+    reply in its profile; amneziawg-go takes it and retries with MAC2,
+    which gets through. Then, past REJECT_AFTER_TIME, our side (which only
+    answered so far) starts the handshake when it has traffic for it."""
+    client = Client("amneziawg-go", RANGES)
+    world = AwgWorld(topo, tmp_path, backend, server_side(RANGES), [client], test_clock=True)
+    world.hold_under_load(30)
+    r = world.ping(client.ns, "10.230.0.1", count=1, timeout=15)
+    assert r.returncode == 0, (r.stdout, world.log_path.read_text()[-2000:])
+    hs = world.status()["handshake"]
+    assert hs["cookie_replies_sent"] >= 1 and hs["handshake_bad_mac2"] >= 1, hs
+    assert hs["handshakes_completed"] >= 1, hs
+    before = hs["handshakes_completed"]
+    world.advance_clock(181)
+    r = world.ping(world.exit_ns, client.inner[0], count=3, timeout=8)
+    assert r.returncode == 0, (r.stdout, world.log_path.read_text()[-2000:])
+    assert world.status()["handshake"]["handshakes_completed"] > before
+    assert world.ping(client.ns, "fd00:230::1").returncode == 0
+    assert world.drops().get("bad_mac", 0) == 0
+
+
 def test_junk_and_signatures_are_counted_drops_on_the_socket_backend(topo, tmp_path, backend):
     if backend != "socket":
         pytest.skip("the XDP backend drops them before the workers (test above)")
