@@ -45,13 +45,16 @@ def test_amneziawg_go_client_handshake_ping_iperf(topo, tmp_path, backend, profi
     # nothing of the tunnel's own traffic was mistrusted; what the workers
     # took for junk is the client's junk and signature packets alone, a
     # whole number of preambles (on xdp none reach them)
+    # (random bytes fall in a wide H4 by chance: 2.3% of them for RANGES,
+    # which the workers then drop as unknown_index)
     preamble = profile.jc + len(profile.signature_packets())
-    assert drops.get("bad_mac", 0) == 0 and drops.get("unknown_index", 0) == 0, drops
-    assert drops.get("malformed", 0) == 0, drops
+    stray = drops.get("junk", 0) + drops.get("unknown_index", 0)
+    assert drops.get("bad_mac", 0) == 0 and drops.get("malformed", 0) == 0, drops
     if backend == "xdp":
         assert drops.get("junk", 0) == 0, drops
+        assert drops.get("unknown_index", 0) <= preamble, drops
     else:
-        assert drops["junk"] >= preamble and drops["junk"] % preamble == 0, drops
+        assert stray >= preamble and stray % preamble == 0, drops
     # the responder's side: confirmed by the client's first data
     assert world.status()["handshake"]["handshakes_completed"] >= 1
     if backend == "xdp":
@@ -61,7 +64,7 @@ def test_amneziawg_go_client_handshake_ping_iperf(topo, tmp_path, backend, profi
         # the client's junk (Jc per initiation) and its signature packets
         # died in XDP; with the server's profile (S, H only) its I1..I5 are
         # junk too
-        assert xdp["wan_drop_junk"] >= preamble
+        assert xdp["wan_drop_junk"] + drops.get("unknown_index", 0) >= preamble
     assert world.down() == 0
 
 
@@ -95,7 +98,10 @@ def test_junk_and_signatures_are_counted_drops_on_the_socket_backend(topo, tmp_p
     assert world.ping(client.ns, "10.230.0.1").returncode == 0
     # the socket backend's workers see the junk: one junk drop for each
     time.sleep(0.3)
-    assert world.drops().get("junk", 0) >= RANGES.jc + len(RANGES.signature_packets())
+    # (or, for the few whose bytes at S4 fall in H4, an unknown index)
+    drops = world.drops()
+    assert drops.get("junk", 0) + drops.get("unknown_index", 0) >= \
+        RANGES.jc + len(RANGES.signature_packets()), drops
 
 
 def test_signature_packets_of_the_servers_own_profile_are_told_apart(topo, tmp_path, backend):
@@ -106,8 +112,10 @@ def test_signature_packets_of_the_servers_own_profile_are_told_apart(topo, tmp_p
     assert world.ping(client.ns, "10.230.0.1").returncode == 0
     xdp = world.xdp_counters()
     # I1 starts with fixed bytes: recognised; I2 and I3 too, by size alone
-    assert xdp["wan_drop_signature"] >= 3, xdp
-    assert xdp["wan_drop_junk"] >= RANGES.jc, xdp
+    # (unless their bytes at S4 fall in H4: I2's letters never do)
+    stray = world.drops().get("unknown_index", 0)
+    assert xdp["wan_drop_signature"] >= 1, xdp
+    assert xdp["wan_drop_signature"] + xdp["wan_drop_junk"] + stray >= RANGES.jc + 3, xdp
 
 
 def test_we_initiate_toward_amneziawg_go_and_rekey(topo, tmp_path, backend):
@@ -156,18 +164,20 @@ def test_mismatched_profiles_get_no_reply_and_counted_drops(topo, tmp_path, back
         assert r.returncode != 0
         drops = status["drops"]
         junk = status["xdp"]["wan_drop_junk"] if backend == "xdp" else drops.get("junk", 0)
-        assert junk >= 2
+        assert junk + drops.get("unknown_index", 0) >= 2, (junk, drops)
         return
     assert r.returncode != 0
     assert got["rx_bytes"] == 0, "not one byte may come back"
     assert status["handshake"]["handshake_bad_mac1"] == 0
     # at least the client's first initiation (a plain client sends no junk
     # and retries only after 5 s)
+    # (or, by the chance of its bytes at S4 falling in H4, as an unknown index)
+    drops = status["drops"]
     if backend == "xdp":
-        assert status["xdp"]["wan_drop_junk"] >= 1
+        assert status["xdp"]["wan_drop_junk"] + drops.get("unknown_index", 0) >= 1
         assert status["xdp"]["wan_steer_initiation"] == 0
     else:
-        assert status["drops"].get("junk", 0) >= 1
+        assert drops.get("junk", 0) + drops.get("unknown_index", 0) >= 1, drops
 
 
 def test_plain_and_amneziawg_clients_on_one_port(topo, tmp_path, backend):
@@ -191,9 +201,10 @@ def test_plain_and_amneziawg_clients_on_one_port(topo, tmp_path, backend):
     # the AmneziaWG client's junk and signature packets (on socket; on xdp
     # they die in the WAN program), and nothing of the plain client's
     preamble = RANGES.jc + len(RANGES.signature_packets())
-    assert status["drops"].get("junk", 0) % preamble == 0, status["drops"]
+    drops = status["drops"]
+    assert (drops.get("junk", 0) + drops.get("unknown_index", 0)) % preamble == 0, drops
     if backend == "xdp":
-        assert status["drops"].get("junk", 0) == 0, status["drops"]
+        assert drops.get("junk", 0) == 0, drops
     if backend == "xdp":
         xdp = status["xdp"]
         # both kinds of initiation were steered; only the obfuscated ones counted so
