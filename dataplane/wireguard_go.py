@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +18,15 @@ UAPI_DIR = Path("/var/run/wireguard")
 
 def b64(key: bytes) -> str:
     return base64.b64encode(key).decode()
+
+
+def connectable(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 class WireGuardGo:
@@ -42,7 +52,10 @@ class WireGuardGo:
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         sock = UAPI_DIR / f"{self.ifname}.sock"
         deadline = time.monotonic() + timeout
-        while not sock.exists():
+        # A socket left by a killed run exists but refuses connections (and
+        # wireguard-go replaces it): wait for one that accepts, else `wg`
+        # could meet the stale one and configure nothing.
+        while not connectable(sock):
             if self.proc.poll() is not None:
                 raise TopologyError(f"wireguard-go {self.ifname} exited: "
                                     f"{self.proc.stderr.read().decode()[-500:]}")

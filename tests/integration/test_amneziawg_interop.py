@@ -188,7 +188,8 @@ def test_plain_and_amneziawg_clients_on_one_port(topo, tmp_path, backend):
     for c in (awg, plain):
         for dst in ("10.230.0.1", "fd00:230::1"):
             r = world.ping(c.ns, dst)
-            assert r.returncode == 0, (c.kind, dst, r.stdout)
+            assert r.returncode == 0, (c.kind, dst, r.stdout, world.status(),
+                                       world.log_path.read_text()[-2000:])
     wait_handshake(world, n_peers=2)
     # each gets our traffic in its own profile: the ping back works only so
     for c in (awg, plain):

@@ -502,12 +502,17 @@ def test_full_speed_flood_stalls_neither_the_control_plane_nor_the_tunnel(world)
     exit_pub = bytes(w.exit_key.public_key())
     strangers = unknown_initiations(exit_pub, 2000)
     kernel_drops = udp_receive_errors(w.topo, w.exit_ns)
-    ping = w.topo.popen(w.client_ns, ["ping", "-c", "12", "-i", "0.2", "-W", "1", EXIT_INNER],
+    # -D: each reply with the time it came, to tell when the tunnel moved
+    ping = w.topo.popen(w.client_ns, ["ping", "-D", "-c", "40", "-i", "0.1", "-W", "1",
+                                      EXIT_INNER],
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    floods = []
     for round_ in range(2):
         before = counters(w.name)
+        flood_start = time.time()
         sent = flood_from_processes(w.client_ns, ATTACKER_V4.split("/")[0],
                                     (EXIT_V4, EXIT_PORT), strangers, 1.0, processes=2)
+        floods.append((flood_start, time.time()))
         flood_end = time.monotonic()
         # the backlog is one event ring, not what piled up during the flood
         try:
@@ -530,18 +535,24 @@ def test_full_speed_flood_stalls_neither_the_control_plane_nor_the_tunnel(world)
             # a full event ring, and cookies for what got in
             assert d.get("events_full", 0) > 0 and d.get("cookie_replies_sent", 0) > 0, d
     # the data path does not wait on the control plane
-    out, _ = ping.communicate(timeout=20)
-    lost = 12 - ping_received(out)
+    out, _ = ping.communicate(timeout=30)
+    lost = 40 - ping_received(out)
     assert "DUP!" not in out, out
+    replies = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+    assert len(replies) == 40 - lost, out
+    for start, end in floods:
+        # the tunnel carried traffic while the flood was on, not only after
+        assert any(start <= t <= end for t in replies), (floods, out)
     if w.backend == "socket" and udp_receive_errors(w.topo, w.exit_ns) > kernel_drops:
         # with no XDP filter in front, the kernel drops at a full socket
-        # buffer whatever arrives, the client's datagrams among the flood's
-        # (two flooding processes share the machine's two cores with the
-        # workers): a ping or two of those sent during the floods (2 of 12
-        # once in CI), but not a stalled tunnel
-        assert lost <= 2, out
+        # buffer whatever arrives, the client's datagrams among the flood's:
+        # the two flooding processes share the machine's two cores with the
+        # workers, which then cannot empty the buffer fast enough (2 and 4
+        # of 12 pings lost in two CI runs). Not a stalled tunnel: replies
+        # came during each flood (above), most pings got through.
+        assert lost <= 20, out
     else:
-        assert lost <= 1, out
+        assert lost <= 2, out
     assert_still_serving(w)
 
 
