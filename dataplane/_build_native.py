@@ -49,7 +49,25 @@ def compile_flags() -> list:
     # CI (and anyone who asks) builds with warnings as errors.
     if os.environ.get("CI") or os.environ.get("DATAPLANE_WERROR"):
         flags.append("-Werror")
+    if sanitizers():
+        # FORTIFY's checked copies would hide the copies from ASan's
+        # interceptors; frame pointers give whole stacks in reports
+        flags = [f for f in flags if not f.startswith(("-D_FORTIFY_SOURCE", "-O"))]
+        flags += ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={sanitizers()}",
+                  "-fno-sanitize-recover=all"]
     return flags
+
+
+def sanitizers() -> str:
+    """DATAPLANE_SANITIZE: the sanitizers to build the module with, with
+    gcc (address,undefined or thread); Python then needs the sanitizer's
+    runtime preloaded (libasan.so or libtsan.so: scripts/sanitize.py does
+    all of this)."""
+    return os.environ.get("DATAPLANE_SANITIZE", "")
+
+
+def link_flags() -> list:
+    return [f"-fsanitize={sanitizers()}"] if sanitizers() else []
 
 
 ffibuilder = FFI()
@@ -61,6 +79,7 @@ ffibuilder.set_source(
     sources=[str(p.relative_to(ROOT)) for p in SOURCES],
     include_dirs=INCLUDE_DIRS,
     extra_compile_args=compile_flags(),
+    extra_link_args=link_flags(),
     # libcrypto for the OpenSSL comparison; libbpf and libxdp for the XDP
     # programs' loader and AF_XDP sockets
     libraries=["crypto", "xdp", "bpf"],

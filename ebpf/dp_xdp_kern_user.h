@@ -69,7 +69,9 @@
 #define DP_XDP_WAN_DROP_BAD_IP_HEADER 15 /* wrong IP version, IPv4 IHL < 5 */
 #define DP_XDP_WAN_DROP_BAD_IP_LEN 16    /* to the port: IP length past the frame or short of UDP */
 #define DP_XDP_WAN_DROP_BAD_UDP_LEN 17   /* to the port: UDP length < 8 or past the IP payload */
-#define DP_XDP_WAN_DROP_FRAGMENT 18      /* to the port: IPv4 first fragment, any IPv6 fragment */
+/* to the port: IPv4 first fragment, any IPv6 fragment (first or atomic):
+ * the kernel reassembles it and hands it to the daemon's UDP socket */
+#define DP_XDP_WAN_PASS_FIRST_FRAGMENT 18
 #define DP_XDP_WAN_DROP_WG_BAD_TYPE 19   /* unknown type, or its three reserved bytes not zero */
 #define DP_XDP_WAN_DROP_WG_BAD_SIZE 20   /* wrong size for its type */
 #define DP_XDP_WAN_DROP_RATELIMITED 21   /* handshake message over its source's rate */

@@ -273,10 +273,12 @@ static __always_inline int wan_ipv4(const struct xdp_md *ctx, struct cursor *c)
     total_len = bpf_ntohs(ip->tot_len);
     if (total_len < header_len + sizeof(*udp) || (void *)ip + total_len > c->end)
         return drop(DP_XDP_WAN_DROP_BAD_IP_LEN);
-    /* A first fragment: the message is not whole, and reassembly is the
-     * kernel's job, which this port bypasses. */
+    /* A first fragment: the message is not whole. The kernel reassembles
+     * it (the later fragments went to it above) and the daemon's UDP
+     * socket receives it, as on the socket backend: peers behind links
+     * with a small MTU send fragmented datagrams. */
     if (frag & DP_IPV4_MF)
-        return drop(DP_XDP_WAN_DROP_FRAGMENT);
+        return pass(DP_XDP_WAN_PASS_FIRST_FRAGMENT);
     return wan_udp(ctx, c, udp, total_len - header_len, DP_XDP_RL_FAMILY_IPV4,
                    (const __u8 *)&ip->saddr);
 }
@@ -313,10 +315,11 @@ static __always_inline int wan_ipv6(const struct xdp_md *ctx, struct cursor *c)
     payload_len = bpf_ntohs(ip->payload_len);
     if (payload_len < ext.len + sizeof(*udp) || (void *)(ip + 1) + payload_len > c->end)
         return drop(DP_XDP_WAN_DROP_BAD_IP_LEN);
-    /* Any fragment header, first or atomic (RFC 6946): the message is not
-     * whole, or comes in a form no WireGuard peer sends. */
+    /* Any fragment header, first or atomic (RFC 6946): for the kernel,
+     * which reassembles (or takes the atomic one as it is) and hands the
+     * datagram to the daemon's UDP socket. */
     if (ext.fragment)
-        return drop(DP_XDP_WAN_DROP_FRAGMENT);
+        return pass(DP_XDP_WAN_PASS_FIRST_FRAGMENT);
     return wan_udp(ctx, c, udp, payload_len - ext.len, DP_XDP_RL_FAMILY_IPV6,
                    (const __u8 *)&ip->saddr);
 }

@@ -392,9 +392,12 @@ static void slot_insert(struct reader *r, const struct dp_bulk_op *op, uint32_t 
 static bool repeated(struct reader *r, const struct dp_bulk_op *op,
                      const struct dp_bulk_prefix *p)
 {
-    const struct dp_bulk_prefix *mine = r->b->prefixes + op->first_prefix;
+    const struct dp_bulk_prefix *mine;
     uint32_t n = op->n_prefixes, mask = PREFIX_SLOTS - 1;
 
+    if (n == 0) /* the line's first prefix (and maybe no array yet: no NULL + 0) */
+        return false;
+    mine = r->b->prefixes + op->first_prefix;
     if (n < PREFIXES_HASHED) {
         for (uint32_t i = 0; i < n; i++)
             if (same_prefix(&mine[i], p))

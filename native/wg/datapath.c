@@ -620,10 +620,20 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
         count_drop(d, DP_DROP_SEND_FAILED, dp_gro_write(b->tun_fd, gro, ngro, b->gro_buf));
 }
 
+/* The split segments seg[0..nseg), DP_DEVICE_BURST at a time. */
+static void rx_segments(struct dp_device *d, struct burst *b, int nseg, uint64_t now)
+{
+    for (int first = 0; first < nseg; first += DP_DEVICE_BURST)
+        rx_chunk(d, b, first, nseg - first < DP_DEVICE_BURST ? nseg - first : DP_DEVICE_BURST,
+                 now);
+}
+
+#define RX_SEGS (int)(sizeof(((struct burst *)0)->seg) / sizeof(((struct burst *)0)->seg[0]))
+
 int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
 {
     uint64_t now = dp_now_ns();
-    int n, nseg = 0;
+    int n, nseg = 0, done = 0;
 
     (void)reader;
     if (fd < 0)
@@ -641,7 +651,12 @@ int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
         return 0;
 
     /* With UDP GRO the kernel hands over runs of datagrams from one source
-     * in one buffer, all gso_size long but the last: split them back. */
+     * in one buffer, all gso_size long but the last: split them back. How
+     * many a buffer holds is the kernel's to say (UDP_MAX_SEGMENTS, 64
+     * before Linux 6.x and 128 since; a local sender's GSO datagram reaches
+     * a UDP_GRO socket whole), so when seg[] is full what it holds is
+     * handled first (the buffers and msg[] stay as they are) and the split
+     * goes on: every datagram is seen, none written past the array. */
     for (int i = 0; i < n; i++) {
         uint32_t len = b->msg[i].msg_len, step = len;
 
@@ -660,16 +675,19 @@ int dp_rx_pass(struct dp_device *d, struct burst *b, int fd, int reader)
             }
         }
         for (uint32_t off = 0; off < len || (len == 0 && off == 0); off += step ? step : 1) {
+            if (nseg == RX_SEGS) {
+                rx_segments(d, b, nseg, now);
+                done += nseg;
+                nseg = 0;
+            }
             b->seg[nseg++] = (struct rx_seg){b->buf[i] + off, len - off < step ? len - off : step,
                                              (uint16_t)i};
             if (len == 0)
                 break;
         }
     }
-    for (int first = 0; first < nseg; first += DP_DEVICE_BURST)
-        rx_chunk(d, b, first, nseg - first < DP_DEVICE_BURST ? nseg - first : DP_DEVICE_BURST,
-                 now);
-    return nseg;
+    rx_segments(d, b, nseg, now);
+    return done + nseg;
 }
 
 /* The UDP payload of a frame from the WAN port, and its source; false for
@@ -1367,7 +1385,8 @@ static int send_one(struct dp_device *d, uint32_t peer_id, const uint8_t *pkt, u
             else
                 header = w.header_min[3];
         }
-        memcpy(buf + pad + DP_WG_DATA_HEADER_LEN, pkt, plen);
+        if (plen) /* a keepalive has no packet (pkt NULL: no memcpy of it) */
+            memcpy(buf + pad + DP_WG_DATA_HEADER_LEN, pkt, plen);
         padded = prepare_data(d, buf + pad, plen, kp, counter, &job, header);
         dp_aead_seal_batch(&job, 1);
         if (!err)

@@ -198,3 +198,33 @@ def test_bulk_tcp_transfer_arrives_intact(topo, tmp_path, direction, dst):
     server.wait(timeout=30)
     assert received == sent, f"sent {sent}, received {received}"
     assert w.status()["drops"]["send_failed"] == 0
+
+
+@pytest.mark.parametrize("outer", [4, 6])
+def test_fragmented_datagrams_from_a_small_mtu_link_arrive(topo, tmp_path, outer, backend):
+    """A client behind a link with a smaller MTU than its tunnel needs
+    sends datagrams that its kernel fragments. The exit node's kernel
+    reassembles them and the data path decrypts them, on the XDP backend
+    too: its WAN program passes every fragment to the kernel, whose UDP
+    socket the workers read."""
+    from dataplane.topology import socket_in
+    w = TunnelWorld(topo, tmp_path, outer=outer)
+    assert w.ping(w.client_ns, "10.202.0.1").returncode == 0  # the handshake, unfragmented
+    sink = socket_in(w.exit_ns)
+    sink.bind(("10.202.0.1", 9999))
+    sink.settimeout(3)
+    src = socket_in(w.client_ns)
+    try:
+        topo.set_up(w.client_ns, w.client_veth, mtu=1280)
+        sent = [os.urandom(1300) for _ in range(5)]
+        for payload in sent:  # 1328 inner bytes: 1360 + 32 + IP/UDP, more than 1280
+            src.sendto(payload, ("10.202.0.1", 9999))
+            assert sink.recv(2000) == payload
+    finally:
+        src.close()
+        sink.close()
+    st = w.status()
+    assert st["drops"].get("malformed", 0) == 0, st["drops"]
+    if backend == "xdp":
+        assert st["xdp"]["wan_pass_first_fragment"] >= len(sent), st["xdp"]
+    assert w.down() == 0

@@ -34,7 +34,8 @@ class TunnelWorld:
                  backend: Optional[str] = None):
         self.topo, self.tmp = topo, tmp
         self.client_ns, self.exit_ns = topo.namespace("c"), topo.namespace("x")
-        topo.link(self.client_ns, self.exit_ns, OUTER["client"], OUTER["exit"])
+        self.client_veth, self.exit_veth = topo.link(self.client_ns, self.exit_ns,
+                                                     OUTER["client"], OUTER["exit"])
         self.exit_key, self.client_key = PrivateKey.generate(), PrivateKey.generate()
         self.psk = PresharedKey.generate() if psk else None
         tag = f"{os.getpid() % 10000}{outer}"
