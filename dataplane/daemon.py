@@ -22,6 +22,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -148,6 +149,7 @@ class Daemon:
         self.backend = "socket"
         self.xdp: Optional[XdpPlumbing] = None
         self.outer_routes: Optional[OuterRoutes] = None
+        self._local_due = 0.0  # when the XDP programs' local addresses are next refreshed
         self.workers = 1
         self.mtu = DEFAULT_MTU
         self._server: Optional[asyncio.AbstractServer] = None
@@ -545,6 +547,10 @@ class Daemon:
                 if self.outer_routes is not None:
                     await asyncio.get_running_loop().run_in_executor(None,
                                                                      self.outer_routes.refresh)
+                if self.xdp is not None and time.monotonic() >= self._local_due:
+                    self._local_due = time.monotonic() + self.xdp.LOCAL_EVERY
+                    await asyncio.get_running_loop().run_in_executor(None,
+                                                                     self.xdp.refresh_local)
             except Exception:  # noqa: BLE001
                 log.exception("%s: error in the timer tick", self.name)
 
@@ -768,7 +774,8 @@ class Daemon:
         if self.xdp is not None:
             xdp_counters = {**self.xdp.counters(), **self.iface.device.path_stats(),
                             **self._xsk_statistics(),
-                            "outer_routes": len(self.outer_routes.installed)}
+                            "outer_routes": len(self.outer_routes.installed),
+                            "local_addresses": self.xdp.local_addresses}
             # each WAN interface: the queues its workers serve, its program's counters
             for ifname, counters in self.xdp.interface_counters().items():
                 wan[ifname] = {"queues": [q for i, q in self.xdp.layout if i == ifname],

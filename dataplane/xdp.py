@@ -30,6 +30,8 @@ DEFAULT_HANDSHAKE_RATE: int = lib.DP_WG_INITIATIONS_PER_SECOND
 DEFAULT_HANDSHAKE_BURST: int = lib.DP_WG_INITIATIONS_BURST
 # BPF_PROG_TEST_RUN takes frames from an Ethernet header up to about a page.
 TEST_RUN_MIN_BYTES = 14
+# this host's addresses the WAN program can hold (DP_XDP_MAX_LOCAL_ADDRS)
+MAX_LOCAL_ADDRS = lib.DP_XDP_MAX_LOCAL_ADDRS_API
 # Room for a program that grows the frame (bpf_xdp_adjust_head/tail).
 _TEST_RUN_GROWTH = 512
 
@@ -299,6 +301,22 @@ class XdpProgram:
         rc = lib.dp_xdp_set_wire(self._h, config)
         if rc < 0:
             _raise(XdpError, rc, "writing the wire profile")
+
+    def set_local(self, addrs) -> None:
+        """WAN program: this host's addresses (ipaddress objects), the
+        only destinations it steers datagrams to the listen port for
+        (others are the kernel's to forward). Replaces the set."""
+        addrs = sorted(set(addrs), key=lambda a: (a.version, a.packed))
+        if len(addrs) > MAX_LOCAL_ADDRS:
+            raise XdpError(errno_mod.E2BIG, f"{len(addrs)} local addresses; the map holds "
+                                            f"{MAX_LOCAL_ADDRS}")
+        buf = ffi.new("struct dp_xdp_local_addr[]", max(len(addrs), 1))
+        for i, a in enumerate(addrs):
+            buf[i].family = a.version
+            ffi.memmove(buf[i].addr, a.packed, len(a.packed))
+        rc = lib.dp_xdp_set_local(self._h, buf, len(addrs))
+        if rc < 0:
+            _raise(XdpError, rc, "writing the local addresses")
 
     def clear_xsk(self, queue: int) -> None:
         """Frames of RX queue `queue` go to the kernel again."""

@@ -182,6 +182,17 @@ def neighbours(ipr: IPRoute, wan_index: int) -> dict:
     return out
 
 
+def host_addresses(ipr: IPRoute) -> set:
+    """Every address of this host (its network namespace), of every
+    interface: what the kernel delivers locally."""
+    out = set()
+    for a in ipr.get_addr():
+        addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+        if addr:
+            out.add(ipaddress.ip_address(addr.split("%")[0]))
+    return out
+
+
 def resolve_outer_route(ipr: IPRoute, addr: IPAddress, wan: dict
                         ) -> Optional[tuple[IPAddress, bytes, bytes, int]]:
     """(source address, next hop's MAC, our MAC, interface index) to reach
@@ -289,6 +300,9 @@ class XdpPlumbing:
         self._limit_until = 0.0
         self._veth = False
         self._wire = None             # (Obfuscation, accept_plain), see set_wire
+        self._local: Optional[list] = None  # the addresses in the WAN programs' maps
+        # refresh_local runs in a thread; close waits for it
+        self._lock = threading.Lock()
 
     def create_inner_link(self) -> tuple[bytes, bytes]:
         """The veth pair; returns (the kernel end's MAC, our end's MAC).
@@ -364,6 +378,8 @@ class XdpPlumbing:
                 prog.set_ratelimit_rest(True)
             step = "writing the wire profile"
             self._apply_wire()
+            step = "writing this host's addresses"
+            self._refresh_local()
             self._resting = True
             step = f"attaching the inner program to {self.peer_name}"
             self.inner_prog.attach(self.peer_name)
@@ -426,6 +442,47 @@ class XdpPlumbing:
                 prog.set_ratelimit_rest(not limit)
             self._resting = not limit
 
+    def refresh_local(self) -> None:
+        """This host's addresses into the WAN programs, when they changed:
+        the programs steer only datagrams to the listen port that are
+        addressed to the host, and leave the rest to the kernel to forward.
+        Blocking netlink: the daemon runs it outside its event loop, every
+        LOCAL_EVERY seconds."""
+        with self._lock:
+            if self.wan_progs:
+                self._refresh_local()
+
+    LOCAL_EVERY = 1.0
+
+    def _refresh_local(self) -> None:
+        from dataplane import xdp
+
+        with IPRoute() as ipr:
+            found = host_addresses(ipr)
+        # the WAN interfaces' own first, should there be more than fit
+        addrs = sorted(found, key=lambda a: (a.version, a.packed))
+        if len(addrs) > xdp.MAX_LOCAL_ADDRS:
+            if self._local is None or len(self._local) < xdp.MAX_LOCAL_ADDRS:
+                log.warning("%s: this host has %d addresses; XDP steers for %d of them, the "
+                            "kernel's path serves the rest", self.name, len(addrs),
+                            xdp.MAX_LOCAL_ADDRS)
+            with IPRoute() as ipr:
+                wan = set()
+                for ifname in self.wan:
+                    for index in ipr.link_lookup(ifname=ifname):
+                        wan |= {ipaddress.ip_address(a.get_attr("IFA_ADDRESS").split("%")[0])
+                                for a in ipr.get_addr(index=index) if a.get_attr("IFA_ADDRESS")}
+            addrs = sorted(addrs, key=lambda a: a not in wan)[:xdp.MAX_LOCAL_ADDRS]
+        if addrs == self._local:
+            return
+        for prog in self.wan_progs.values():
+            prog.set_local(addrs)
+        self._local = addrs
+
+    @property
+    def local_addresses(self) -> int:
+        return len(self._local or ())
+
     def set_wire(self, obf, accept_plain: bool) -> None:
         """The AmneziaWG profile (dataplane.obfuscation.Obfuscation) the
         WAN programs classify by: kept, and written into every loaded
@@ -459,6 +516,10 @@ class XdpPlumbing:
         return {ifname: prog.counters() for ifname, prog in self.wan_progs.items()}
 
     def close(self) -> None:
+        with self._lock:  # no refresh_local in flight
+            self._close()
+
+    def _close(self) -> None:
         progs = list(self.wan_progs.items())
         if self.inner_prog is not None:
             progs.append((self.peer_name, self.inner_prog))

@@ -33,6 +33,12 @@
 #define DP_XDP_MAX_IPV6_EXT_HEADERS 6
 #endif
 
+/* Addresses of this host the WAN program steers datagrams for (the
+ * `local` map). */
+#ifndef DP_XDP_MAX_LOCAL_ADDRS
+#define DP_XDP_MAX_LOCAL_ADDRS 1024
+#endif
+
 /* ---- Maps ----
  * xsks       XSKMAP, key __u32 RX queue, value __u32 AF_XDP socket fd
  *            (written by the loader), DP_XDP_MAX_QUEUES entries.
@@ -43,6 +49,12 @@
  * wire       ARRAY (WAN only), one struct dp_xdp_wire: the AmneziaWG
  *            profile, written by the loader whenever the control plane
  *            changes it (all zeros, the value at load: plain WireGuard).
+ * local      HASH (WAN only), key struct dp_xdp_local_key, value __u8:
+ *            this host's addresses, kept by the control plane as they
+ *            change. Datagrams to the port for any other address (an exit
+ *            node that also routes: IPv6 routed to clients, a NAT'd flow
+ *            whose source port equals our listen port, nested WireGuard)
+ *            are the kernel's to forward; with the map empty, all are.
  */
 
 /* ---- Counters of the WAN program ----
@@ -80,7 +92,8 @@
 #define DP_XDP_WAN_DROP_JUNK 22
 #define DP_XDP_WAN_DROP_SIGNATURE 23     /* ... with the size and leading bytes of one of I1..I5 */
 #define DP_XDP_WAN_STEER_OBFUSCATED 24   /* also counted in STEER_<type>: in the AmneziaWG profile */
-#define DP_XDP_WAN_COUNT 25
+#define DP_XDP_WAN_PASS_NOT_LOCAL 25     /* UDP to the port for an address not this host's */
+#define DP_XDP_WAN_COUNT 26
 
 /* ---- Counters of the inner program ---- */
 #define DP_XDP_INNER_STEER 0           /* every frame */
@@ -121,6 +134,14 @@
 #define DP_XDP_WIRE_MAX_DATAGRAM 65507
 #define DP_XDP_MAX_SIGNATURES 5
 #define DP_XDP_SIG_PREFIX 8
+
+#define DP_XDP_LOCAL_MAP "local"
+
+/* family 4: the address in addr[0..3], the rest zero; family 6: all 16 */
+struct dp_xdp_local_key {
+    __u32 family;
+    __u8 addr[16];
+};
 
 struct dp_xdp_wire {
     __u32 padding[4];

@@ -6,7 +6,8 @@
  * Lengths and fragments are judged only for the listen port: other traffic
  * is the kernel's business. Frames whose headers are cut short or do not
  * parse (wrong IP version, IHL < 5) cannot be matched to a port and are
- * dropped for every port: the kernel would drop them too.
+ * dropped for every port: the kernel would drop them too. Datagrams to the
+ * port for an address that is not this host's are the kernel's to forward.
  */
 #include "parsing.h"
 #include "steering.h"
@@ -32,6 +33,25 @@ struct {
     __type(key, __u32);
     __type(value, __u32);
 } ratelimit_rest SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, DP_XDP_MAX_LOCAL_ADDRS);
+    __type(key, struct dp_xdp_local_key);
+    __type(value, __u8);
+} local SEC(".maps");
+
+/* The destination is one of this host's addresses (the `local` map). */
+static __always_inline int addressed_here(__u32 family, const __u8 *daddr)
+{
+    struct dp_xdp_local_key key = { .family = family };
+
+    if (family == 4)
+        __builtin_memcpy(key.addr, daddr, 4);
+    else
+        __builtin_memcpy(key.addr, daddr, 16);
+    return bpf_map_lookup_elem(&local, &key) != NULL;
+}
 
 static __always_inline int ratelimit_resting(void)
 {
@@ -269,6 +289,8 @@ static __always_inline int wan_ipv4(const struct xdp_md *ctx, struct cursor *c)
         return drop(DP_XDP_WAN_DROP_TRUNC_UDP);
     if (udp->dest != bpf_htons(dp_settings.listen_port))
         return pass(DP_XDP_WAN_PASS_OTHER_PORT);
+    if (!addressed_here(4, (const __u8 *)&ip->daddr))
+        return pass(DP_XDP_WAN_PASS_NOT_LOCAL);
 
     total_len = bpf_ntohs(ip->tot_len);
     if (total_len < header_len + sizeof(*udp) || (void *)ip + total_len > c->end)
@@ -310,6 +332,8 @@ static __always_inline int wan_ipv6(const struct xdp_md *ctx, struct cursor *c)
         return drop(DP_XDP_WAN_DROP_TRUNC_UDP);
     if (udp->dest != bpf_htons(dp_settings.listen_port))
         return pass(DP_XDP_WAN_PASS_OTHER_PORT);
+    if (!addressed_here(6, (const __u8 *)&ip->daddr))
+        return pass(DP_XDP_WAN_PASS_NOT_LOCAL);
 
     /* Payload length 0 (a jumbogram) is never a WireGuard message. */
     payload_len = bpf_ntohs(ip->payload_len);

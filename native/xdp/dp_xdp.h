@@ -117,6 +117,16 @@ struct dp_xdp_wire_config {
     uint8_t sig_prefix[5][8];
 };
 int dp_xdp_set_wire(struct dp_xdp *x, const struct dp_xdp_wire_config *w);
+/* WAN program: this host's addresses (family 4 with the address in
+ * addr[0..3], or 6), the only destinations it steers datagrams to the
+ * listen port for; the map then holds exactly these (n <=
+ * DP_XDP_MAX_LOCAL_ADDRS, -E2BIG past it; -EINVAL for another family). */
+#define DP_XDP_MAX_LOCAL_ADDRS_API 1024 /* DP_XDP_MAX_LOCAL_ADDRS */
+struct dp_xdp_local_addr {
+    uint32_t family;
+    uint8_t addr[16];
+};
+int dp_xdp_set_local(struct dp_xdp *x, const struct dp_xdp_local_addr *addrs, uint32_t n);
 /* Frames of the queue go to the kernel again. 0 also if none was set. */
 int dp_xdp_clear_xsk(struct dp_xdp *x, uint32_t queue);
 /* Entries of the XSKMAP (RX queues that can be served). */

@@ -68,6 +68,7 @@ static const char *const wan_counter_names[DP_XDP_WAN_COUNT] = {
     [DP_XDP_WAN_DROP_JUNK] = "drop_junk",
     [DP_XDP_WAN_DROP_SIGNATURE] = "drop_signature",
     [DP_XDP_WAN_STEER_OBFUSCATED] = "steer_obfuscated",
+    [DP_XDP_WAN_PASS_NOT_LOCAL] = "pass_not_local",
 };
 
 static const char *const inner_counter_names[DP_XDP_INNER_COUNT] = {
@@ -668,6 +669,59 @@ int dp_xdp_set_ratelimit_rest(struct dp_xdp *x, int rest)
     rc = bpf_map_update_elem(bpf_map__fd(map), &key, &value, BPF_ANY);
     if (rc < 0)
         return fail(-rc, "%s: setting the rate limit's state", x->kind->name);
+    return 0;
+}
+
+static bool local_listed(const struct dp_xdp_local_key *k, const struct dp_xdp_local_addr *addrs,
+                         uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (addrs[i].family == k->family && !memcmp(addrs[i].addr, k->addr, sizeof(k->addr)))
+            return true;
+    return false;
+}
+
+_Static_assert(DP_XDP_MAX_LOCAL_ADDRS_API == DP_XDP_MAX_LOCAL_ADDRS, "one size of the local map");
+
+int dp_xdp_set_local(struct dp_xdp *x, const struct dp_xdp_local_addr *addrs, uint32_t n)
+{
+    struct bpf_map *map = bpf_object__find_map_by_name(x->obj, DP_XDP_LOCAL_MAP);
+    struct dp_xdp_local_key key, next, *gone;
+    uint32_t ngone = 0, cap = DP_XDP_MAX_LOCAL_ADDRS;
+    uint8_t one = 1;
+    int fd, rc;
+
+    if (!map || (fd = bpf_map__fd(map)) < 0)
+        return fail(EINVAL, "%s has no address map", x->kind->name);
+    if (n && !addrs)
+        return fail(EINVAL, "no addresses given");
+    if (n > DP_XDP_MAX_LOCAL_ADDRS)
+        return fail(E2BIG, "%u addresses; the map holds %u", n, DP_XDP_MAX_LOCAL_ADDRS);
+    for (uint32_t i = 0; i < n; i++)
+        if (addrs[i].family != 4 && addrs[i].family != 6)
+            return fail(EINVAL, "address %u: family %u is neither 4 nor 6", i, addrs[i].family);
+    /* The ones that stay are never missing: new ones first, then the
+     * ones no longer listed go. */
+    for (uint32_t i = 0; i < n; i++) {
+        memset(&key, 0, sizeof(key));
+        key.family = addrs[i].family;
+        memcpy(key.addr, addrs[i].addr, addrs[i].family == 4 ? 4 : 16);
+        rc = bpf_map_update_elem(fd, &key, &one, BPF_ANY);
+        if (rc < 0)
+            return fail(-rc, "%s: writing a local address", x->kind->name);
+    }
+    gone = calloc(cap, sizeof(*gone));
+    if (!gone)
+        return fail(ENOMEM, "listing the local addresses");
+    for (rc = bpf_map_get_next_key(fd, NULL, &next); rc == 0 && ngone < cap;
+         rc = bpf_map_get_next_key(fd, &key, &next)) {
+        if (!local_listed(&next, addrs, n))
+            gone[ngone++] = next;
+        key = next;
+    }
+    for (uint32_t i = 0; i < ngone; i++)
+        bpf_map_delete_elem(fd, &gone[i]);
+    free(gone);
     return 0;
 }
 

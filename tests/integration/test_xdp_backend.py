@@ -507,3 +507,75 @@ def test_packets_lost_at_a_full_af_xdp_ring_are_counted_and_shown(topo, tmp_path
     assert "xsk_wan_rx_ring_full" in drops_line or "xsk_wan_rx_dropped" in drops_line, shown
     r = w.ping(w.client_ns, "10.202.0.1", count=3)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_datagrams_to_the_port_for_a_routed_address_are_forwarded(topo, tmp_path):
+    """An exit node that also routes: UDP to our listen port but for an
+    address behind us (IPv6 routed to clients, a NAT'd flow whose source
+    port equals our port, nested WireGuard) is the kernel's to forward,
+    not the workers' to drop as an unknown index."""
+    w = xdp_world(topo, tmp_path)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    far_ns = topo.namespace("far")
+    topo.link(w.exit_ns, far_ns, ["10.204.0.1/24", "fd00:204::1/64"],
+              ["10.204.0.2/24", "fd00:204::2/64"])
+    topo.run(w.exit_ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1",
+                         "net.ipv6.conf.all.forwarding=1"])
+    topo.add_route(w.client_ns, "10.204.0.0/24", gateway="10.201.0.2")
+    topo.add_route(w.client_ns, "fd00:204::/64", gateway="fd00:201::2")
+    topo.add_route(far_ns, "10.201.0.0/24", gateway="10.204.0.1")
+    topo.add_route(far_ns, "fd00:201::/64", gateway="fd00:204::1")
+    before = w.status()
+    # data messages, handshakes and garbage alike: all of it is someone else's
+    payloads = [b"\x04\x00\x00\x00" + os.urandom(60), b"\x01\x00\x00\x00" + os.urandom(144),
+                os.urandom(3)]
+    for family, dst in ((socket.AF_INET, "10.204.0.2"), (socket.AF_INET6, "fd00:204::2")):
+        sink = topo.socket(far_ns, family, socket.SOCK_DGRAM)
+        sink.bind((dst, 51820))
+        sink.settimeout(3)
+        src = topo.socket(w.client_ns, family, socket.SOCK_DGRAM)
+        try:
+            for p in payloads:
+                src.sendto(p, (dst, 51820))
+                assert sink.recv(2000) == p, (dst, p[:4])
+        finally:
+            src.close()
+            sink.close()
+    after = w.status()
+    moved = {k: after["xdp"][k] - before["xdp"][k] for k in after["xdp"]
+             if isinstance(after["xdp"][k], int) and after["xdp"][k] != before["xdp"][k]}
+    assert moved.get("wan_pass_not_local", 0) == 2 * len(payloads), moved
+    assert after["drops"].get("unknown_index", 0) == before["drops"].get("unknown_index", 0)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+
+
+def test_the_wan_program_follows_the_hosts_addresses(topo, tmp_path):
+    """An address added under a running daemon is steered for within
+    seconds; one removed is forgotten."""
+    w = xdp_world(topo, tmp_path)
+    start = w.status()["xdp"]["local_addresses"]
+    assert start >= 2  # at least the WAN's 10.201.0.2 and fd00:201::2
+    ifname = wan_ifname(w)
+    topo.add_address(w.exit_ns, ifname, "10.201.0.77/24")
+
+    def local_addresses_become(n: int) -> None:
+        deadline = time.monotonic() + 5
+        while w.status()["xdp"]["local_addresses"] != n:
+            assert time.monotonic() < deadline, w.status()["xdp"]
+            time.sleep(0.1)
+
+    local_addresses_become(start + 1)
+    before = w.status()["xdp"]
+    s = topo.socket(w.client_ns, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _ in range(3):
+            s.sendto(b"\x07\x00\x00\x00" + bytes(40), ("10.201.0.77", 51820))
+    finally:
+        s.close()
+    time.sleep(0.3)
+    after = w.status()["xdp"]
+    assert after["wan_drop_wg_bad_type"] - before["wan_drop_wg_bad_type"] == 3, after
+    assert after["wan_pass_not_local"] == before["wan_pass_not_local"]
+    topo.run(w.exit_ns, ["ip", "addr", "del", "10.201.0.77/24", "dev", ifname])
+    local_addresses_become(start)
+    assert w.down() == 0

@@ -11,7 +11,8 @@ from dataplane import xdp
 from dataplane.obfuscation import (BASE_LEN, COOKIE_REPLY, INITIATION, RESPONSE, TRANSPORT,
                                    Obfuscation)
 from dataplane.xdp import Verdict
-from tests.unit.test_xdp_programs import PORT, needs_root, objects, run, v4, v6, wg  # noqa: F401
+from tests.unit.test_xdp_programs import (PORT, load_wan, needs_root, objects, run, v4, v6,  # noqa: F401
+                                          wg)
 
 PROFILE = Obfuscation.from_settings({
     "Jc": "3", "Jmin": "40", "Jmax": "70", "S1": "15", "S2": "18", "S3": "20", "S4": "8",
@@ -31,7 +32,7 @@ def message(kind: int, obf: Obfuscation = PROFILE, extra: int = 0, header=None) 
 
 @pytest.fixture
 def wan(objects):  # noqa: F811 - the fixture of test_xdp_programs
-    with xdp.XdpProgram.load(objects["wan"], listen_port=PORT) as program:
+    with load_wan(objects["wan"], listen_port=PORT) as program:
         program.set_ratelimit_rest(True)
         yield program
 
@@ -113,7 +114,7 @@ def test_back_to_plain_the_profile_is_malformed_again(wan):
 
 @needs_root
 def test_handshakes_of_the_profile_are_rate_limited(objects):  # noqa: F811
-    with xdp.XdpProgram.load(objects["wan"], listen_port=PORT) as wan:
+    with load_wan(objects["wan"], listen_port=PORT) as wan:
         wan.set_wire(xdp.wire_config(PROFILE))
         verdict, _, delta = run(wan, v4(message(INITIATION)), repeat=6)
         assert verdict == Verdict.DROP

@@ -17,6 +17,7 @@ BPF needs root (CAP_BPF, CAP_NET_ADMIN); CI runs as root. The objects are
 compiled into a temporary directory with ebpf/build.py for the session, so
 the tests always run the current sources.
 """
+import contextlib
 import errno
 import importlib.util
 import ipaddress
@@ -70,11 +71,20 @@ def objects(tmp_path_factory):
     return built
 
 
+@contextlib.contextmanager
+def load_wan(path, **settings):
+    """The WAN program, with the fixtures' destinations (DST4, DST6) as
+    this host's addresses, as the daemon writes them."""
+    with xdp.XdpProgram.load(path, **settings) as program:
+        program.set_local([ipaddress.ip_address(DST4), ipaddress.ip_address(DST6)])
+        yield program
+
+
 @pytest.fixture
 def wan(objects):
     """The WAN program with default settings: a fresh one per test, so no
     rate-limit state carries over."""
-    with xdp.XdpProgram.load(objects["wan"], listen_port=PORT) as program:
+    with load_wan(objects["wan"], listen_port=PORT) as program:
         yield program
 
 
@@ -205,6 +215,18 @@ CASES = [
     steer_case("ipv4-data-1420", v4(wg(DATA, 1420)), "data"),
     steer_case("ipv6-data-keepalive", v6(wg(DATA, 32)), "data"),
     steer_case("ipv6-data-1420", v6(wg(DATA, 1420)), "data"),
+    # To the port, but for an address not this host's (it routes them):
+    # the kernel's to forward, whatever they hold.
+    pass_case("ipv4-data-routed-through", v4(wg(DATA, 64), dst="198.51.100.2"), "pass_not_local"),
+    pass_case("ipv4-initiation-routed-through", v4(wg(INITIATION, 148), dst="203.0.113.9"),
+              "pass_not_local"),
+    pass_case("ipv4-garbage-routed-through", v4(b"\xff" * 3, dst="203.0.113.9"),
+              "pass_not_local"),
+    pass_case("ipv6-data-routed-through", v6(wg(DATA, 64), dst="2001:db8:ffff::2"),
+              "pass_not_local"),
+    pass_case("ipv6-first-fragment-routed-through",
+              v6(wg(DATA, 64), dst="2001:db8:ffff::2", exts=[(FRAGMENT, (0, True))]),
+              "pass_not_local"),
     # VLAN: one tag of either kind; a second tag is not parsed.
     steer_case("vlan-8021q-ipv4-data", v4(wg(DATA, 64), vlans=[ETH_P_8021Q]), "data"),
     steer_case("vlan-8021ad-ipv6-initiation", v6(wg(INITIATION, 148), vlans=[ETH_P_8021AD]),
@@ -367,6 +389,31 @@ def test_wan_program(wan, case):
     assert sum(v for k, v in delta.items() if k != "steer_no_socket") == 1
 
 
+@needs_root
+def test_the_local_addresses_follow_what_the_control_plane_writes(objects):
+    """The set is replaced as a whole (what stays never goes missing);
+    with it empty every datagram to the port is the kernel's."""
+    a4, b4, a6 = (ipaddress.ip_address(x) for x in (DST4, "198.51.100.2", DST6))
+    to_a4, to_b4, to_a6 = v4(wg(DATA, 64)), v4(wg(DATA, 64), dst=str(b4)), v6(wg(DATA, 64))
+    with xdp.XdpProgram.load(objects["wan"], listen_port=PORT) as program:
+        # at load: none, so nothing is steered
+        assert set(run(program, to_a4)[2]) == {"pass_not_local"}
+        program.set_local([a4, a6])
+        assert "steer_data" in run(program, to_a4)[2] and "steer_data" in run(program, to_a6)[2]
+        assert set(run(program, to_b4)[2]) == {"pass_not_local"}
+        program.set_local([b4, a6])  # a4 goes, b4 comes
+        assert set(run(program, to_a4)[2]) == {"pass_not_local"}
+        assert "steer_data" in run(program, to_b4)[2] and "steer_data" in run(program, to_a6)[2]
+        program.set_local([])
+        assert all(set(run(program, f)[2]) == {"pass_not_local"} for f in (to_a4, to_b4, to_a6))
+        with pytest.raises(xdp.XdpError, match="the map holds 1024"):
+            program.set_local([ipaddress.ip_address(f"10.{i >> 8}.{i & 255}.1")
+                               for i in range(1025)])
+    with xdp.XdpProgram.load(objects["inner"]) as inner:
+        with pytest.raises(xdp.XdpError, match="no address map"):
+            inner.set_local([a4])
+
+
 # ---------------------------------------------------------- rate limiting
 
 def initiation_from(src: str) -> bytes:
@@ -413,7 +460,7 @@ def test_tokens_come_back_at_the_rate(wan):
 def slow_wan(objects):
     """One handshake per second after a burst of 5: separate test runs from
     Python stay well inside one token's time."""
-    with xdp.XdpProgram.load(objects["wan"], listen_port=PORT, rate=1, burst=5) as program:
+    with load_wan(objects["wan"], listen_port=PORT, rate=1, burst=5) as program:
         yield program
 
 
@@ -457,21 +504,21 @@ def test_ipv6_sources_in_one_slash_64_share_a_bucket(slow_wan):
 
 @needs_root
 def test_burst_setting(objects):
-    with xdp.XdpProgram.load(objects["wan"], listen_port=PORT, rate=1, burst=2) as program:
+    with load_wan(objects["wan"], listen_port=PORT, rate=1, burst=2) as program:
         verdict, _, delta = run(program, initiation_from("192.0.2.40"), repeat=3)
     assert (verdict, delta["steer_initiation"], delta["drop_ratelimited"]) == (Verdict.DROP, 2, 1)
 
 
 @needs_root
 def test_rate_limit_off(objects):
-    with xdp.XdpProgram.load(objects["wan"], listen_port=PORT, ratelimit=False) as program:
+    with load_wan(objects["wan"], listen_port=PORT, ratelimit=False) as program:
         verdict, _, delta = run(program, initiation_from("192.0.2.50"), repeat=50)
     assert (verdict, delta) == (Verdict.PASS, {"steer_initiation": 50, "steer_no_socket": 50})
 
 
 @needs_root
 def test_listen_port_is_a_setting(objects):
-    with xdp.XdpProgram.load(objects["wan"], listen_port=443) as program:
+    with load_wan(objects["wan"], listen_port=443) as program:
         assert run(program, v4(wg(DATA, 32), dport=443))[2] == steered("data")
         assert run(program, v4(wg(DATA, 32), dport=PORT))[2] == {"pass_other_port": 1}
 
