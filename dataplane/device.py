@@ -675,3 +675,11 @@ def parse_outer_frame(frame: bytes) -> Optional[tuple[int, int, Optional[Endpoin
         return None
     return off[0], length[0], endpoint_from_c(ep)
 
+
+
+def outer_checksum_ok(frame: bytes) -> Optional[bool]:
+    """Whether the UDP checksum of such a frame lets it move a peer's
+    endpoint (it verifies, IPv4 says none, or it is the pseudo-header sum
+    that checksum offload leaves); None if the parse refuses the frame."""
+    rc = lib.dp_device_test_outer_checksum(frame, len(frame))
+    return None if rc < 0 else bool(rc)

@@ -77,6 +77,7 @@ struct burst {
     uint8_t inner_eth[12]; /* destination MAC, source MAC */
     uint32_t ip_id;        /* IPv4 identification of what we send on the WAN */
     uint32_t busy_passes;  /* passes that found AF_XDP work, to space out socket checks */
+    bool rx_xsk;           /* the segments of this receive pass are in frames[] */
     /* Decap with AF_XDP decrypts straight into a transmit frame of the
      * inner port (its address per AEAD job; NO_FRAME: in place, when no
      * frame was free), so no clear text is left in the WAN's frames and
@@ -427,14 +428,87 @@ static void confirm_next(struct dp_device *d, struct peer *p, uint32_t peer_id,
         dp_flush_staged(d, peer_id);
 }
 
-static void update_endpoint(struct peer *p, const struct sockaddr_in6 *from)
+static bool outer_parse(uint8_t *f, uint32_t len, uint8_t **payload, uint32_t *plen,
+                        struct sockaddr_in6 *from);
+
+/* One's complement sum of len bytes as big-endian 16-bit words. */
+static uint64_t csum_add(uint64_t sum, const uint8_t *p, uint32_t len)
+{
+    for (; len >= 2; p += 2, len -= 2)
+        sum += (uint32_t)p[0] << 8 | p[1];
+    if (len)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t csum_fold(uint64_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+/* The UDP checksum of a frame from the WAN port, which the kernel has not
+ * looked at: true when it verifies, when IPv4 says there is none (0, RFC
+ * 768), or when it holds just the pseudo-header's sum, which a sender on
+ * this host's virtual links (veth) leaves for checksum offload (such a
+ * frame never crossed a wire). A corruption that lands on either value is
+ * a chance of about 2 in 65536. */
+static bool outer_udp_checksum_ok(const uint8_t *f, uint32_t len)
+{
+    struct sockaddr_in6 from;
+    uint32_t l3 = ETH_HEADER, l4, ulen, plen;
+    uint8_t *payload;
+    uint16_t field;
+    uint64_t sum;
+
+    if (!outer_parse((uint8_t *)f, len, &payload, &plen, &from))
+        return false;
+    if ((f[12] == 0x81 && f[13] == 0x00) || (f[12] == 0x88 && f[13] == 0xa8))
+        l3 += 4;
+    l4 = (uint32_t)(payload - f) - 8;
+    ulen = plen + 8;
+    field = (uint16_t)(f[l4 + 6] << 8 | f[l4 + 7]);
+    if (from.sin6_family == AF_INET) {
+        if (field == 0)
+            return true;
+        sum = csum_add(0, f + l3 + 12, 8); /* source and destination */
+    } else {
+        sum = csum_add(0, f + l3 + 8, 32);
+    }
+    sum += IPPROTO_UDP + ulen;
+    if (field == csum_fold(sum))
+        return true;
+    return csum_fold(csum_add(sum, f + l4, ulen)) == 0xffff;
+}
+
+/* Roaming: the peer follows the latest authenticated source. A datagram
+ * from the WAN's AF_XDP port (`frame` set) bypassed the kernel's UDP
+ * checksum check, and a source address or port corrupted in flight must
+ * not move the peer: its checksum is verified first (only when the source
+ * is new to the peer). `intact`: the frame still holds what arrived (not
+ * decrypted in place); when it does not, nothing can be verified and the
+ * peer stays (its next datagram moves it). */
+static void update_endpoint(struct dp_device *d, struct peer *p, const struct sockaddr_in6 *from,
+                            const struct dp_xsk_frame *frame, bool intact)
 {
     struct dp_endpoint ep;
+    bool moved;
 
     sockaddr_to_endpoint(from, &ep);
     lock_take(&p->lock);
-    if (memcmp(&p->endpoint, &ep, sizeof(ep)))
-        p->endpoint = ep; /* roaming: follow the latest authenticated source */
+    moved = memcmp(&p->endpoint, &ep, sizeof(ep)) != 0;
+    if (moved && !frame)
+        p->endpoint = ep;
+    lock_give(&p->lock);
+    if (!moved || !frame)
+        return;
+    if (!intact || !outer_udp_checksum_ok(frame->data, frame->len)) {
+        stat_add(&d->roams_refused, 1);
+        return;
+    }
+    lock_take(&p->lock);
+    p->endpoint = ep;
     lock_give(&p->lock);
 }
 
@@ -572,7 +646,9 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
             continue;
         }
         p = &d->peers[kp->peer_id];
-        update_endpoint(p, &b->addr[b->seg[i].from]);
+        update_endpoint(d, p, &b->addr[b->seg[i].from],
+                        b->rx_xsk ? &b->frames[b->seg[i].from] : NULL,
+                        b->tx_addr[j] != NO_FRAME);
         stat_add(&p->rx_bytes, b->len[j]);
         stat_add(&p->rx_packets, 1);
         stat_set(&p->last_rx_ns, now);
@@ -787,8 +863,10 @@ static int xsk_rx_pass(struct dp_device *d, struct burst *b)
         b->seg[nseg++] = (struct rx_seg){payload, plen, (uint16_t)i};
     }
     b->in_place = false;
+    b->rx_xsk = true;
     if (nseg)
         rx_chunk(d, b, 0, nseg, now);
+    b->rx_xsk = false;
     /* what was decrypted in place (no transmit frame was free) leaves the
      * frames before they are reused */
     for (uint32_t i = 0; b->in_place && i < n; i++)
@@ -1550,6 +1628,17 @@ int dp_device_test_stage(struct dp_device *d, uint32_t peer_id, const uint8_t *p
     stage(d, &d->peers[peer_id], peer_id, pkt, len, dp_now_ns());
     reader_offline(d, POLL_READER);
     return 0;
+}
+
+int dp_device_test_outer_checksum(const uint8_t *frame, uint32_t len)
+{
+    uint8_t *payload;
+    uint32_t plen;
+    struct sockaddr_in6 sa;
+
+    if (!frame || !outer_parse((uint8_t *)frame, len, &payload, &plen, &sa))
+        return -EINVAL;
+    return outer_udp_checksum_ok(frame, len) ? 1 : 0;
 }
 
 int dp_device_test_outer_parse(const uint8_t *frame, uint32_t len, uint32_t *payload_off,

@@ -146,7 +146,7 @@ struct dp_device {
     /* the XDP backend's outer routes and where data messages went */
     struct route_slot *routes;
     uint32_t n_routes;
-    _Atomic uint64_t wan_xsk_tx, wan_kernel_tx, route_requests;
+    _Atomic uint64_t wan_xsk_tx, wan_kernel_tx, route_requests, roams_refused;
 
     /* the workers */
     struct worker {

@@ -173,6 +173,9 @@ struct dp_path_stats {
     uint64_t wan_kernel_tx;  /* sent through the UDP socket (no route yet, not a WAN, or
                               * the route's WAN interface is not the worker's) */
     uint64_t route_requests; /* DP_EVENT_NEED_ROUTE raised */
+    uint64_t roams_refused;  /* an authenticated datagram from a new source that arrived
+                              * through AF_XDP with a bad UDP checksum (or decrypted in
+                              * place, so not checkable): the peer's endpoint stayed */
 };
 void dp_device_path_stats(struct dp_device *d, struct dp_path_stats *out);
 
@@ -376,5 +379,9 @@ int dp_device_test_stage(struct dp_device *d, uint32_t peer_id, const uint8_t *p
 int64_t dp_device_test_lock(uint32_t threads, uint32_t rounds, int fifo_priority, int cpu);
 int dp_device_test_outer_parse(const uint8_t *frame, uint32_t len, uint32_t *payload_off,
                                uint32_t *payload_len, struct dp_endpoint *from);
+/* Whether such a frame's UDP checksum lets it move a peer's endpoint: 1
+ * (verifies, IPv4 0, or the pseudo-header sum of checksum offload), 0, or
+ * -EINVAL for a frame the parse refuses. */
+int dp_device_test_outer_checksum(const uint8_t *frame, uint32_t len);
 
 #endif

@@ -139,4 +139,5 @@ void dp_device_path_stats(struct dp_device *d, struct dp_path_stats *out)
     out->wan_xsk_tx = atomic_load(&d->wan_xsk_tx);
     out->wan_kernel_tx = atomic_load(&d->wan_kernel_tx);
     out->route_requests = atomic_load(&d->route_requests);
+    out->roams_refused = atomic_load(&d->roams_refused);
 }

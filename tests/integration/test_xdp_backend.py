@@ -579,3 +579,37 @@ def test_the_wan_program_follows_the_hosts_addresses(topo, tmp_path):
     topo.run(w.exit_ns, ["ip", "addr", "del", "10.201.0.77/24", "dev", ifname])
     local_addresses_become(start)
     assert w.down() == 0
+
+
+def test_a_corrupted_source_does_not_move_the_peer(topo, tmp_path):
+    """The client's datagrams leave with their source address rewritten
+    (a tc program) and the UDP checksum left as it was, as a bit flip in
+    flight would leave them: authenticated, decrypted and delivered, but
+    the peer's endpoint stays where it was (the kernel, which checks UDP
+    checksums on the socket backend, is bypassed here). With the checksum
+    updated as well the same rewrite moves it: that is roaming."""
+    from tests.unit.test_xdp_programs import FIXTURES, ebpf_build
+    obj = ebpf_build.compile_one(FIXTURES / "rewrite_source.bpf.c", tmp_path / "rewrite.bpf.o")
+    w = xdp_world(topo, tmp_path)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    assert w.exit_peer_dump()[2] == "10.201.0.1:51900"
+    dev = w.client_veth
+    topo.run(w.client_ns, ["tc", "qdisc", "add", "dev", dev, "clsact"])
+
+    def rewrite(section: str) -> None:
+        topo.run(w.client_ns, ["tc", "filter", "replace", "dev", dev, "egress", "pref", "1",
+                               "handle", "1", "bpf", "direct-action", "obj", str(obj),
+                               "sec", section])
+
+    rewrite("tc/corrupt")
+    before = w.status()["xdp"]
+    # the exit node answers at the client's real address, so pings work
+    r = w.ping(w.client_ns, "10.202.0.1", count=3)
+    assert r.returncode == 0, r.stdout
+    assert w.exit_peer_dump()[2] == "10.201.0.1:51900"
+    after = w.status()["xdp"]
+    assert after["roams_refused"] - before["roams_refused"] >= 3, after
+    rewrite("tc/roam")
+    w.ping(w.client_ns, "10.202.0.1", count=1, timeout=1)  # the answer goes to .99 now
+    assert w.exit_peer_dump()[2] == "10.201.0.99:51900"
+    assert w.status()["xdp"]["roams_refused"] == after["roams_refused"]

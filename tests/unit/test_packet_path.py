@@ -12,7 +12,8 @@ import pytest
 
 from dataplane import crypto
 from dataplane._native import lib
-from dataplane.device import BUSY_POLL_MAX_US, Device, DeviceError, Endpoint, parse_outer_frame
+from dataplane.device import (BUSY_POLL_MAX_US, Device, DeviceError, Endpoint, outer_checksum_ok,
+                              parse_outer_frame)
 
 SEND_KEY, RECV_KEY = bytes(range(32)), bytes(range(32, 64))
 REMOTE_INDEX = 0x1234
@@ -180,6 +181,59 @@ def test_outer_parse_finds_the_message_and_its_source(kw):
 ], ids=range(12))
 def test_outer_parse_refuses_malformed_frames(frame):
     assert parse_outer_frame(frame) is None
+
+
+def ones_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def with_udp_checksum(frame: bytes, how: str) -> bytes:
+    """The frame with its UDP checksum field set: "valid", "partial" (the
+    pseudo-header sum checksum offload leaves), "zero", or "valid" then the
+    source address changed ("corrupt-source") or the source port
+    ("corrupt-port")."""
+    off, length, src = parse_outer_frame(frame)
+    l4 = off - 8
+    v6 = src.address.version == 6
+    l3 = l4 - (40 if v6 else 20)
+    addrs = frame[l3 + 8:l3 + 40] if v6 else frame[l3 + 12:l3 + 20]
+    pseudo = addrs + struct.pack("!HH", 17, length + 8)
+    body = bytearray(frame)
+    body[l4 + 6:l4 + 8] = b"\0\0"
+    if how == "partial":
+        field = ones_sum(pseudo)
+    elif how == "zero":
+        field = 0
+    else:
+        field = ~ones_sum(pseudo + bytes(body[l4:l4 + 8 + length])) & 0xFFFF or 0xFFFF
+    body[l4 + 6:l4 + 8] = struct.pack("!H", field)
+    if how == "corrupt-source":
+        at = l3 + (8 if v6 else 12) + 3
+        body[at] ^= 0x40
+    elif how == "corrupt-port":
+        body[l4] ^= 0x01
+    return bytes(body)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_only_a_checked_udp_checksum_lets_a_frame_move_a_peer(v6):
+    frame = udp_frame(b"\x04\x00\x00\x00" + os.urandom(60), v6=v6)
+    assert outer_checksum_ok(with_udp_checksum(frame, "valid")) is True
+    assert outer_checksum_ok(with_udp_checksum(frame, "partial")) is True
+    assert outer_checksum_ok(with_udp_checksum(frame, "corrupt-source")) is False
+    assert outer_checksum_ok(with_udp_checksum(frame, "corrupt-port")) is False
+    # IPv4 may send none; IPv6 may not (RFC 8200)
+    assert outer_checksum_ok(with_udp_checksum(frame, "zero")) is (not v6)
+    # a flipped payload bit
+    bad = bytearray(with_udp_checksum(frame, "valid"))
+    bad[-5] ^= 0x10
+    assert outer_checksum_ok(bytes(bad)) is False
+    assert outer_checksum_ok(frame[:20]) is None
 
 
 def test_busy_poll_needs_af_xdp_sockets_in_range_and_before_start(world):
