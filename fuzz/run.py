@@ -27,10 +27,12 @@ OUT = ROOT / "build" / "fuzz"
 # for a Python harness
 HARNESSES: dict[str, list[str] | None] = {
     "wire_classify": ["native/wg/wire.c"],
+    "replay_window": ["native/tables/replay.c"],
+    "allowed_ips": ["native/tables/allowedips.c"],
     "obfuscation_settings": None,
 }
 CFLAGS = ["-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
-          "-I", str(ROOT / "native" / "wg")]
+          "-I", str(ROOT / "native" / "wg"), "-I", str(ROOT / "native" / "tables")]
 
 
 def build(name: str) -> list[str]:

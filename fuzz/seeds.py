@@ -61,12 +61,47 @@ OBFUSCATION_SEEDS = {
 }
 
 
+def replay_window_seeds(rng) -> dict[str, bytes]:
+    """A window byte, then 9-byte operations (kind, 8 bytes of value)."""
+    def ops(kinds, value=lambda: rng.getrandbits(64)):
+        return b"".join(bytes([k]) + struct.pack("<Q", value()) for k in kinds)
+    seeds = {}
+    for w in range(4):
+        seeds[f"in-order-{1024 << w}"] = bytes([w]) + ops([0] * 64, lambda: 1)
+        seeds[f"reordered-{1024 << w}"] = bytes([w]) + ops(
+            [rng.choice((0, 1)) for _ in range(200)], lambda: rng.randrange(1 << 14))
+        seeds[f"jumps-{1024 << w}"] = bytes([w | 4]) + ops(
+            [rng.choice((0, 1, 2, 3, 4, 5)) for _ in range(200)])
+    return seeds
+
+
+def allowed_ips_seeds(rng) -> dict[str, bytes]:
+    """20-byte operations: kind, family/stem, length, peer, 16 address bytes."""
+    def op(kind, fam, stem, cidr, peer):
+        return bytes([kind, fam | stem << 1, cidr, peer]) + rng.randbytes(16)
+    seeds = {}
+    for fam in (0, 1):
+        bits = 32 if fam == 0 else 128
+        nested = [op(0, fam, 0, c, c % 8) for c in range(0, bits + 1, 4)]
+        seeds[f"nested-{bits}"] = b"".join(nested + [op(3, fam, 0, c, 0) for c in (8, 24, bits)])
+        mixed = [op(rng.randrange(4), fam, rng.randrange(4), rng.randrange(bits + 2),
+                    rng.randrange(8)) for _ in range(150)]
+        seeds[f"mixed-{bits}"] = b"".join(mixed)
+    return seeds
+
+
 def main() -> None:
     rng = random.Random(20261205)
     out = HERE / "corpus" / "wire_classify"
     out.mkdir(parents=True, exist_ok=True)
     for name, data in wire_classify_seeds(rng).items():
         (out / name).write_bytes(data)
+    for name, seeds in (("replay_window", replay_window_seeds(rng)),
+                        ("allowed_ips", allowed_ips_seeds(rng))):
+        out = HERE / "corpus" / name
+        out.mkdir(parents=True, exist_ok=True)
+        for seed, data in seeds.items():
+            (out / seed).write_bytes(data)
     out = HERE / "corpus" / "obfuscation_settings"
     out.mkdir(parents=True, exist_ok=True)
     for name, text in OBFUSCATION_SEEDS.items():
