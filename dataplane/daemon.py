@@ -118,6 +118,37 @@ def _grow_buffers(s: socket.socket) -> None:
             s.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER_BYTES)
 
 
+# What the first keys need locked (a chunk of keypairs, and room to spare).
+MEMLOCK_NEEDED = 512 << 10
+
+
+def check_memlock(needed: int = MEMLOCK_NEEDED) -> None:
+    """Keys live only in locked memory: refuse to come up (UpError) when
+    this process cannot lock even the first of it, rather than come up
+    and fail every handshake. RLIMIT_MEMLOCK bounds it unless the process
+    has CAP_IPC_LOCK (root has)."""
+    import ctypes
+    import mmap
+    import resource
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = mmap.mmap(-1, needed)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    try:
+        if libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(needed)) == 0:
+            libc.munlock(ctypes.c_void_p(addr), ctypes.c_size_t(needed))
+            return
+        err = ctypes.get_errno()
+    finally:
+        buf.close()
+    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft >> 10} KiB"
+    raise UpError(f"keys are kept in locked memory, and this process cannot lock "
+                  f"{needed >> 10} KiB ({os.strerror(err)}; RLIMIT_MEMLOCK is {limit}, "
+                  f"CAP_IPC_LOCK lifts it): raise the limit (systemd: LimitMEMLOCK=infinity, "
+                  f"or ulimit -l)")
+
+
 def uapi_socket_in_use(path: Path) -> bool:
     if not path.exists():
         return False
@@ -150,6 +181,8 @@ class Daemon:
         self.xdp: Optional[XdpPlumbing] = None
         self.outer_routes: Optional[OuterRoutes] = None
         self._local_due = 0.0  # when the XDP programs' local addresses are next refreshed
+        self._links: dict = {}  # role -> (name, ifindex), see _watch_links
+        self.exit_status = 0    # of `dataplane up`: 1 when a link was removed from under it
         self.workers = 1
         self.mtu = DEFAULT_MTU
         self._server: Optional[asyncio.AbstractServer] = None
@@ -175,6 +208,7 @@ class Daemon:
                 raise UpError(f"ApiListen: cannot load the TLS files: {e}") from None
         if uapi_socket_in_use(self.uapi_path):
             raise UpError(f"{self.name} is already up (its UAPI socket answers)")
+        check_memlock()
         with IPRoute() as ipr:
             if remove_stale_inner_link(ipr, self.name):
                 log.info("%s: removed the inner veth pair that a killed daemon left behind",
@@ -298,6 +332,7 @@ class Daemon:
             self._configure_link(mtu)
             if conf.dataplane.realtime_priority:
                 device.set_realtime(conf.dataplane.realtime_priority)
+            self._watch_links()
             try:
                 device.start()
             except DeviceError as e:
@@ -311,6 +346,47 @@ class Daemon:
             self.down()
             raise
         return how
+
+    def _watch_links(self) -> None:
+        """The interface index of every link the daemon depends on: the
+        interface itself, and on the XDP backend our end of the inner veth
+        pair and the WAN interfaces (see _check_links)."""
+        names = {"interface": self.name}
+        if self.xdp is not None:
+            names["inner"] = self.xdp.peer_name
+            names.update({f"wan {ifname}": ifname for ifname in self.xdp.wan})
+        self._links = {role: (name, socket.if_nametoindex(name)) for role, name in names.items()}
+
+    def _check_links(self) -> None:
+        """A link removed from under the daemon (`ip link del`, a NIC gone):
+        say which, and go down with exit status 1, the WAN interfaces left
+        forwarding normally (so that a supervisor's restart serves the
+        links there are now). A WAN interface renamed keeps its programs
+        and sockets (they hold its index): only the name is followed."""
+        for role, (name, index) in list(self._links.items()):
+            try:
+                now = socket.if_indextoname(index)
+            except OSError:
+                now = None
+            if now == name:
+                continue
+            if now is None:
+                what = {"interface": "the interface",
+                        "inner": f"our end of the inner veth pair ({name})"}.get(
+                            role, f"WAN interface {name}")
+                log.error("%s: %s was removed from under the daemon: going down", self.name, what)
+                self.exit_status = 1
+                self._stop.set()
+                return
+            if role.startswith("wan "):
+                log.warning("%s: WAN interface %s is now called %s", self.name, name, now)
+                self.xdp.rename_wan(name, now)
+                if self.outer_routes is not None:
+                    self.outer_routes.rename_wan(name, now)
+            else:
+                log.warning("%s: %s was renamed %s; `wg` and `dataplane` still know it as %s",
+                            self.name, name, now, self.name)
+            self._links[role] = (now, index)
 
     def _configure_peer(self, pc: cfg.PeerConfig) -> Peer:
         iface = self.iface
@@ -538,6 +614,7 @@ class Daemon:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
+                self._check_links()
                 self.iface.tick()
                 if self.api is not None:
                     self.api.tick()
@@ -829,4 +906,4 @@ def run_up(path: str) -> int:
     finally:
         daemon.down()
         log.info("%s is down", conf.name)
-    return 0
+    return daemon.exit_status

@@ -295,11 +295,15 @@ class Device:
         """AF_XDP sockets for a worker (the XDP backend; before start)."""
         if len(inner_dst_mac) != 6 or len(inner_src_mac) != 6:
             raise ValueError("MAC addresses are 6 bytes")
-        _check(lib.dp_device_attach_xsk(self._dev, worker, wan_ifname.encode(), wan_queue,
-                                        inner_ifname.encode(), inner_queue, inner_dst_mac,
-                                        inner_src_mac, int(zerocopy)),
-               f"AF_XDP sockets on {wan_ifname} queue {wan_queue} and {inner_ifname} "
-               f"queue {inner_queue}")
+        rc = lib.dp_device_attach_xsk(self._dev, worker, wan_ifname.encode(), wan_queue,
+                                      inner_ifname.encode(), inner_queue, inner_dst_mac,
+                                      inner_src_mac, int(zerocopy))
+        hint = ""
+        if rc in (-errno_mod.ENOBUFS, -errno_mod.ENOMEM):
+            hint = (" (their frame memory is locked memory: RLIMIT_MEMLOCK too small without "
+                    "CAP_IPC_LOCK? systemd: LimitMEMLOCK=infinity)")
+        _check(rc, f"AF_XDP sockets on {wan_ifname} queue {wan_queue} and {inner_ifname} "
+                   f"queue {inner_queue}{hint}")
 
     def xsk_fds(self, worker: int) -> tuple[int, int]:
         """(WAN, inner) AF_XDP socket fds of a worker, -1 when none."""

@@ -10,6 +10,7 @@ Nothing here logs keys or peer endpoints.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -24,7 +25,7 @@ import numpy as np
 
 from dataplane import config as cfg
 from dataplane import noise
-from dataplane.device import Device, Endpoint, PeerStats, peer_stats_of
+from dataplane.device import Device, DeviceError, Endpoint, PeerStats, peer_stats_of
 from dataplane.keys import PresharedKey, PrivateKey, PublicKey, is_low_order
 from dataplane.obfuscation import COOKIE_REPLY, INITIATION, PLAIN, RESPONSE, Obfuscation
 from dataplane._native import lib
@@ -193,7 +194,9 @@ class Interface:
         self.counters = {"handshake_bad_mac1": 0, "handshake_bad_mac2": 0,
                          "handshake_ratelimited": 0, "handshake_invalid": 0,
                          "handshake_replayed": 0, "handshake_unknown_index": 0,
-                         "cookie_replies_sent": 0, "handshakes_completed": 0}
+                         "cookie_replies_sent": 0, "handshakes_completed": 0,
+                         "keypairs_refused": 0}
+        self._refused_logged_ns = -(1 << 62)  # when keypairs_refused was last logged
         # AmneziaWG: the wire profile, and plain WireGuard on the same port too
         self.obfuscation: Obfuscation = PLAIN
         self.accept_plain = False
@@ -422,6 +425,18 @@ class Interface:
         for ev in self.device.events():
             try:
                 self._event(ev)
+            except DeviceError as e:
+                if e.errno not in (errno.ENOMEM, errno.ENOSPC):
+                    raise
+                # a handshake that authenticated, but its keys have no room
+                # (locked memory, or the keypair limit): the operator must
+                # hear of it (once every 10 s), the peer will try again
+                self.counters["keypairs_refused"] += 1
+                now = self.clock()
+                if now - self._refused_logged_ns >= 10 * NS:
+                    self._refused_logged_ns = now
+                    log.error("%s: a handshake could not be completed: %s (%d so far)", self.name,
+                              e.strerror, self.counters["keypairs_refused"])
             except (OSError, ValueError, KeyError) as e:
                 # one bad message must not cost the rest of the batch
                 self.counters["handshake_invalid"] += 1

@@ -239,6 +239,10 @@ class OuterRoutes:
         with self._lock:
             self._closed = True
 
+    def rename_wan(self, old: str, new: str) -> None:
+        with self._lock:
+            self.wan = [new if w == old else w for w in self.wan]
+
     def want(self, addr: IPAddress) -> None:
         self.wanted.add(addr)
 
@@ -441,6 +445,13 @@ class XdpPlumbing:
             for prog in self.wan_progs.values():
                 prog.set_ratelimit_rest(not limit)
             self._resting = not limit
+
+    def rename_wan(self, old: str, new: str) -> None:
+        """A WAN interface was renamed (its programs and sockets hold its
+        index and stay): follow the name."""
+        self.wan = [new if w == old else w for w in self.wan]
+        self.layout = [(new if w == old else w, q) for w, q in self.layout]
+        self.wan_progs = {(new if w == old else w): p for w, p in self.wan_progs.items()}
 
     def refresh_local(self) -> None:
         """This host's addresses into the WAN programs, when they changed:

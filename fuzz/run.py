@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for name in args.names or HARNESSES:
         status, done, tail = run(name, runs, args.seconds)
-        print(f"{name}: {done} inputs, exit {status}")
+        reached = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)", tail)
+        cov = (f", coverage {reached[-1][0]} edges, {reached[-1][1]} features, corpus "
+               f"{reached[-1][2]}" if reached else "")
+        print(f"{name}: {done} inputs, exit {status}{cov}")
         if status:
             print(tail)
             failed += 1

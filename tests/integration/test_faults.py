@@ -1,0 +1,101 @@
+"""Faults under a running exit node: links removed or renamed from under
+it, too little locked memory. Each gives one clear log line and either
+carries on or goes down cleanly (exit status 1, the WAN left forwarding
+normally), never a crash, a traceback or a wedged daemon."""
+import subprocess
+import time
+
+import pytest
+
+from dataplane.daemon import RUN_DIR
+from dataplane.xdp_backend import inner_peer_name
+from tests.integration.tunnel import DATAPLANE, UAPI_DIR, TunnelWorld
+
+
+def wait_exit(w, timeout: float = 5.0) -> int:
+    try:
+        return w.daemon.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the daemon is still up:\n{w.log_path.read_text()[-2000:]}") \
+            from None
+
+
+def assert_gone_cleanly(w, wan_ifname=None) -> None:
+    log = w.log_path.read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert f"{w.name} is down" in log, log[-2000:]
+    assert not (UAPI_DIR / f"{w.name}.sock").exists()
+    assert not (RUN_DIR / f"{w.name}.pid").exists()
+    if wan_ifname:
+        out = w.topo.run(w.exit_ns, ["ip", "-d", "link", "show", "dev", wan_ifname]).stdout
+        assert "prog/xdp" not in out, out
+
+
+@pytest.mark.parametrize("backend", ["socket", "xdp"])
+def test_the_interface_deleted_takes_the_daemon_down(topo, tmp_path, backend):
+    w = TunnelWorld(topo, tmp_path, backend=backend)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    topo.run(w.exit_ns, ["ip", "link", "del", w.name])
+    assert wait_exit(w) == 1
+    assert f"{w.name}: the interface was removed from under the daemon" in w.log_path.read_text()
+    assert_gone_cleanly(w, w.exit_veth if backend == "xdp" else None)
+    # the exit node's own address still answers
+    assert w.ping(w.client_ns, "10.201.0.2", count=1).returncode == 0
+
+
+def test_the_inner_veth_deleted_takes_the_daemon_down(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path, backend="xdp")
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    topo.run(w.exit_ns, ["ip", "link", "del", inner_peer_name(w.name)])  # the pair goes
+    assert wait_exit(w) == 1
+    assert "was removed from under the daemon" in w.log_path.read_text()
+    assert_gone_cleanly(w, w.exit_veth)
+    assert w.ping(w.client_ns, "10.201.0.2", count=1).returncode == 0
+
+
+def test_the_wan_interface_removed_takes_the_daemon_down(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path, backend="xdp")
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    topo.run(w.exit_ns, ["ip", "link", "del", w.exit_veth])
+    assert wait_exit(w) == 1
+    assert f"WAN interface {w.exit_veth} was removed" in w.log_path.read_text()
+    assert_gone_cleanly(w)
+    r = topo.run(w.exit_ns, ["ip", "link", "show", inner_peer_name(w.name)], check=False)
+    assert r.returncode != 0, "the inner veth pair outlived the daemon"
+
+
+def test_a_renamed_wan_interface_keeps_serving(topo, tmp_path):
+    w = TunnelWorld(topo, tmp_path, backend="xdp")
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    new = w.exit_veth + "r"
+    for args in (["set", "dev", w.exit_veth, "down"], ["set", "dev", w.exit_veth, "name", new],
+                 ["set", "dev", new, "up"]):
+        topo.run(w.exit_ns, ["ip", "link", *args])
+    deadline = time.monotonic() + 5
+    while f"is now called {new}" not in w.log_path.read_text():
+        assert time.monotonic() < deadline, w.log_path.read_text()[-2000:]
+        time.sleep(0.1)
+    before = w.status()["xdp"]["wan_steer_data"]
+    r = w.ping(w.client_ns, "10.202.0.1", count=3, timeout=5)
+    assert r.returncode == 0, r.stdout
+    st = w.status()
+    assert st["xdp"]["wan_steer_data"] >= before + 3  # still through XDP
+    assert new in st.get("wan", {}), st.get("wan")
+    assert w.daemon.poll() is None
+    assert w.down() == 0
+
+
+@pytest.mark.parametrize("backend", ["socket", "xdp"])
+def test_too_little_locked_memory_is_refused_at_up(topo, tmp_path, backend):
+    """Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK no key could be
+    kept: `up` says so and what to change, instead of coming up and failing
+    every handshake."""
+    w = TunnelWorld(topo, tmp_path, backend=backend)
+    assert w.down() == 0
+    r = topo.run(w.exit_ns, ["setpriv", "--bounding-set=-ipc_lock", "--inh-caps=-ipc_lock",
+                             "prlimit", "--memlock=65536", DATAPLANE, "up", str(w.conf_path)],
+                 check=False, timeout=30)
+    assert r.returncode == 1
+    assert "keys are kept in locked memory" in r.stderr and "LimitMEMLOCK" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (UAPI_DIR / f"{w.name}.sock").exists()
