@@ -387,6 +387,17 @@ class Daemon:
                 log.warning("%s: %s was renamed %s; `wg` and `dataplane` still know it as %s",
                             self.name, name, now, self.name)
             self._links[role] = (now, index)
+        if self.xdp is not None:
+            for ifname, error in self.xdp.reattach_detached():
+                if error is None:
+                    log.warning("%s: the XDP program on %s was detached by another process; "
+                                "attached again", self.name, ifname)
+                    continue
+                log.error("%s: the XDP program on %s was detached by another process and "
+                          "cannot be attached again (%s): going down", self.name, ifname, error)
+                self.exit_status = 1
+                self._stop.set()
+                return
 
     def _configure_peer(self, pc: cfg.PeerConfig) -> Peer:
         iface = self.iface

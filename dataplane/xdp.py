@@ -272,6 +272,14 @@ class XdpProgram:
         if rc < 0:
             _raise(XdpAttachError, rc, f"attaching {self.name} to {interface}")
 
+    def link_alive(self) -> bool:
+        """The program's link still holds it on the interface (False once
+        another process detached it, e.g. bpftool link detach)."""
+        rc = lib.dp_xdp_link_alive(self._h)
+        if rc < 0:
+            _raise(XdpAttachError, rc, f"asking the kernel about {self.name}'s link")
+        return bool(rc)
+
     def detach(self) -> None:
         """Detaches from the interface; a no-op when not attached."""
         rc = lib.dp_xdp_detach(self._h)

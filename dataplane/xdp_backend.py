@@ -446,6 +446,23 @@ class XdpPlumbing:
                 prog.set_ratelimit_rest(not limit)
             self._resting = not limit
 
+    def reattach_detached(self) -> list:
+        """WAN programs another process detached (bpftool link detach):
+        attached again, the maps and sockets as they were. Returns
+        [(interface, None or the error that kept it off)] of those found
+        detached."""
+        found = []
+        for ifname, prog in self.wan_progs.items():
+            if prog.link_alive():
+                continue
+            try:
+                prog.detach()  # the dead link
+                prog.attach(ifname)
+                found.append((ifname, None))
+            except Exception as e:  # noqa: BLE001 - reported by the caller
+                found.append((ifname, e))
+        return found
+
     def rename_wan(self, old: str, new: str) -> None:
         """A WAN interface was renamed (its programs and sockets hold its
         index and stay): follow the name."""

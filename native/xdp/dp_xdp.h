@@ -88,6 +88,10 @@ int dp_xdp_attach(struct dp_xdp *x, int ifindex, uint32_t flags);
 int dp_xdp_detach(struct dp_xdp *x);
 /* The interface attached to, or 0. */
 int dp_xdp_ifindex(const struct dp_xdp *x);
+/* 1 while the program's link still holds it on the interface, 0 when
+ * the link was detached from outside (bpftool link detach, the interface
+ * gone) or there is none, -errno when the kernel cannot say. */
+int dp_xdp_link_alive(const struct dp_xdp *x);
 /* DP_XDP_MODE_* of the current attachment. */
 int dp_xdp_attach_mode(const struct dp_xdp *x);
 

@@ -631,6 +631,21 @@ int dp_xdp_ifindex(const struct dp_xdp *x)
     return x->link ? x->ifindex : 0;
 }
 
+int dp_xdp_link_alive(const struct dp_xdp *x)
+{
+    struct bpf_link_info info;
+    __u32 len = sizeof(info);
+    int rc;
+
+    if (!x->link)
+        return 0;
+    memset(&info, 0, sizeof(info));
+    rc = bpf_obj_get_info_by_fd(bpf_link__fd(x->link), &info, &len);
+    if (rc < 0)
+        return rc;
+    return info.type == BPF_LINK_TYPE_XDP && info.xdp.ifindex != 0;
+}
+
 int dp_xdp_attach_mode(const struct dp_xdp *x)
 {
     return x->mode;

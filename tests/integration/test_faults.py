@@ -99,3 +99,30 @@ def test_too_little_locked_memory_is_refused_at_up(topo, tmp_path, backend):
     assert "keys are kept in locked memory" in r.stderr and "LimitMEMLOCK" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not (UAPI_DIR / f"{w.name}.sock").exists()
+
+
+def test_the_wan_program_detached_by_another_process_is_attached_again(topo, tmp_path):
+    """bpftool link detach takes our WAN program off the interface (the
+    link stays ours, empty): the daemon notices within a tick, says so and
+    attaches it again; the tunnel goes on through XDP."""
+    import json as _json
+    w = TunnelWorld(topo, tmp_path, backend="xdp")
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    out = topo.run(w.exit_ns, ["ip", "-d", "-j", "link", "show", "dev", w.exit_veth]).stdout
+    prog_id = _json.loads(out)[0]["xdp"]["prog"]["id"]
+    links = _json.loads(topo.run(w.exit_ns, ["bpftool", "-j", "link", "show"]).stdout)
+    link_id = next(link["id"] for link in links if link.get("prog_id") == prog_id)
+    topo.run(w.exit_ns, ["bpftool", "link", "detach", "id", str(link_id)])
+    deadline = time.monotonic() + 5
+    while "attached again" not in w.log_path.read_text():
+        assert time.monotonic() < deadline, w.log_path.read_text()[-2000:]
+        time.sleep(0.1)
+    assert f"the XDP program on {w.exit_veth} was detached by another process" in \
+        w.log_path.read_text()
+    out = topo.run(w.exit_ns, ["ip", "-d", "link", "show", "dev", w.exit_veth]).stdout
+    assert "prog/xdp" in out, out
+    before = w.status()["xdp"]["wan_steer_data"]
+    assert w.ping(w.client_ns, "10.202.0.1", count=2).returncode == 0
+    assert w.status()["xdp"]["wan_steer_data"] >= before + 2
+    assert w.daemon.poll() is None
+    assert w.down() == 0
