@@ -691,7 +691,8 @@ static bool local_listed(const struct dp_xdp_local_key *k, const struct dp_xdp_l
                          uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
-        if (addrs[i].family == k->family && !memcmp(addrs[i].addr, k->addr, sizeof(k->addr)))
+        if (addrs[i].family == k->family &&
+            !memcmp(addrs[i].addr, k->addr, k->family == 4 ? 4 : sizeof(k->addr)))
             return true;
     return false;
 }
