@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 from dataplane.obfuscation import PLAIN, Obfuscation
 from dataplane.topology import Topology, TopologyError
+from dataplane.wireguard_go import connectable
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "amneziawg-go"
@@ -104,7 +105,7 @@ class AmneziaWGGo:
         socket to answer. cpus: run on these CPUs alone, with GOMAXPROCS to
         match, from the start (see WireGuardGo.start for why)."""
         exe = binary()
-        if self._connectable():
+        if connectable(self.sock_path):
             raise TopologyError(f"{self.sock_path} is in use: another amneziawg-go serves an "
                                 f"interface named {self.ifname} (names are shared by all "
                                 f"namespaces: pick a unique one)")
@@ -121,7 +122,7 @@ class AmneziaWGGo:
         deadline = time.monotonic() + timeout
         # A socket left by a killed run exists but refuses connections, so
         # wait for one that accepts.
-        while not self._connectable():
+        while not connectable(self.sock_path):
             if self.proc.poll() is not None:
                 raise TopologyError(f"amneziawg-go {self.ifname} exited {self.proc.returncode}: "
                                     f"{self.log()}")
@@ -129,14 +130,6 @@ class AmneziaWGGo:
                 raise TopologyError(f"amneziawg-go {self.ifname}: no UAPI socket at "
                                     f"{self.sock_path} after {timeout}s")
             time.sleep(0.02)
-
-    def _connectable(self) -> bool:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(str(self.sock_path))
-            except OSError:
-                return False
-        return True
 
     def log(self, since: int = 0) -> str:
         """What it logged from byte `since` on (errors only, at

@@ -21,6 +21,8 @@ def b64(key: bytes) -> str:
 
 
 def connectable(path: Path) -> bool:
+    """A UAPI socket that accepts a connection (a killed run's stays,
+    refusing them)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         try:
             s.connect(str(path))

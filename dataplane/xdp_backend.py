@@ -182,13 +182,14 @@ def neighbours(ipr: IPRoute, wan_index: int) -> dict:
     return out
 
 
-def host_addresses(ipr: IPRoute) -> set:
+def host_addresses(ipr: IPRoute, indices: Optional[set] = None) -> set:
     """Every address of this host (its network namespace), of every
-    interface: what the kernel delivers locally."""
+    interface (or of those with these indices): what the kernel delivers
+    locally."""
     out = set()
     for a in ipr.get_addr():
         addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-        if addr:
+        if addr and (indices is None or a["index"] in indices):
             out.add(ipaddress.ip_address(addr.split("%")[0]))
     return out
 
@@ -486,21 +487,16 @@ class XdpPlumbing:
         from dataplane import xdp
 
         with IPRoute() as ipr:
-            found = host_addresses(ipr)
-        # the WAN interfaces' own first, should there be more than fit
-        addrs = sorted(found, key=lambda a: (a.version, a.packed))
-        if len(addrs) > xdp.MAX_LOCAL_ADDRS:
-            if self._local is None or len(self._local) < xdp.MAX_LOCAL_ADDRS:
-                log.warning("%s: this host has %d addresses; XDP steers for %d of them, the "
-                            "kernel's path serves the rest", self.name, len(addrs),
-                            xdp.MAX_LOCAL_ADDRS)
-            with IPRoute() as ipr:
-                wan = set()
-                for ifname in self.wan:
-                    for index in ipr.link_lookup(ifname=ifname):
-                        wan |= {ipaddress.ip_address(a.get_attr("IFA_ADDRESS").split("%")[0])
-                                for a in ipr.get_addr(index=index) if a.get_attr("IFA_ADDRESS")}
-            addrs = sorted(addrs, key=lambda a: a not in wan)[:xdp.MAX_LOCAL_ADDRS]
+            addrs = sorted(host_addresses(ipr), key=lambda a: (a.version, a.packed))
+            if len(addrs) > xdp.MAX_LOCAL_ADDRS:
+                # the WAN interfaces' own first
+                wan = {index for ifname in self.wan for index in ipr.link_lookup(ifname=ifname)}
+                on_wan = host_addresses(ipr, wan)
+                addrs = sorted(addrs, key=lambda a: a not in on_wan)[:xdp.MAX_LOCAL_ADDRS]
+                if self._local is None or len(self._local) < xdp.MAX_LOCAL_ADDRS:
+                    log.warning("%s: this host has more addresses than XDP steers for (%d); "
+                                "the kernel's path serves the rest", self.name,
+                                xdp.MAX_LOCAL_ADDRS)
         if addrs == self._local:
             return
         for prog in self.wan_progs.values():

@@ -431,55 +431,39 @@ static void confirm_next(struct dp_device *d, struct peer *p, uint32_t peer_id,
 static bool outer_parse(uint8_t *f, uint32_t len, uint8_t **payload, uint32_t *plen,
                         struct sockaddr_in6 *from);
 
-/* One's complement sum of len bytes as big-endian 16-bit words. */
-static uint64_t csum_add(uint64_t sum, const uint8_t *p, uint32_t len)
-{
-    for (; len >= 2; p += 2, len -= 2)
-        sum += (uint32_t)p[0] << 8 | p[1];
-    if (len)
-        sum += (uint32_t)p[0] << 8;
-    return sum;
-}
-
-static uint16_t csum_fold(uint64_t sum)
-{
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)sum;
-}
-
 /* The UDP checksum of a frame from the WAN port, which the kernel has not
  * looked at: true when it verifies, when IPv4 says there is none (0, RFC
  * 768), or when it holds just the pseudo-header's sum, which a sender on
  * this host's virtual links (veth) leaves for checksum offload (such a
  * frame never crossed a wire). A corruption that lands on either value is
- * a chance of about 2 in 65536. */
+ * a chance of about 2 in 65536. Sums in memory order (dp_csum_add). */
 static bool outer_udp_checksum_ok(const uint8_t *f, uint32_t len)
 {
     struct sockaddr_in6 from;
-    uint32_t l3 = ETH_HEADER, l4, ulen, plen;
+    uint32_t l3 = ETH_HEADER, l4, plen;
+    uint16_t field, partial, proto_len[2];
     uint8_t *payload;
-    uint16_t field;
-    uint64_t sum;
+    uint64_t pseudo;
 
     if (!outer_parse((uint8_t *)f, len, &payload, &plen, &from))
         return false;
     if ((f[12] == 0x81 && f[13] == 0x00) || (f[12] == 0x88 && f[13] == 0xa8))
         l3 += 4;
     l4 = (uint32_t)(payload - f) - 8;
-    ulen = plen + 8;
-    field = (uint16_t)(f[l4 + 6] << 8 | f[l4 + 7]);
-    if (from.sin6_family == AF_INET) {
-        if (field == 0)
-            return true;
-        sum = csum_add(0, f + l3 + 12, 8); /* source and destination */
-    } else {
-        sum = csum_add(0, f + l3 + 8, 32);
-    }
-    sum += IPPROTO_UDP + ulen;
-    if (field == csum_fold(sum))
+    memcpy(&field, f + l4 + 6, 2);
+    if (from.sin6_family == AF_INET && field == 0)
         return true;
-    return csum_fold(csum_add(sum, f + l4, ulen)) == 0xffff;
+    /* addresses, then protocol and UDP length (IPv6's 32-bit fields sum
+     * the same) */
+    proto_len[0] = htons(IPPROTO_UDP);
+    proto_len[1] = htons((uint16_t)(plen + 8));
+    pseudo = from.sin6_family == AF_INET ? dp_csum_add(0, f + l3 + 12, 8)
+                                         : dp_csum_add(0, f + l3 + 8, 32);
+    pseudo = dp_csum_add(pseudo, (const uint8_t *)proto_len, 4);
+    partial = (uint16_t)~dp_csum_fold(pseudo);
+    if (field == partial)
+        return true;
+    return dp_csum_fold(dp_csum_add(pseudo, f + l4, plen + 8)) == 0;
 }
 
 /* Roaming: the peer follows the latest authenticated source. A datagram

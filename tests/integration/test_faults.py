@@ -2,6 +2,7 @@
 it, too little locked memory. Each gives one clear log line and either
 carries on or goes down cleanly (exit status 1, the WAN left forwarding
 normally), never a crash, a traceback or a wedged daemon."""
+import json
 import subprocess
 import time
 
@@ -105,12 +106,11 @@ def test_the_wan_program_detached_by_another_process_is_attached_again(topo, tmp
     """bpftool link detach takes our WAN program off the interface (the
     link stays ours, empty): the daemon notices within a tick, says so and
     attaches it again; the tunnel goes on through XDP."""
-    import json as _json
     w = TunnelWorld(topo, tmp_path, backend="xdp")
     assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
     out = topo.run(w.exit_ns, ["ip", "-d", "-j", "link", "show", "dev", w.exit_veth]).stdout
-    prog_id = _json.loads(out)[0]["xdp"]["prog"]["id"]
-    links = _json.loads(topo.run(w.exit_ns, ["bpftool", "-j", "link", "show"]).stdout)
+    prog_id = json.loads(out)[0]["xdp"]["prog"]["id"]
+    links = json.loads(topo.run(w.exit_ns, ["bpftool", "-j", "link", "show"]).stdout)
     link_id = next(link["id"] for link in links if link.get("prog_id") == prog_id)
     topo.run(w.exit_ns, ["bpftool", "link", "detach", "id", str(link_id)])
     deadline = time.monotonic() + 5

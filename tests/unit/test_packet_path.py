@@ -14,6 +14,7 @@ from dataplane import crypto
 from dataplane._native import lib
 from dataplane.device import (BUSY_POLL_MAX_US, Device, DeviceError, Endpoint, outer_checksum_ok,
                               parse_outer_frame)
+from tests.integration.packets import checksum
 
 SEND_KEY, RECV_KEY = bytes(range(32)), bytes(range(32, 64))
 REMOTE_INDEX = 0x1234
@@ -183,15 +184,6 @@ def test_outer_parse_refuses_malformed_frames(frame):
     assert parse_outer_frame(frame) is None
 
 
-def ones_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def with_udp_checksum(frame: bytes, how: str) -> bytes:
     """The frame with its UDP checksum field set: "valid", "partial" (the
     pseudo-header sum checksum offload leaves), "zero", or "valid" then the
@@ -206,11 +198,11 @@ def with_udp_checksum(frame: bytes, how: str) -> bytes:
     body = bytearray(frame)
     body[l4 + 6:l4 + 8] = b"\0\0"
     if how == "partial":
-        field = ones_sum(pseudo)
+        field = ~checksum(pseudo) & 0xFFFF  # the sum itself, not its complement
     elif how == "zero":
         field = 0
     else:
-        field = ~ones_sum(pseudo + bytes(body[l4:l4 + 8 + length])) & 0xFFFF or 0xFFFF
+        field = checksum(pseudo + bytes(body[l4:l4 + 8 + length])) or 0xFFFF
     body[l4 + 6:l4 + 8] = struct.pack("!H", field)
     if how == "corrupt-source":
         at = l3 + (8 if v6 else 12) + 3
