@@ -171,6 +171,23 @@ static __always_inline int wan_junk(const struct xdp_md *ctx, const struct curso
     return drop(DP_XDP_WAN_DROP_JUNK);
 }
 
+/* The steering counter of a plain WireGuard handshake message (its type,
+ * and the size that type has), or 0. */
+static __always_inline __u32 plain_handshake(const struct cursor *c, __u32 msg_len)
+{
+    __u32 type;
+
+    if (msg_len < 4 || !word_at(c, 0, &type))
+        return 0;
+    if (type == DP_XDP_WG_INITIATION && msg_len == DP_XDP_WG_INITIATION_LEN)
+        return DP_XDP_WAN_STEER_INITIATION;
+    if (type == DP_XDP_WG_RESPONSE && msg_len == DP_XDP_WG_RESPONSE_LEN)
+        return DP_XDP_WAN_STEER_RESPONSE;
+    if (type == DP_XDP_WG_COOKIE_REPLY && msg_len == DP_XDP_WG_COOKIE_REPLY_LEN)
+        return DP_XDP_WAN_STEER_COOKIE_REPLY;
+    return 0;
+}
+
 /* A message of the AmneziaWG profile, steered; -1 when it is none. Kinds
  * are tried in order, handshakes before transport, as the workers and
  * amneziawg-go do. */
@@ -192,9 +209,19 @@ static __always_inline int wan_obfuscated(const struct xdp_md *ctx, const struct
             continue;
         if (!word_at(c, pad, &h) || h < w->header_min[k] || h > w->header_max[k])
             continue;
-        count(DP_XDP_WAN_STEER_OBFUSCATED);
-        if (k == 3)
+        if (k == 3) {
+            /* A plain handshake whose bytes at S4 fall in H4 reads as
+             * obfuscated transport; the workers read it again as plain
+             * (datapath.c), so where plain is accepted it keeps the
+             * handshakes' rate limit. */
+            __u32 plain = w->accept_plain ? plain_handshake(c, msg_len) : 0;
+
+            if (plain)
+                return wan_handshake(ctx, plain, family, saddr);
+            count(DP_XDP_WAN_STEER_OBFUSCATED);
             return steer(ctx, steered, DP_XDP_WAN_STEER_NO_SOCKET);
+        }
+        count(DP_XDP_WAN_STEER_OBFUSCATED);
         return wan_handshake(ctx, steered, family, saddr);
     }
     return -1;

@@ -552,20 +552,33 @@ static void rx_chunk(struct dp_device *d, struct burst *b, int first, int count,
             count_drop(d, w.obfuscated ? DP_DROP_JUNK : DP_DROP_MALFORMED, 1);
             continue;
         }
+        uint64_t counter;
+        struct keypair *kp = NULL;
+
+        if (kind == DP_WG_MSG_DATA)
+            kp = dp_keypair_by_index(d, dp_load_le32(m + off + 4));
+        /* A plain message whose bytes at S4 happen to fall in H4 (a chance
+         * of |H4| in 2^32: an initiation's ephemeral key, a transport
+         * message's counter) reads as an obfuscated transport message with
+         * an index nobody holds: where plain WireGuard is accepted, it is
+         * read again as plain. */
+        if (kind == DP_WG_MSG_DATA && !kp && wire == DP_WIRE_OBFUSCATED && w.accept_plain) {
+            uint32_t plain = dp_wire_plain_kind(m, len);
+
+            if (plain == DP_WG_MSG_DATA) {
+                kp = dp_keypair_by_index(d, dp_load_le32(m + 4));
+                if (kp)
+                    off = 0;
+            } else if (plain) {
+                kind = plain;
+                off = 0;
+                wire = DP_WIRE_PLAIN;
+            }
+        }
         if (kind != DP_WG_MSG_DATA) {
             handshake_event(d, m + off, len - off, from, kind, wire);
             continue;
         }
-        uint64_t counter;
-        struct keypair *kp = dp_keypair_by_index(d, dp_load_le32(m + off + 4));
-
-        /* A plain transport message whose bytes at S4 happen to fall in
-         * H4 (a chance of |H4| in 2^32) reads as an obfuscated one with an
-         * index nobody holds: it is taken as plain when that finds one. */
-        if (!kp && wire == DP_WIRE_OBFUSCATED && w.accept_plain &&
-            dp_wire_plain_kind(m, len) == DP_WG_MSG_DATA &&
-            (kp = dp_keypair_by_index(d, dp_load_le32(m + 4))))
-            off = 0;
         if (!kp) {
             count_drop(d, DP_DROP_UNKNOWN_INDEX, 1);
             continue;

@@ -295,3 +295,30 @@ def test_udp_gro_batches_of_any_segment_count_are_all_handled():
     finally:
         sender.close()
         dev.close()
+
+
+@pytest.mark.parametrize("kind,size", [(1, 148), (2, 92), (3, 64), (4, 100)])
+def test_a_plain_message_that_reads_as_obfuscated_transport_is_read_as_plain(world, kind, size):
+    """With plain WireGuard accepted beside a profile, a plain message whose
+    bytes at S4 fall in H4 (about 1 in 43 for a wide H4, at random: an
+    initiation's ephemeral key, a transport message's counter) first reads
+    as an obfuscated transport message with an unknown index; it reaches
+    the handshake, or its keypair, as plain, and is not dropped."""
+    from dataplane.obfuscation import Obfuscation
+    profile = Obfuscation.from_settings({"S4": "8", "H1": "100", "H2": "200", "H3": "300",
+                                         "H4": "4000000-4999999"})
+    world.dev.set_wire(profile, accept_plain=True)
+    if kind == 4:
+        inner = ipv4_udp(PEER_INNER, FAR, size)
+        m = bytearray(data_message(world.index, 4000000 | 1 << 32, inner))
+        assert 4000000 <= struct.unpack_from("<I", m, 8)[0] <= 4999999
+    else:
+        m = bytearray(struct.pack("<I", kind) + os.urandom(size - 4))
+        struct.pack_into("<I", m, 8, 4321000)  # in H4
+    assert world.dev.test_rx([bytes(m)], SOURCE) == 1
+    assert nonzero(world.dev.drops()) == {}
+    if kind == 4:
+        assert world.dev.stats(0).rx_packets == 1
+        return
+    events = [e for e in world.dev.events() if e.message]
+    assert [(e.message, e.wire, e.data) for e in events] == [(kind, lib.DP_WIRE_PLAIN, bytes(m))]

@@ -103,6 +103,32 @@ def test_plain_wireguard_beside_the_profile_when_accepted(wan):
 
 
 @needs_root
+def test_a_plain_handshake_that_reads_as_obfuscated_transport_keeps_the_rate_limit(objects):  # noqa: F811,E501
+    """A plain handshake whose bytes at S4 fall in H4 (1 in 43 for a wide H4)
+    matches the profile's transport first; where plain is accepted it is
+    steered as the handshake it is (the workers read it so), rate limit and
+    all, and without that a flood of such initiations would pass unlimited."""
+    with load_wan(objects["wan"], listen_port=PORT) as wan:
+        wan.set_wire(xdp.wire_config(PROFILE, accept_plain=True))
+        for kind, size in ((INITIATION, 148), (RESPONSE, 92), (COOKIE_REPLY, 64)):
+            m = bytearray(wg(kind, size))
+            struct.pack_into("<I", m, PROFILE.paddings[-1], 4321000)  # in H4
+            wan.set_ratelimit_rest(True)
+            verdict, _, delta = run(wan, v4(bytes(m)))
+            assert (verdict, delta) == (Verdict.PASS, steered(kind, obfuscated=False))
+        wan.set_ratelimit_rest(False)
+        m = bytearray(wg(INITIATION, 148))
+        struct.pack_into("<I", m, PROFILE.paddings[-1], 4321000)
+        verdict, _, delta = run(wan, v4(bytes(m)), repeat=6)
+        assert verdict == Verdict.DROP
+        assert delta == {"steer_initiation": 5, "steer_no_socket": 5, "drop_ratelimited": 1}
+        # not accepted: the profile's transport message it reads as
+        wan.set_wire(xdp.wire_config(PROFILE))
+        verdict, _, delta = run(wan, v4(bytes(m)))
+        assert (verdict, delta) == (Verdict.PASS, steered(TRANSPORT))
+
+
+@needs_root
 def test_back_to_plain_the_profile_is_malformed_again(wan):
     wan.set_wire(xdp.wire_config(PROFILE))
     wan.set_wire(xdp.wire_config(Obfuscation()))
