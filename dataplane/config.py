@@ -117,17 +117,32 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------- values
 
+def _decimal(text: str) -> Optional[int]:
+    """ASCII digits as a number; None for anything else, or for more digits
+    than any value here has (int() refuses over 4300 of them)."""
+    digits = text.lstrip("0") or "0"
+    if not _DIGITS.fullmatch(text) or len(digits) > 20:
+        return None
+    return int(digits)
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+
+
 def _number(field_name: str, text: str, lo: int, hi: int, what: str, note: str = "") -> int:
-    if not _DIGITS.fullmatch(text) or not lo <= int(text) <= hi:
-        raise ValueError(f"{field_name}: expected {what} {lo}..{hi}{note}, got {text!r}")
-    return int(text)
+    n = _decimal(text)
+    if n is None or not lo <= n <= hi:
+        raise ValueError(f"{field_name}: expected {what} {lo}..{hi}{note}, got {_shown(text)}")
+    return n
 
 
 def _in_text(field_name: str, whole: str, part: str, what: str, lo: int, hi: int) -> int:
     """A decimal part of a larger value (a prefix length, a port)."""
-    if not _DIGITS.fullmatch(part) or not lo <= int(part) <= hi:
-        raise ValueError(f"{field_name}: {whole!r}: the {what} must be {lo}..{hi}")
-    return int(part)
+    n = _decimal(part)
+    if n is None or not lo <= n <= hi:
+        raise ValueError(f"{field_name}: {_shown(whole)}: the {what} must be {lo}..{hi}")
+    return n
 
 
 def _comma_list(field_name: str, text: str) -> list[str]:
@@ -397,8 +412,8 @@ def _fwmark(key, value):
         return 0
     if re.fullmatch(r"0x[0-9a-fA-F]+", value):
         mark = int(value, 16)
-    elif _DIGITS.fullmatch(value):
-        mark = int(value)
+    elif _decimal(value) is not None:
+        mark = _decimal(value)
     else:
         mark = -1
     if not 0 <= mark <= FWMARK_MAX:
@@ -429,12 +444,12 @@ def _replay_window(key, value):
     while bits <= REPLAY_WINDOW_MAX:
         sizes.append(bits)
         bits *= 2
-    if not _DIGITS.fullmatch(value) or int(value) not in sizes:
+    if _decimal(value) not in sizes:
         raise ValueError(f"{key}: expected a window in bits, a power of two from "
                          f"{REPLAY_WINDOW_MIN} to {REPLAY_WINDOW_MAX} "
                          f"({', '.join(map(str, sizes))}; {REPLAY_WINDOW_DEFAULT} as the kernel's "
-                         f"WireGuard), got {value!r}")
-    return int(value)
+                         f"WireGuard), got {_shown(value)}")
+    return _decimal(value)
 
 
 def _busy_poll(key, value):

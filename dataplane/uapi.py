@@ -318,9 +318,10 @@ def _invalid(message: str) -> UapiError:
 
 def _uint(key: str, value: str, maximum: int) -> int:
     # Go's strconv.ParseUint(value, 10, bits): ASCII digits only, no sign.
-    if not _DIGITS.fullmatch(value) or int(value) > maximum:
+    digits = value.lstrip("0") or "0"   # int() refuses more than 4300 digits
+    if not _DIGITS.fullmatch(value) or len(digits) > 20 or int(digits) > maximum:
         raise _invalid(f"{key}: {value[:32]!r} is not a number 0..{maximum}")
-    return int(value)
+    return int(digits)
 
 
 def _true(key: str, value: str) -> None:
