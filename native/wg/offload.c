@@ -68,6 +68,10 @@ int dp_offload_finish_csum(const struct vnet_hdr *vh, uint8_t *pkt, size_t len)
         return -1;
     /* the field holds the pseudo-header sum; summing over it completes it */
     c = dp_csum_fold(dp_csum_add(0, pkt + start, len - start));
+    /* a sum of 0 is sent as 0xffff: in UDP, 0 means "no checksum" (and
+     * IPv6 receivers drop it); the same value for TCP */
+    if (c == 0)
+        c = 0xffff;
     memcpy(pkt + field, &c, 2);
     return 0;
 }
@@ -182,13 +186,15 @@ struct tcp_view {
  * or IPv6 without extension headers. */
 static int tcp_view(const uint8_t *p, uint32_t len, struct tcp_view *v)
 {
+    if (len < 40)
+        return 0;
     if (p[0] >> 4 == 4) {
-        if ((p[0] & 0xf) != 5 || p[9] != IPPROTO_TCP_ || len < 40 || (p[6] & 0x3f) || p[7])
+        if ((p[0] & 0xf) != 5 || p[9] != IPPROTO_TCP_ || (p[6] & 0x3f) || p[7])
             return 0; /* options, not TCP, MF set or a fragment offset */
         v->v6 = 0;
         v->iphl = 20;
     } else {
-        if (len < 60 || p[6] != IPPROTO_TCP_)
+        if (p[0] >> 4 != 6 || len < 60 || p[6] != IPPROTO_TCP_)
             return 0;
         v->v6 = 1;
         v->iphl = 40;
