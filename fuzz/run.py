@@ -23,29 +23,48 @@ ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "fuzz"
 OUT = ROOT / "build" / "fuzz"
 
-# name: the native sources a C harness links (besides fuzz/NAME.c), or None
-# for a Python harness
-HARNESSES: dict[str, list[str] | None] = {
+# name: the native sources a C harness links (besides fuzz/NAME.c), DEVICE
+# for one that links the whole device (fuzz/build_device.py: its crypto is
+# built with gcc), or None for a Python harness
+DEVICE = "device"
+HARNESSES: dict[str, list[str] | str | None] = {
     "wire_classify": ["native/wg/wire.c"],
     "replay_window": ["native/tables/replay.c"],
     "allowed_ips": ["native/tables/allowedips.c"],
+    "index_table": ["native/tables/indextable.c"],
+    "offload_roundtrip": ["native/wg/offload.c"],
+    "device_rx": DEVICE,
+    "bulk_ndjson": DEVICE,
     "obfuscation_settings": None,
 }
 CFLAGS = ["-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
           "-I", str(ROOT / "native" / "wg"), "-I", str(ROOT / "native" / "tables")]
 
 
-def build(name: str) -> list[str]:
-    """The command that runs harness `name` (built first if it is C)."""
+def build(name: str, out: Path = OUT, replace: dict | None = None) -> list[str]:
+    """The command that runs harness `name` (built first into `out` if it
+    is C); `replace` swaps a native source for another file (a copy with a
+    bug planted in it)."""
     sources = HARNESSES[name]
     if sources is None:
         return [sys.executable, str(FUZZ / f"{name}.py")]
-    OUT.mkdir(parents=True, exist_ok=True)
-    exe = OUT / name
-    cmd = ["clang", *CFLAGS, str(FUZZ / f"{name}.c"), *(str(ROOT / s) for s in sources),
-           "-o", str(exe)]
+    if sources == DEVICE:
+        sys.path.insert(0, str(ROOT))
+        from fuzz import build_device
+        return build_device.build(out, replace, name)
+    replace = {k: str(v) for k, v in (replace or {}).items()}
+    out.mkdir(parents=True, exist_ok=True)
+    exe = out / name
+    cmd = ["clang", *CFLAGS, str(FUZZ / f"{name}.c"),
+           *(replace.get(s, str(ROOT / s)) for s in sources), "-o", str(exe)]
     subprocess.run(cmd, check=True)
     return [str(exe)]
+
+
+def dictionary(name: str) -> list[str]:
+    """libFuzzer's -dict= for a harness with fuzz/NAME.dict."""
+    d = FUZZ / f"{name}.dict"
+    return [f"-dict={d}"] if d.exists() else []
 
 
 def run(name: str, runs: int | None, seconds: int | None) -> tuple[int, int, str]:
@@ -56,6 +75,7 @@ def run(name: str, runs: int | None, seconds: int | None) -> tuple[int, int, str
     limits = [f"-runs={runs}"] if runs is not None else []
     limits += [f"-max_total_time={seconds}"] if seconds is not None else []
     proc = subprocess.run(argv + [str(grown), str(FUZZ / "corpus" / name), *limits,
+                                  *(dictionary(name) if HARNESSES[name] else []),
                                   f"-artifact_prefix={OUT}/{name}-", "-print_final_stats=1"],
                           capture_output=True, text=True, cwd=ROOT)
     out = proc.stdout + proc.stderr
