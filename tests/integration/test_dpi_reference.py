@@ -140,6 +140,9 @@ def test_ndpi_names_port_51820_wireguard_by_port_alone(topo, tmp_path, eye, awg)
     pcap = tunnel_capture(topo, tmp_path, "awg", PROFILE, ports=(51820, 40102))
     seen = dpi.classify(pcap)
     by_port = dpi.ndpi_wireguard(seen.ndpi, by_dpi_only=False)
-    assert by_port and all(f.confidence == "Match by port" for f in by_port), f"{pcap}: {seen}"
+    assert all(f.confidence == "Match by port" for f in by_port), f"{pcap}: {seen}"
+    # by the port, unless nDPI's DPI took the random bytes for something
+    # else first (RTP, now and then: once in CI)
+    assert by_port or (seen.ndpi and all(f.by_dpi for f in seen.ndpi)), f"{pcap}: {seen}"
     assert not seen.ndpi_says_wireguard, f"{pcap}: {seen}"
     assert not seen.tshark_says_wireguard, f"{pcap}: {seen}"
