@@ -171,14 +171,10 @@ static __always_inline int wan_junk(const struct xdp_md *ctx, const struct curso
     return drop(DP_XDP_WAN_DROP_JUNK);
 }
 
-/* The steering counter of a plain WireGuard handshake message (its type,
- * and the size that type has), or 0. */
-static __always_inline __u32 plain_handshake(const struct cursor *c, __u32 msg_len)
+/* The steering counter of a plain WireGuard handshake message of this
+ * type (a little-endian word: one byte, three zeros) and size, or 0. */
+static __always_inline __u32 plain_handshake(__u32 type, __u32 msg_len)
 {
-    __u32 type;
-
-    if (msg_len < 4 || !word_at(c, 0, &type))
-        return 0;
     if (type == DP_XDP_WG_INITIATION && msg_len == DP_XDP_WG_INITIATION_LEN)
         return DP_XDP_WAN_STEER_INITIATION;
     if (type == DP_XDP_WG_RESPONSE && msg_len == DP_XDP_WG_RESPONSE_LEN)
@@ -214,8 +210,10 @@ static __always_inline int wan_obfuscated(const struct xdp_md *ctx, const struct
              * obfuscated transport; the workers read it again as plain
              * (datapath.c), so where plain is accepted it keeps the
              * handshakes' rate limit. */
-            __u32 plain = w->accept_plain ? plain_handshake(c, msg_len) : 0;
+            __u32 type, plain = 0;
 
+            if (w->accept_plain && word_at(c, 0, &type))
+                plain = plain_handshake(type, msg_len);
             if (plain)
                 return wan_handshake(ctx, plain, family, saddr);
             count(DP_XDP_WAN_STEER_OBFUSCATED);
@@ -248,33 +246,16 @@ static __always_inline int wan_message(const struct xdp_md *ctx, struct cursor *
     if (msg_len < 4 || !word_at(c, 0, &type))
         return obfuscated ? wan_junk(ctx, c, msg_len, w) : drop(DP_XDP_WAN_DROP_TRUNC_WG);
 
-    /* The type is a little-endian 32-bit word: one byte, three zeros. */
-    switch (type) {
-    case DP_XDP_WG_INITIATION:
-        if (msg_len != DP_XDP_WG_INITIATION_LEN)
-            goto bad_size;
-        counter = DP_XDP_WAN_STEER_INITIATION;
-        break;
-    case DP_XDP_WG_RESPONSE:
-        if (msg_len != DP_XDP_WG_RESPONSE_LEN)
-            goto bad_size;
-        counter = DP_XDP_WAN_STEER_RESPONSE;
-        break;
-    case DP_XDP_WG_COOKIE_REPLY:
-        if (msg_len != DP_XDP_WG_COOKIE_REPLY_LEN)
-            goto bad_size;
-        counter = DP_XDP_WAN_STEER_COOKIE_REPLY;
-        break;
-    case DP_XDP_WG_DATA:
-        if (msg_len < DP_XDP_WG_DATA_MIN_LEN)
-            goto bad_size;
+    if (type == DP_XDP_WG_DATA && msg_len >= DP_XDP_WG_DATA_MIN_LEN)
         return steer(ctx, DP_XDP_WAN_STEER_DATA, DP_XDP_WAN_STEER_NO_SOCKET);
-    default:
-        return obfuscated ? wan_junk(ctx, c, msg_len, w) : drop(DP_XDP_WAN_DROP_WG_BAD_TYPE);
-    }
-    return wan_handshake(ctx, counter, family, saddr);
-bad_size:
-    return obfuscated ? wan_junk(ctx, c, msg_len, w) : drop(DP_XDP_WAN_DROP_WG_BAD_SIZE);
+    counter = plain_handshake(type, msg_len);
+    if (counter)
+        return wan_handshake(ctx, counter, family, saddr);
+    if (obfuscated)
+        return wan_junk(ctx, c, msg_len, w);
+    /* a known type at the wrong size, or no known type */
+    return drop(type >= DP_XDP_WG_INITIATION && type <= DP_XDP_WG_DATA
+                    ? DP_XDP_WAN_DROP_WG_BAD_SIZE : DP_XDP_WAN_DROP_WG_BAD_TYPE);
 }
 
 /* The UDP header of a datagram to the listen port; ip_payload_len is what

@@ -1,4 +1,5 @@
-"""Writes the seed corpora of the fuzz harnesses (fuzz/corpus/*), from
+"""Writes the seed corpora of the first fuzz harnesses (fuzz/corpus/*; the
+later ones have fuzz/seeds_NAME.py, which use write_corpus from here), from
 the wire format and the profiles the tests use: run it again when a
 harness's input layout changes. Deterministic (a fixed random seed), so
 the committed files only change when this script does."""
@@ -90,23 +91,23 @@ def allowed_ips_seeds(rng) -> dict[str, bytes]:
     return seeds
 
 
+def write_corpus(name: str, seeds: dict[str, bytes | str]) -> None:
+    """Seeds as the files of fuzz/corpus/NAME."""
+    out = HERE / "corpus" / name
+    out.mkdir(parents=True, exist_ok=True)
+    for seed, data in seeds.items():
+        if isinstance(data, str):
+            (out / seed).write_text(data)
+        else:
+            (out / seed).write_bytes(data)
+
+
 def main() -> None:
     rng = random.Random(20261205)
-    out = HERE / "corpus" / "wire_classify"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in wire_classify_seeds(rng).items():
-        (out / name).write_bytes(data)
-    for name, seeds in (("replay_window", replay_window_seeds(rng)),
-                        ("allowed_ips", allowed_ips_seeds(rng))):
-        out = HERE / "corpus" / name
-        out.mkdir(parents=True, exist_ok=True)
-        for seed, data in seeds.items():
-            (out / seed).write_bytes(data)
-    out = HERE / "corpus" / "obfuscation_settings"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in OBFUSCATION_SEEDS.items():
-        (out / name).write_text(text)
-
+    write_corpus("wire_classify", wire_classify_seeds(rng))
+    write_corpus("replay_window", replay_window_seeds(rng))
+    write_corpus("allowed_ips", allowed_ips_seeds(rng))
+    write_corpus("obfuscation_settings", OBFUSCATION_SEEDS)
 
 if __name__ == "__main__":
     main()

@@ -7,9 +7,9 @@ import base64
 import json
 import random
 import struct
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from seeds import write_corpus
+
 
 # the harness's option byte
 FAIL_ON_ID = 1      # a new peer's id is one in use: the apply fails there
@@ -128,11 +128,7 @@ def bulk_ndjson_seeds(rng) -> dict[str, bytes]:
 
 
 def main() -> None:
-    out = HERE / "corpus" / "bulk_ndjson"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in bulk_ndjson_seeds(random.Random(20261206)).items():
-        (out / name).write_bytes(data)
-
+    write_corpus("bulk_ndjson", bulk_ndjson_seeds(random.Random(20261206)))
 
 if __name__ == "__main__":
     main()

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import random
 import struct
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from seeds import write_corpus
+
 BURST = 64  # DP_DEVICE_BURST
 
 # wire profiles (the harness's `profiles`)
@@ -284,11 +284,7 @@ def device_rx_seeds(rng: random.Random) -> dict[str, bytes]:
 
 
 def main() -> None:
-    out = HERE / "corpus" / "device_rx"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in device_rx_seeds(random.Random(20261206)).items():
-        (out / name).write_bytes(data)
-
+    write_corpus("device_rx", device_rx_seeds(random.Random(20261206)))
 
 if __name__ == "__main__":
     main()

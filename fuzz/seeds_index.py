@@ -5,9 +5,9 @@ committed files only change when this script does. To be folded into
 fuzz/seeds.py (index_table_seeds takes the rng like the others there)."""
 import random
 import struct
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from seeds import write_corpus
+
 
 # operation kinds (low 4 bits; FAIL fails the next allocation)
 INSERT, REPLACE, REMOVE, LOOKUP = 0, 3, 5, 8
@@ -156,12 +156,7 @@ def index_table_seeds(rng) -> dict[str, bytes]:
 
 
 def main() -> None:
-    rng = random.Random(20261206)
-    out = HERE / "corpus" / "index_table"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in index_table_seeds(rng).items():
-        (out / name).write_bytes(data)
-
+    write_corpus("index_table", index_table_seeds(random.Random(20261206)))
 
 if __name__ == "__main__":
     main()

@@ -6,9 +6,9 @@ folded into fuzz/seeds.py (offload_roundtrip_seeds takes the rng like the
 others there)."""
 import random
 import struct
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from seeds import write_corpus
+
 
 TSO, CSUM, GRO = 0, 1, 2
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
@@ -129,12 +129,7 @@ def offload_roundtrip_seeds(rng) -> dict[str, bytes]:
 
 
 def main() -> None:
-    rng = random.Random(20261207)
-    out = HERE / "corpus" / "offload_roundtrip"
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in offload_roundtrip_seeds(rng).items():
-        (out / name).write_bytes(data)
-
+    write_corpus("offload_roundtrip", offload_roundtrip_seeds(random.Random(20261207)))
 
 if __name__ == "__main__":
     main()

@@ -33,6 +33,7 @@ import base64
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -161,7 +162,12 @@ class World:
                     time.sleep(1)
                 time.sleep(self.args.churn_interval)
             for key in live:
-                api.delete_peer(key)
+                try:
+                    api.delete_peer(key)
+                except (ApiRequestError, OSError):
+                    if self.stop.is_set():  # interrupted: the daemon may be gone
+                        return
+                    raise
                 self.churn["peers_removed"] += 1
 
     def _session(self, api: Client, rng: random.Random, key: str) -> None:
@@ -291,7 +297,8 @@ def summary(w: World, warmup_s: float, started: float) -> tuple[dict, list[str]]
            "chunks": len(w.chunks), "chunk_errors": sum(1 for c in w.chunks if "error" in c),
            "datagrams": sent, "lost": lost, "loss": lost / sent if sent else None,
            "chunks_with_loss": sum(1 for c in w.chunks if c.get("lost")), **by_dir,
-           "rekeys": (last.get("handshakes_completed") or 0) - (live[0].get(
+           # the daemon's completed handshakes: wireguard-go's rekeys, and any retries
+           "handshakes": (last.get("handshakes_completed") or 0) - (live[0].get(
                "handshakes_completed") or 0),
            **{k: v for k, v in w.churn.items() if k != "errors"},
            "churn_errors": w.churn["errors"][:5]}
@@ -350,6 +357,20 @@ def main(argv: list[str] | None = None) -> int:
         print("soak: needs root (network namespaces)", file=sys.stderr)
         return 1
     backends = args.backend or ["xdp", "socket"]
+
+    owner = os.getpid()
+
+    def interrupted(signum, frame):
+        # pyroute2 forks helpers that inherit this handler and are ended
+        # with SIGTERM: they must not unwind our stack (and with it the
+        # Topology, whose exit removes the namespaces)
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+    # stop early with the summary on SIGTERM, and on SIGINT even where a
+    # shell started us in the background with SIGINT ignored
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     faults: list[str] = []
     rows = []
     with tempfile.TemporaryDirectory(prefix="dataplane-soak-") as tmp, \

@@ -14,6 +14,7 @@ from dataplane import crypto
 from dataplane._native import lib
 from dataplane.device import (BUSY_POLL_MAX_US, Device, DeviceError, Endpoint, outer_checksum_ok,
                               parse_outer_frame)
+from dataplane.obfuscation import Obfuscation
 from tests.integration.packets import checksum
 
 SEND_KEY, RECV_KEY = bytes(range(32)), bytes(range(32, 64))
@@ -304,7 +305,6 @@ def test_a_plain_message_that_reads_as_obfuscated_transport_is_read_as_plain(wor
     initiation's ephemeral key, a transport message's counter) first reads
     as an obfuscated transport message with an unknown index; it reaches
     the handshake, or its keypair, as plain, and is not dropped."""
-    from dataplane.obfuscation import Obfuscation
     profile = Obfuscation.from_settings({"S4": "8", "H1": "100", "H2": "200", "H3": "300",
                                          "H4": "4000000-4999999"})
     world.dev.set_wire(profile, accept_plain=True)
