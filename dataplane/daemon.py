@@ -36,6 +36,7 @@ from dataplane.api.model import ApiError
 from dataplane.api.server import ApiServer, tls_context
 from dataplane._native import lib
 from dataplane.device import Device, DeviceError
+from dataplane.keys import is_low_order
 from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
 from dataplane.obfuscation import Obfuscation
 from dataplane.topology import nodad
@@ -58,11 +59,12 @@ class UpError(Exception):
 
 # ---------------------------------------------------------------- sockets
 
-def open_udp(port: int, workers: int = 1) -> tuple[list, list]:
+def bind_udp(port: int, workers: int = 1) -> tuple[list, list]:
     """UDP sockets on `port` (0: a random one), one per worker, for IPv4
     and, where the machine has IPv6, IPv6 (v6-only, same port); several
     per family share the port with SO_REUSEPORT, and the kernel spreads
-    peers over them. The IPv6 list holds None where there is no IPv6."""
+    peers over them. The IPv6 list holds None where there is no IPv6.
+    OSError (EADDRINUSE, ...) with nothing left open."""
     def make(family: int, addr: str, port: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -92,12 +94,20 @@ def open_udp(port: int, workers: int = 1) -> tuple[list, list]:
                     raise
                 v6 = [None] * workers  # no IPv6 here: IPv4 alone
                 break
-    except OSError as e:
+    except OSError:
         for s in v4 + v6:
             if s is not None:
                 s.close()
-        raise UpError(f"cannot listen on UDP port {port}: {e.strerror}") from None
+        raise
     return v4, v6
+
+
+def open_udp(port: int, workers: int = 1) -> tuple[list, list]:
+    """bind_udp for `up`: UpError when the port cannot be had."""
+    try:
+        return bind_udp(port, workers)
+    except OSError as e:
+        raise UpError(f"cannot listen on UDP port {port}: {e.strerror or e}") from None
 
 
 def _dup(sockets: list) -> list[int]:
@@ -576,7 +586,7 @@ class Daemon:
         try:
             self._set_listen_port(port)
         except OSError as e:
-            raise ApiError(409 if e.errno == errno_mod.EOPNOTSUPP else 400,
+            raise ApiError(409 if e.errno in (errno_mod.EOPNOTSUPP, errno_mod.EADDRINUSE) else 400,
                            f"listen_port: {e.strerror or e}", "listen_port") from None
 
     def routes_changed(self, added: list, removed: list) -> None:
@@ -737,9 +747,12 @@ class Daemon:
                                 peers=tuple(peers))
 
     def apply_set(self, ops: list) -> None:
-        """Apply a parsed `set` (parse_set checked each line). The AmneziaWG
-        lines are checked together with the profile held before anything
-        is applied, and go first: a peer the same set makes initiate uses
+        """Apply a parsed `set` (parse_set checked each line) as a whole:
+        everything that can refuse it is done before anything changes (the
+        AmneziaWG lines checked together with the profile held, room for
+        the new peers, their keys, endpoint host names, the new listen port
+        bound), so that a refused set leaves the device as it was. The
+        AmneziaWG lines go first: a peer the same set makes initiate uses
         the new profile."""
         iface = self.iface
         obf = None
@@ -750,37 +763,106 @@ class Daemon:
                     obf.check_plain_alongside(lower=True)
                 except ValueError as e:
                     raise uapi.UapiError(uapi.EINVAL, str(e)) from None
-        if obf is not None and obf != iface.obfuscation:
-            self.set_obfuscation(obf, iface.accept_plain)
-        if self.api is not None:
-            # what the API last put no longer says what these peers hold
-            self.api.changed_elsewhere()
-        routes_changed = False
+        endpoints = self._check_set_peers(ops)
+        # only the last listen_port of a set counts: bind it now, install it
+        # in its place below
+        last_port = next((op for op in reversed(ops) if isinstance(op, uapi.SetListenPort)),
+                          None)
+        udp = None
+        if last_port is not None:
+            try:
+                udp = self._bind_listen_port(last_port.port)
+            except OSError as e:
+                raise uapi.UapiError(e.errno or uapi.EIO,
+                                     f"listen_port: {e.strerror or e}") from None
+        try:
+            if obf is not None and obf != iface.obfuscation:
+                self.set_obfuscation(obf, iface.accept_plain)
+            if self.api is not None:
+                # what the API last put no longer says what these peers hold
+                self.api.changed_elsewhere()
+            routes_changed = False
+            i = 0
+            while i < len(ops):
+                op = ops[i]
+                if isinstance(op, uapi.SetPrivateKey):
+                    iface.set_private_key(op.private_key)
+                elif op is last_port:
+                    if udp is not None:
+                        self._install_udp(*udp)
+                        udp = None
+                elif isinstance(op, uapi.SetFwmark):
+                    self._apply_fwmark(op.fwmark)
+                elif isinstance(op, uapi.ReplacePeers):
+                    for key in list(iface.peers):
+                        iface.remove_peer(key)
+                    routes_changed = True
+                elif isinstance(op, uapi.SelectPeer):
+                    j = i + 1
+                    while j < len(ops) and not isinstance(ops[j], uapi.SelectPeer):
+                        j += 1
+                    routes_changed |= self._apply_peer(op.public_key, ops[i + 1:j], endpoints)
+                    i = j
+                    continue
+                i += 1
+        finally:
+            for s in (udp[0] + udp[1]) if udp else ():
+                if s is not None:
+                    s.close()
+        if routes_changed:
+            self.sync_routes()
+
+    def _check_set_peers(self, ops: list) -> dict[int, object]:
+        """What the peer lines of a set would do to the peer count, played
+        through without changing anything: UapiError if a new peer has a
+        low-order key, an endpoint does not resolve or the peers would not
+        fit. The resolved endpoints, by id() of their SetEndpoint."""
+        iface = self.iface
+        present = set(iface.peers)
+        own = iface.private_key.public_key() if iface.private_key is not None else None
+        endpoints: dict[int, object] = {}
         i = 0
         while i < len(ops):
             op = ops[i]
             if isinstance(op, uapi.SetPrivateKey):
-                iface.set_private_key(op.private_key)
-            elif isinstance(op, uapi.SetListenPort):
-                self._set_listen_port(op.port)
-            elif isinstance(op, uapi.SetFwmark):
-                self._apply_fwmark(op.fwmark)
+                key = op.private_key
+                if key is not None and not key.is_zero():
+                    own = key.public_key()
+                    present.discard(own)
             elif isinstance(op, uapi.ReplacePeers):
-                for key in list(iface.peers):
-                    iface.remove_peer(key)
-                routes_changed = True
+                present = set()
             elif isinstance(op, uapi.SelectPeer):
                 j = i + 1
                 while j < len(ops) and not isinstance(ops[j], uapi.SelectPeer):
                     j += 1
-                routes_changed |= self._apply_peer(op.public_key, ops[i + 1:j])
+                group, key = ops[i + 1:j], op.public_key
                 i = j
+                if any(isinstance(o, uapi.RemovePeer) for o in group):
+                    present.discard(key)
+                    continue
+                if (any(isinstance(o, uapi.UpdateOnly) for o in group) and key not in present) \
+                        or key == own:
+                    continue
+                if key not in present:
+                    if is_low_order(key):
+                        raise uapi.UapiError(uapi.EINVAL, "a low-order public key cannot "
+                                                          "complete a handshake")
+                    present.add(key)
+                for o in group:
+                    if isinstance(o, uapi.SetEndpoint):
+                        try:
+                            endpoints[id(o)] = resolve(o.endpoint)
+                        except (OSError, ValueError):
+                            raise uapi.UapiError(uapi.EINVAL, "endpoint: does not resolve") \
+                                from None
                 continue
             i += 1
-        if routes_changed:
-            self.sync_routes()
+        if len(present) > iface.device.max_peers:
+            raise uapi.UapiError(errno_mod.ENOSPC, f"{len(present)} peers would not fit: "
+                                                   f"MaxPeers is {iface.device.max_peers}")
+        return endpoints
 
-    def _apply_peer(self, key, ops: list) -> bool:
+    def _apply_peer(self, key, ops: list, endpoints: Optional[dict] = None) -> bool:
         iface = self.iface
         if any(isinstance(op, uapi.RemovePeer) for op in ops):
             iface.remove_peer(key)
@@ -795,7 +877,8 @@ class Daemon:
             if isinstance(op, uapi.SetPresharedKey):
                 peer.preshared_key = op.preshared_key
             elif isinstance(op, uapi.SetEndpoint):
-                iface.set_endpoint(peer, resolve(op.endpoint))
+                ep = (endpoints or {}).get(id(op))
+                iface.set_endpoint(peer, ep if ep is not None else resolve(op.endpoint))
             elif isinstance(op, uapi.SetPersistentKeepalive):
                 was = peer.persistent_keepalive
                 iface.set_persistent_keepalive(peer, op.interval)
@@ -818,13 +901,24 @@ class Daemon:
             self.xdp.set_wire(obf, bool(accept_plain) and not obf.profile_is_plain)
 
     def _set_listen_port(self, port: int) -> None:
+        """OSError (EADDRINUSE, EOPNOTSUPP on the XDP backend, ...) with
+        the old port kept."""
+        udp = self._bind_listen_port(port)
+        if udp is not None:
+            self._install_udp(*udp)
+
+    def _bind_listen_port(self, port: int) -> Optional[tuple[list, list]]:
+        """The sockets for a new listen port, not yet in use (None: it is
+        the port we hold)."""
         if port and port == self.iface.listen_port:
-            return
+            return None
         if self.xdp is not None:
             # the XDP program was loaded for the port (read-only data)
             raise OSError(errno_mod.EOPNOTSUPP, "the XDP backend cannot change its listen port "
                                                 "while it runs; restart with the new ListenPort")
-        v4, v6 = open_udp(port, self.workers)
+        return bind_udp(port, self.workers)
+
+    def _install_udp(self, v4: list, v6: list) -> None:
         self.iface.device.set_udp(_dup(v4), _dup(v6))
         for s in self.sockets:
             s.close()

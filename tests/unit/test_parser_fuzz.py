@@ -12,8 +12,8 @@ Runs are reproducible (derandomize, no example database) and bounded
 (max_examples per test; the file takes well under a minute on two cores).
 No root needed: the UAPI and API run against a native device writing to
 /dev/null and sending on loopback, as tests/unit/test_uapi.py and
-api_world.py do. Known bugs found by these tests are strict xfails (at the
-end of each part) until fixed."""
+api_world.py do. Bugs these tests found have a test of their own at the
+end of each part."""
 from __future__ import annotations
 
 import base64
@@ -871,9 +871,6 @@ def test_uapi_a_set_does_what_the_model_says_or_changes_nothing(data):
         assert model_state(after) == model_apply(model_state(before), parse_set(lines))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a set with more new peers than MaxPeers has room "
-                   "for answers errno=-22 after applying the device lines and the peers that "
-                   "fit (Daemon.apply_set: Interface.add_peer's OSError comes mid-way)")
 def test_uapi_a_set_refused_for_lack_of_room_changes_nothing():
     with uapi_daemon(max_peers=4) as d:
         before = uapi(d, "get")
@@ -885,9 +882,6 @@ def test_uapi_a_set_refused_for_lack_of_room_changes_nothing():
         assert uapi(d, "get") == before
 
 
-@pytest.mark.xfail(strict=True, reason="bug: listen_port on a port in use answers errno=-5 "
-                   "(open_udp's UpError is neither OSError nor UapiError; wireguard-go answers "
-                   "EADDRINUSE) after applying the lines before it")
 def test_uapi_a_listen_port_in_use_is_eaddrinuse_and_changes_nothing():
     with uapi_daemon() as d, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("0.0.0.0", 0))
@@ -1140,9 +1134,6 @@ def test_api_http_any_key_in_the_path(world, text):
         (status, answer)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a PATCH of listen_port to a port in use reaches "
-                   "the daemon's _api_listen_port, which catches OSError only; open_udp raises "
-                   "UpError, so the API answers 500")
 def test_api_patch_listen_port_in_use_is_a_client_error():
     with uapi_daemon() as d, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
         busy.bind(("0.0.0.0", 0))
