@@ -2,6 +2,7 @@
 """Runs tests against the native module built with sanitizers.
 
     scripts/sanitize.py [--sanitizers address,undefined] [--keep DIR [--reuse]] [PYTEST ARGS...]
+    scripts/sanitize.py --sanitizers thread      # the concurrency tests under TSan
 
 The project's files (those git knows, or all but .venv and build) are
 copied to a scratch directory, the module is built there with gcc and
@@ -10,7 +11,8 @@ the sanitizer's runtime preloaded into Python (a module built with ASan
 needs it first in the process) and that directory first on the import
 path, also for the processes the tests start. Default tests: the unit
 tests but the fuzz ones (their harnesses are sanitized builds of their
-own, with clang's runtime, which cannot share a process with gcc's).
+own, with clang's runtime, which cannot share a process with gcc's);
+with thread, the tests that run native code in several threads.
 
 Exit status: pytest's, or 1 when a sanitizer reported anything though
 pytest passed. With -x it stops at the first failure."""
@@ -29,6 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = {"address": "libasan.so", "thread": "libtsan.so"}
 DEFAULT_TESTS = ["tests/unit", "--ignore=tests/unit/test_fuzz.py",
                  "--ignore=tests/unit/test_sanitized.py"]
+# Under ThreadSanitizer: the tests where native code runs in more than one
+# thread (the device's workers, the tables' readers, the bulk parser's
+# helper, the load generator). Not every unit test: its runtime, preloaded
+# into every process a test starts, crashes bash (wg-quick).
+THREAD_TESTS = ["tests/unit/test_concurrency.py", "tests/unit/test_index_table.py",
+                "tests/unit/test_allowedips.py", "tests/unit/test_keypairs.py",
+                "tests/unit/test_bulk_parser.py", "tests/unit/test_loadgen.py",
+                "tests/unit/test_packet_path.py", "tests/unit/test_api.py",
+                "tests/unit/test_api_bulk_lane.py", "tests/unit/test_realtime.py"]
 # what the runtimes print when they find something
 REPORT = re.compile(r"ERROR: AddressSanitizer|runtime error:|WARNING: ThreadSanitizer|"
                     r"ERROR: LeakSanitizer")
@@ -110,7 +121,8 @@ def main(argv=None) -> int:
         # pytest would otherwise hold for the test, and a process they stop
         # never hands it back
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--capture=sys",
-               *(pytest_args or DEFAULT_TESTS)]
+               *(pytest_args or (THREAD_TESTS if "thread" in args.sanitizers.split(",")
+                                 else DEFAULT_TESTS))]
         print(f"sanitizers {args.sanitizers}: {' '.join(cmd[1:])} (in {where})", flush=True)
         r = subprocess.run(cmd, cwd=where, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)

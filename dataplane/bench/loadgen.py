@@ -348,7 +348,7 @@ class Sender:
         return self
 
     def stop(self) -> None:
-        self.stop_flag[0] = 1
+        lib.dp_lg_stop(self.stop_flag)
 
     def join(self, timeout: Optional[float] = None) -> SendResult:
         return self.thread.join_result(timeout)
@@ -422,15 +422,15 @@ class Receiver:
         """Wait until nothing has arrived for `quiet` seconds (at most
         `limit`): what is still on its way through the DUT lands."""
         deadline = time.monotonic() + limit
-        last, since = self.stats.packets, time.monotonic()
+        last, since = lib.dp_lg_recv_packets(self.stats), time.monotonic()
         while time.monotonic() < deadline:
             time.sleep(0.05)
-            now = self.stats.packets  # written by the receiving thread; a count only grows
+            now = lib.dp_lg_recv_packets(self.stats)  # a count only grows
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= quiet:
                 return
 
     def stop(self) -> RecvResult:
-        self.stop_flag[0] = 1
+        lib.dp_lg_stop(self.stop_flag)
         return self.thread.join_result(5)

@@ -144,6 +144,14 @@ struct dp_lg_recv_stats {
 int dp_lg_recv(const struct dp_lg_recv_config *cfg, struct dp_lg_peers *peers,
                volatile int *stop, struct dp_lg_recv_stats *out);
 
+/* Sets *stop for a dp_lg_send or dp_lg_recv running in another thread (an
+ * atomic store: the flag is shared between threads). */
+void dp_lg_stop(volatile int *stop);
+
+/* The packets a dp_lg_recv running in another thread has counted so far
+ * (an atomic load of out->packets). */
+uint64_t dp_lg_recv_packets(const struct dp_lg_recv_stats *st);
+
 /* The smallest latency (ns) that falls into histogram bucket b; buckets
  * are 1 ns wide below 64 ns and 1/32 of a power of two above. */
 uint64_t dp_lg_bucket_low(uint32_t b);

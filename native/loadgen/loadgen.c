@@ -339,7 +339,7 @@ int dp_lg_send(const struct dp_lg_send_config *cfg, struct dp_lg_peers *peers,
 
     for (;;) {
         uint64_t now = now_ns(CLOCK_MONOTONIC);
-        if (now >= end || (stop && *stop))
+        if (now >= end || (stop && __atomic_load_n(stop, __ATOMIC_ACQUIRE)))
             break;
         unsigned burst = DP_LG_BURST;
         if (cfg->rate_pps) {
@@ -480,7 +480,8 @@ static void account(struct dp_lg_recv_stats *st, uint8_t *seen, const uint8_t *p
         st->reordered++;
     }
     bits[(pl.seq % SEEN_BITS) / 8] |= (uint8_t)(1u << (pl.seq % 8));
-    st->packets++;
+    /* read by another thread (dp_lg_recv_packets) while this one runs */
+    __atomic_store_n(&st->packets, st->packets + 1, __ATOMIC_RELAXED);
     st->bytes += inner_len;
     uint64_t lat = now > pl.sent_ns ? now - pl.sent_ns : 0;
     st->lat_count++;
@@ -543,7 +544,7 @@ int dp_lg_recv(const struct dp_lg_recv_config *cfg, struct dp_lg_peers *peers,
 
     if (cfg->poll_ns)
         prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
-    while (!*stop) {
+    while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
         if (cfg->poll_ns) {
             /* a short read means the socket is drained: nap, then read */
             if (last < DP_LG_BURST)
@@ -618,4 +619,14 @@ int dp_lg_recv(const struct dp_lg_recv_config *cfg, struct dp_lg_peers *peers,
     free(s->seen);
     free(s);
     return 0;
+}
+
+void dp_lg_stop(volatile int *stop)
+{
+    __atomic_store_n(stop, 1, __ATOMIC_RELEASE);
+}
+
+uint64_t dp_lg_recv_packets(const struct dp_lg_recv_stats *st)
+{
+    return __atomic_load_n(&st->packets, __ATOMIC_RELAXED);
 }

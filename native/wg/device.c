@@ -2,6 +2,7 @@
  * statistics. Packet processing is in datapath.c. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -393,6 +394,18 @@ static void enable_udp_gro(const int *fds, uint32_t n)
             setsockopt(fds[i], 17 /* SOL_UDP */, 104 /* UDP_GRO */, &on, sizeof(on));
 }
 
+/* The workers wait in poll() and never block in a read or a write: a stop
+ * would otherwise wait forever on a worker in a read of a quiet fd. */
+static void make_nonblocking(const int *fds, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        int flags = fds[i] >= 0 ? fcntl(fds[i], F_GETFL) : -1;
+
+        if (flags >= 0 && !(flags & O_NONBLOCK))
+            fcntl(fds[i], F_SETFL, flags | O_NONBLOCK);
+    }
+}
+
 static void close_fds(int *fds, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++) {
@@ -473,6 +486,9 @@ struct dp_device *dp_device_new(const struct dp_device_config *cfg)
     dp_burst_bind(d->bursts[POLL_READER], d, 0);
     enable_udp_gro(cfg->udp4_fd, cfg->workers);
     enable_udp_gro(cfg->udp6_fd, cfg->workers);
+    make_nonblocking(cfg->tun_fd, cfg->workers);
+    make_nonblocking(cfg->udp4_fd, cfg->workers);
+    make_nonblocking(cfg->udp6_fd, cfg->workers);
     for (uint32_t w = 0; w < cfg->workers; w++) {
         d->workers[w] = (struct worker){.d = d, .index = (int)w};
         d->bursts[w] = dp_burst_new(d->buf_size);
@@ -730,6 +746,8 @@ int dp_device_set_udp(struct dp_device *d, const int *udp4_fd, const int *udp6_f
     d->cfg = next;
     enable_udp_gro(d->cfg.udp4_fd, d->cfg.workers);
     enable_udp_gro(d->cfg.udp6_fd, d->cfg.workers);
+    make_nonblocking(d->cfg.udp4_fd, d->cfg.workers);
+    make_nonblocking(d->cfg.udp6_fd, d->cfg.workers);
     for (uint32_t w = 0; w < d->cfg.workers; w++)
         dp_burst_bind(d->bursts[w], d, (int)w);
     dp_burst_bind(d->bursts[POLL_READER], d, 0);

@@ -87,7 +87,7 @@ struct dp_device_config {
     /* Per worker (the first `workers` entries; the device owns them): UDP
      * sockets sharing the listen port (SO_REUSEPORT), -1 for a family not
      * served, and the queues of one TUN device (IFF_MULTI_QUEUE when there
-     * are several). */
+     * are several). The device makes them non-blocking. */
     int udp4_fd[16];
     int udp6_fd[16];
     int tun_fd[16];

@@ -1,7 +1,10 @@
 """The unit tests again, against the native module built with
 AddressSanitizer and UndefinedBehaviorSanitizer (scripts/sanitize.py):
 an out-of-bounds access, a use after free or undefined behaviour anywhere
-the unit tests reach in native/ stops that run with a report. Needs gcc
+the unit tests reach in native/ stops that run with a report. And the
+tests that run native code in several threads (the device's workers
+against a churning control plane, the tables' readers, ...) against the
+module built with ThreadSanitizer: a data race stops that run. Needs gcc
 and its sanitizer runtimes (scripts/setup.sh installs them)."""
 import os
 import shutil
@@ -35,9 +38,19 @@ def tree(tmp_path_factory):
     return tmp_path_factory.mktemp("sanitized") / "tree"
 
 
-def sanitize(tree: Path, *args: str) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def thread_tree(tmp_path_factory):
+    """Where scripts/sanitize.py builds its ThreadSanitizer copy."""
+    if not gcc_has("libtsan.so"):
+        pytest.skip("gcc's ThreadSanitizer runtime is missing (run scripts/setup.sh)")
+    return tmp_path_factory.mktemp("tsan") / "tree"
+
+
+def sanitize(tree: Path, *args: str, sanitizers: str = "address,undefined"
+             ) -> subprocess.CompletedProcess:
     reuse = ["--reuse"] if tree.exists() else []
-    return subprocess.run([sys.executable, str(SCRIPT), "--keep", str(tree), *reuse, *args],
+    return subprocess.run([sys.executable, str(SCRIPT), "--sanitizers", sanitizers,
+                           "--keep", str(tree), *reuse, *args],
                           capture_output=True, text=True, timeout=1200)
 
 
@@ -67,3 +80,40 @@ def test_a_planted_overflow_is_reported(tree, tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode != 0, out[-3000:]
     assert "heap-buffer-overflow" in out, out[-3000:]
+
+
+def test_concurrency_tests_pass_under_tsan(thread_tree):
+    r = sanitize(thread_tree, sanitizers="thread")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    assert "WARNING: ThreadSanitizer" not in out, out[-6000:]
+    # the workers-against-the-control-plane test was among them
+    assert "test_concurrency.py" in out and " passed" in out, out[-2000:]
+    module = next((thread_tree / "dataplane").glob("_native*.so"))
+    syms = subprocess.run(["nm", "-D", "--undefined-only", str(module)], capture_output=True,
+                          text=True, check=True).stdout
+    assert "__tsan_" in syms
+
+
+def test_a_planted_race_is_reported(thread_tree, tmp_path):
+    """The TSan run is not blind: two threads checking counters against
+    one replay window (which has a single writer by design) at once."""
+    planted = tmp_path / "test_planted_race.py"
+    planted.write_text(
+        "import threading\n"
+        "from dataplane._native import ffi, lib\n"
+        "def test_two_writers():\n"
+        "    w = ffi.new('uint8_t[]', lib.dp_replay_size(2048))\n"
+        "    r = ffi.cast('struct dp_replay *', w)\n"
+        "    assert lib.dp_replay_init(r, 2048) == 0\n"
+        "    def hammer(first):\n"
+        "        for c in range(first, first + 20000, 2):\n"
+        "            lib.dp_replay_check(r, c)\n"
+        "    ts = [threading.Thread(target=hammer, args=(s,)) for s in (0, 1)]\n"
+        "    [t.start() for t in ts]\n"
+        "    [t.join() for t in ts]\n")
+    r = sanitize(thread_tree, str(planted), sanitizers="thread")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out[-3000:]
+    assert "WARNING: ThreadSanitizer: data race" in out, out[-3000:]
+    assert "dp_replay_check" in out, out[-3000:]
