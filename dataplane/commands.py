@@ -196,11 +196,13 @@ def all_drops(status: dict) -> dict[str, int]:
     """Every non-zero drop count of the status socket's figures: the data
     path's, on the XDP backend also the WAN program's (wan_drop_*) and the
     kernel's at our AF_XDP sockets (xsk_wan_rx_ring_full: the workers fell
-    behind)."""
+    behind); on the socket backend the kernel's at the TUN (tun_queue_full:
+    the workers had not read its queue in time)."""
     xdp = status.get("xdp") or {}
     out = dict(status.get("drops") or {})
     out.update({k: n for k, n in xdp.items() if k.startswith("wan_drop_")})
     out.update(xsk_drops(xdp))
+    out["tun_queue_full"] = (status.get("tun_queue") or {}).get("dropped", 0)
     return {k: n for k, n in out.items() if n}
 
 

@@ -50,6 +50,7 @@ log = logging.getLogger("dataplane")
 UAPI_DIR = Path("/var/run/wireguard")
 RUN_DIR = Path("/run/dataplane")
 TICK_SECONDS = 0.25
+TUN_CHECK_SECONDS = 2.0   # how often the TUN's queue drops are read
 SIOCGIFMTU = 0x8921
 
 
@@ -192,6 +193,8 @@ class Daemon:
         self.outer_routes: Optional[OuterRoutes] = None
         self._local_due = 0.0  # when the XDP programs' local addresses are next refreshed
         self._links: dict = {}  # role -> (name, ifindex), see _watch_links
+        self._tun_due = 0.0     # when the TUN's queue drops are next read
+        self.tun_queue: Optional[dict] = None   # see _check_tun_queue
         self.exit_status = 0    # of `dataplane up`: 1 when a link was removed from under it
         self.workers = 1
         self.mtu = DEFAULT_MTU
@@ -645,12 +648,37 @@ class Daemon:
                 if self.outer_routes is not None:
                     await asyncio.get_running_loop().run_in_executor(None,
                                                                      self.outer_routes.refresh)
+                if self.xdp is None and time.monotonic() >= self._tun_due:
+                    self._tun_due = time.monotonic() + TUN_CHECK_SECONDS
+                    await asyncio.get_running_loop().run_in_executor(None,
+                                                                     self._check_tun_queue)
                 if self.xdp is not None and time.monotonic() >= self._local_due:
                     self._local_due = time.monotonic() + self.xdp.LOCAL_EVERY
                     await asyncio.get_running_loop().run_in_executor(None,
                                                                      self.xdp.refresh_local)
             except Exception:  # noqa: BLE001
                 log.exception("%s: error in the timer tick", self.name)
+
+    def _check_tun_queue(self) -> None:
+        """The kernel drops what it would queue on the TUN for the workers
+        when they have not read the queue in time (txqueuelen packets, a
+        worker stalled or the CPU saturated): the interface's tx_dropped.
+        Say so once per check that finds new drops, with how many, and
+        keep the figures for the status."""
+        try:
+            with IPRoute() as ipr:
+                link = ipr.link("get", index=self._links["interface"][1])[0]
+        except Exception as e:  # noqa: BLE001 - figures missing, the tunnel is fine
+            log.debug("%s: the TUN's counters: %s", self.name, e)
+            return
+        stats = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS") or {}
+        dropped, qlen = int(stats.get("tx_dropped", 0)), link.get_attr("IFLA_TXQLEN")
+        before = self.tun_queue["dropped"] if self.tun_queue is not None else dropped
+        self.tun_queue = {"dropped": dropped, "txqueuelen": qlen}
+        if dropped > before:
+            log.warning("%s: the kernel dropped %d packets bound for the tunnel: the TUN's "
+                        "queue (txqueuelen %s) was full, the workers did not read it in time",
+                        self.name, dropped - before, qlen)
 
     def _follow_mtu(self) -> None:
         """Padding follows the link's MTU when the operator changes it."""
@@ -975,6 +1003,9 @@ class Daemon:
                 # the ChaCha20-Poly1305 implementation the CPU chose
                 "crypto": crypto.active(),
                 "wan": wan, "busy_poll": busy_poll,
+                # socket backend: what the kernel dropped because the TUN's
+                # queue to the workers was full (as of the last check)
+                "tun_queue": self.tun_queue,
                 # what the kernel holds for the worker threads
                 "scheduling": self.iface.device.worker_scheduling(),
                 "native_memory": memory() if memory is not None else None,

@@ -1,8 +1,10 @@
 """Faults under a running exit node: links removed or renamed from under
-it, too little locked memory. Each gives one clear log line and either
+it, too little locked memory, the TUN's queue full. Each gives one clear log line and either
 carries on or goes down cleanly (exit status 1, the WAN left forwarding
 normally), never a crash, a traceback or a wedged daemon."""
 import json
+import os
+import signal
 import subprocess
 import time
 
@@ -126,3 +128,44 @@ def test_the_wan_program_detached_by_another_process_is_attached_again(topo, tmp
     assert w.status()["xdp"]["wan_steer_data"] >= before + 2
     assert w.daemon.poll() is None
     assert w.down() == 0
+
+
+def test_a_full_tun_queue_is_said_and_the_tunnel_recovers(topo, tmp_path):
+    """The workers stalled (SIGSTOP) while traffic for the tunnel arrives:
+    the kernel queues txqueuelen packets on the TUN and drops the rest.
+    The daemon says how many were dropped and why, shows the figure in its
+    status, and serves on as soon as it runs again."""
+    w = TunnelWorld(topo, tmp_path, backend="socket")
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    topo.run(w.exit_ns, ["ip", "link", "set", "dev", w.name, "txqueuelen", "8"])
+    deadline = time.monotonic() + 10
+    while (w.status().get("tun_queue") or {}).get("txqueuelen") != 8:
+        assert time.monotonic() < deadline, w.status().get("tun_queue")
+        time.sleep(0.2)
+    before = w.status()["tun_queue"]["dropped"]
+    sent = 300
+    os.kill(w.daemon.pid, signal.SIGSTOP)
+    try:
+        # datagrams from the exit node to the client's inner address: routed
+        # into the TUN, for the stopped workers to read
+        topo.run(w.exit_ns, ["python3", "-c",
+                             "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                             f"for i in range({sent}): s.sendto(b'x' * 64, ('10.202.0.2', 9))"])
+        time.sleep(0.3)
+    finally:
+        os.kill(w.daemon.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while "TUN's queue" not in w.log_path.read_text():
+        assert time.monotonic() < deadline, w.log_path.read_text()[-2000:]
+        time.sleep(0.2)
+    dropped = w.status()["tun_queue"]["dropped"] - before
+    # all but what the queue held (and a packet or two the workers took
+    # before they stopped) were dropped by the kernel
+    assert sent - 8 - 4 <= dropped <= sent, dropped
+    log = w.log_path.read_text()
+    assert f"the kernel dropped {dropped} packets bound for the tunnel" in log, log[-2000:]
+    assert "txqueuelen 8" in log and "Traceback" not in log
+    assert w.daemon.poll() is None
+    shown = topo.run(w.exit_ns, [DATAPLANE, "show", w.name]).stdout
+    assert f"tun_queue_full {before + dropped}" in shown, shown
+    assert w.ping(w.client_ns, "10.202.0.1", count=3).returncode == 0
