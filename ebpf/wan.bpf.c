@@ -12,7 +12,13 @@
 #include "parsing.h"
 #include "steering.h"
 
+/* Set by the loader before the program loads (.rodata); a host build
+ * (fuzz/wan_xdp.c) writes them itself. */
+#ifdef DP_XDP_HOST
+struct dp_xdp_settings dp_settings;
+#else
 const volatile struct dp_xdp_settings dp_settings = {};
+#endif
 
 DP_XDP_STEERING_MAPS(DP_XDP_WAN_COUNT)
 

@@ -1,6 +1,7 @@
 """Builds the harnesses that link the whole native device (fuzz/device_rx.c,
-the receive path; fuzz/bulk_ndjson.c, the bulk parser with apply and undo)
-into build/fuzz/NAME.
+the receive path; fuzz/bulk_ndjson.c, the bulk parser with apply and undo;
+fuzz/wan_xdp.c, the WAN XDP program built for the host against the
+workers' parse) into build/fuzz/NAME.
 
 The harness and the device's sources are built with clang under libFuzzer,
 AddressSanitizer and UndefinedBehaviorSanitizer (fuzz/run.py's CFLAGS);
@@ -28,7 +29,14 @@ FUZZ = ROOT / "fuzz"
 OUT = ROOT / "build" / "fuzz"
 NAME = "device_rx"
 # each harness: the sources it adds to the device's
-HARNESSES = {"device_rx": [], "bulk_ndjson": ["native/wg/bulk.c"]}
+HARNESSES = {"device_rx": [], "bulk_ndjson": ["native/wg/bulk.c"],
+             "wan_xdp": ["ebpf/wan.bpf.c"]}
+# and the flags it adds: the WAN XDP program built for the host, with
+# fuzz/xdp_host's stand-in for libbpf's helpers before the system's, and
+# no alignment checks (its headers sit where the frame puts them, as in
+# the kernel, which does not require alignment of BPF's loads on x86)
+EXTRA_FLAGS = {"wan_xdp": ["-DDP_XDP_HOST", f"-I{FUZZ / 'xdp_host'}", f"-I{ROOT / 'ebpf'}",
+                           "-fno-sanitize=alignment"]}
 
 # What the device's packet path needs, built with the harness (clang,
 # sanitized). xsk_port.c is there for datapath.c's AF_XDP calls, which a
@@ -67,7 +75,7 @@ def commands(out: Path = OUT, replace: dict[str, str | Path] | None = None,
         cmds.append(["gcc", *GCC_FLAGS, "-c", replace.get(src, str(ROOT / src)),
                      "-o", str(obj)])
         objects.append(str(obj))
-    cmds.append(["clang", *CLANG_FLAGS, str(FUZZ / f"{name}.c"),
+    cmds.append(["clang", *CLANG_FLAGS, *EXTRA_FLAGS.get(name, []), str(FUZZ / f"{name}.c"),
                  *(replace.get(s, str(ROOT / s)) for s in sanitized), *objects, *LIBS,
                  "-o", str(out / name)])
     return cmds

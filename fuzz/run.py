@@ -35,6 +35,7 @@ HARNESSES: dict[str, list[str] | str | None] = {
     "offload_roundtrip": ["native/wg/offload.c"],
     "device_rx": DEVICE,
     "bulk_ndjson": DEVICE,
+    "wan_xdp": DEVICE,
     "obfuscation_settings": None,
 }
 CFLAGS = ["-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
