@@ -119,6 +119,8 @@ static bool ends_value(uint8_t ch)
     return ch && strchr(" \t\r,}]", ch);
 }
 
+/* The literal `word` at the cursor, which moves past it; on false the
+ * cursor stays before it (so that "truefalse" is not true, then false). */
 static bool literal(struct cursor *c, const char *word)
 {
     size_t n = strlen(word);
@@ -126,9 +128,11 @@ static bool literal(struct cursor *c, const char *word)
     skip_ws(c);
     if ((size_t)(c->end - c->p) < n || memcmp(c->p, word, n) != 0)
         return false;
-    c->p += n;
     /* a literal ends where a value may end */
-    return c->p == c->end || ends_value(*c->p);
+    if (c->p + n != c->end && !ends_value(c->p[n]))
+        return false;
+    c->p += n;
+    return true;
 }
 
 static bool is_null(struct cursor *c)

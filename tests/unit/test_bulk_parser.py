@@ -392,8 +392,10 @@ def bad_values(name: str, rng) -> list:
         return common + [text(s) for s in ("later", "NOW", "now ", "n\\u006fw", "on_receive",
                                            "now")]
     if name == "replace":
+        # "truefalse": a literal that does not end where a value may end
+        # must leave the cursor where it was (found by fuzz/bulk_ndjson.c)
         return common + ['"true"', "True", "tru", "truee", "nul", "False", "true\0",
-                         "false\v"]
+                         "false\v", "truefalse", "falsefalse", "truetrue", "true false"]
     if name == "session":
         return common + ['{"receiver_index":1}']
     return common
