@@ -36,7 +36,6 @@ from dataplane.api.model import ApiError
 from dataplane.api.server import ApiServer, tls_context
 from dataplane._native import lib
 from dataplane.device import Device, DeviceError
-from dataplane.keys import is_low_order
 from dataplane.interface import DEFAULT_MTU, Interface, Peer, resolve, table_sizes
 from dataplane.obfuscation import Obfuscation
 from dataplane.topology import nodad
@@ -778,7 +777,7 @@ class Daemon:
         """Apply a parsed `set` (parse_set checked each line) as a whole:
         everything that can refuse it is done before anything changes (the
         AmneziaWG lines checked together with the profile held, room for
-        the new peers, their keys, endpoint host names, the new listen port
+        the new peers, endpoint host names, the new listen port
         bound), so that a refused set leaves the device as it was. The
         AmneziaWG lines go first: a peer the same set makes initiate uses
         the new profile."""
@@ -842,9 +841,9 @@ class Daemon:
 
     def _check_set_peers(self, ops: list) -> dict[int, object]:
         """What the peer lines of a set would do to the peer count, played
-        through without changing anything: UapiError if a new peer has a
-        low-order key, an endpoint does not resolve or the peers would not
-        fit. The resolved endpoints, by id() of their SetEndpoint."""
+        through without changing anything: UapiError if an endpoint does
+        not resolve or the peers would not fit. The resolved endpoints, by
+        id() of their SetEndpoint."""
         iface = self.iface
         present = set(iface.peers)
         own = iface.private_key.public_key() if iface.private_key is not None else None
@@ -871,11 +870,7 @@ class Daemon:
                 if (any(isinstance(o, uapi.UpdateOnly) for o in group) and key not in present) \
                         or key == own:
                     continue
-                if key not in present:
-                    if is_low_order(key):
-                        raise uapi.UapiError(uapi.EINVAL, "a low-order public key cannot "
-                                                          "complete a handshake")
-                    present.add(key)
+                present.add(key)  # (parse_set refused low-order keys)
                 for o in group:
                     if isinstance(o, uapi.SetEndpoint):
                         try:
