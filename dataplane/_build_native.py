@@ -55,6 +55,12 @@ def compile_flags() -> list:
         flags = [f for f in flags if not f.startswith(("-D_FORTIFY_SOURCE", "-O"))]
         flags += ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={sanitizers()}",
                   "-fno-sanitize-recover=all"]
+        if "thread" in sanitizers().split(","):
+            # gcc says (-Wtsan) that TSan does not model atomic_thread_fence,
+            # which the home-made reclamation of allowed IPs and the outer
+            # routes' sequence lock use (issue 20 moves the first to
+            # liburcu): races it orders are not seen through them
+            flags.append("-Wno-tsan")
     return flags
 
 

@@ -711,12 +711,17 @@ int dp_device_set_wire(struct dp_device *d, const struct dp_wire *w)
 
     if (err)
         return err;
+    struct dp_wire next = *w;
+    uint32_t words[DP_WIRE_WORDS];
+
+    if (!next.obfuscated)
+        next.accept_plain = 0;
+    memcpy(words, &next, sizeof(words));
     pthread_mutex_lock(&d->control);
-    atomic_fetch_add_explicit(&d->wire_seq, 1, memory_order_acq_rel);
-    atomic_thread_fence(memory_order_release);
-    memcpy(&d->wire, w, sizeof(*w));
-    if (!w->obfuscated)
-        d->wire.accept_plain = 0;
+    atomic_fetch_add_explicit(&d->wire_seq, 1, memory_order_relaxed);
+    /* release stores: a reader that sees a new word sees the odd seq too */
+    for (int i = 0; i < DP_WIRE_WORDS; i++)
+        __atomic_store_n(&d->wire_words[i], words[i], __ATOMIC_RELEASE);
     atomic_fetch_add_explicit(&d->wire_seq, 1, memory_order_release);
     pthread_mutex_unlock(&d->control);
     return 0;

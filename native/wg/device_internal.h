@@ -27,6 +27,9 @@ struct dp_lock {
     ((uint64_t)(DP_WG_REJECT_AFTER_TIME - DP_WG_KEEPALIVE_TIMEOUT - DP_WG_REKEY_TIMEOUT) * NSEC_PER_SEC)
 /* Reader slot used by dp_device_poll_once. */
 #define POLL_READER DP_DEVICE_MAX_WORKERS
+/* struct dp_wire as 32-bit words (struct dp_device's copy, wire_read) */
+#define DP_WIRE_WORDS ((int)(sizeof(struct dp_wire) / sizeof(uint32_t)))
+_Static_assert(sizeof(struct dp_wire) % sizeof(uint32_t) == 0, "dp_wire is whole words");
 
 /* A keypair's life: FREE in its chunk's free list; LIVE while its receiver
  * index leads to it; then RETIRED by the control plane, or ORPHANED by a
@@ -138,10 +141,12 @@ struct dp_device {
 
     _Atomic uint64_t drops[DP_DROP_COUNT];
 
-    /* The wire profile, under a sequence lock: the control plane writes
-     * it (odd seq while it does), workers copy it once per pass. */
+    /* The wire profile (struct dp_wire's bytes), under a sequence lock:
+     * the control plane writes it (odd seq while it does), workers copy it
+     * once per pass. Word by word with release stores and acquire loads
+     * rather than fences, which ThreadSanitizer does not model. */
     _Atomic uint32_t wire_seq;
-    struct dp_wire wire;
+    uint32_t wire_words[DP_WIRE_WORDS];
 
     /* the XDP backend's outer routes and where data messages went */
     struct route_slot *routes;
@@ -242,12 +247,16 @@ static inline void wire_read(const struct dp_device *d, struct dp_wire *out)
 {
     uint32_t s1, s2;
 
+    uint32_t words[DP_WIRE_WORDS];
+
     do {
         s1 = atomic_load_explicit(&d->wire_seq, memory_order_acquire);
-        memcpy(out, (const void *)&d->wire, sizeof(*out));
-        atomic_thread_fence(memory_order_acquire);
+        /* acquire loads: the second read of seq cannot move before them */
+        for (int i = 0; i < DP_WIRE_WORDS; i++)
+            words[i] = __atomic_load_n(&d->wire_words[i], __ATOMIC_ACQUIRE);
         s2 = atomic_load_explicit(&d->wire_seq, memory_order_relaxed);
     } while ((s1 & 1) || s1 != s2);
+    memcpy(out, words, sizeof(*out));
 }
 
 static inline void count_drop(struct dp_device *d, int reason, uint64_t n)

@@ -15,7 +15,7 @@
 
 static void reclaim(struct dp_xsk_port *p)
 {
-    uint32_t idx, n = xsk_ring_cons__peek(&p->comp, RING_SIZE, &idx);
+    uint32_t idx = 0, n = xsk_ring_cons__peek(&p->comp, RING_SIZE, &idx);
 
     for (uint32_t i = 0; i < n; i++)
         p->free_tx[p->n_free_tx++] = *xsk_ring_cons__comp_addr(&p->comp, idx + i) &
@@ -46,7 +46,7 @@ int dp_xsk_port_open(struct dp_xsk_port *p, const char *ifname, uint32_t queue, 
         .frame_headroom = 0,
         .flags = 0,
     };
-    uint32_t idx;
+    uint32_t idx = 0;
     int err;
 
     memset(p, 0, sizeof(*p));
@@ -153,7 +153,7 @@ bool dp_xsk_keep_polling(uint64_t *idle_since, uint64_t window_ns)
 
 uint32_t dp_xsk_rx(struct dp_xsk_port *p, struct dp_xsk_frame *out, uint32_t max)
 {
-    uint32_t idx, n;
+    uint32_t idx = 0, n;
 
     /* busy polling: the kernel receives into the ring now, in this call */
     if (p->busy_poll)
@@ -173,7 +173,7 @@ uint32_t dp_xsk_rx(struct dp_xsk_port *p, struct dp_xsk_frame *out, uint32_t max
 
 void dp_xsk_rx_release(struct dp_xsk_port *p, const struct dp_xsk_frame *f, uint32_t n)
 {
-    uint32_t idx;
+    uint32_t idx = 0;
 
     if (!n)
         return;
@@ -220,7 +220,7 @@ void dp_xsk_tx_unframe(struct dp_xsk_port *p, uint64_t addr)
 
 uint32_t dp_xsk_tx_flush(struct dp_xsk_port *p)
 {
-    uint32_t idx, n = p->n_pend, dropped = 0;
+    uint32_t idx = 0, n = p->n_pend, dropped = 0;
 
     if (!n)
         return 0;
