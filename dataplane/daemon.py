@@ -110,6 +110,20 @@ def open_udp(port: int, workers: int = 1) -> tuple[list, list]:
         raise UpError(f"cannot listen on UDP port {port}: {e.strerror or e}") from None
 
 
+def _set_steps(ops: list) -> list[tuple]:
+    """A parsed UAPI set as (line, None) for a device line and
+    (SelectPeer, the peer's lines up to the next one) for each peer."""
+    steps: list[tuple] = []
+    for op in ops:
+        if isinstance(op, uapi.SelectPeer):
+            steps.append((op, []))
+        elif steps and steps[-1][1] is not None:
+            steps[-1][1].append(op)
+        else:
+            steps.append((op, None))
+    return steps
+
+
 def _dup(sockets: list) -> list[int]:
     return [os.dup(s.fileno()) if s is not None else -1 for s in sockets]
 
@@ -809,10 +823,10 @@ class Daemon:
                 # what the API last put no longer says what these peers hold
                 self.api.changed_elsewhere()
             routes_changed = False
-            i = 0
-            while i < len(ops):
-                op = ops[i]
-                if isinstance(op, uapi.SetPrivateKey):
+            for op, lines in _set_steps(ops):
+                if lines is not None:
+                    routes_changed |= self._apply_peer(op.public_key, lines, endpoints)
+                elif isinstance(op, uapi.SetPrivateKey):
                     iface.set_private_key(op.private_key)
                 elif op is last_port:
                     if udp is not None:
@@ -824,14 +838,6 @@ class Daemon:
                     for key in list(iface.peers):
                         iface.remove_peer(key)
                     routes_changed = True
-                elif isinstance(op, uapi.SelectPeer):
-                    j = i + 1
-                    while j < len(ops) and not isinstance(ops[j], uapi.SelectPeer):
-                        j += 1
-                    routes_changed |= self._apply_peer(op.public_key, ops[i + 1:j], endpoints)
-                    i = j
-                    continue
-                i += 1
         finally:
             for s in (udp[0] + udp[1]) if udp else ():
                 if s is not None:
@@ -848,44 +854,37 @@ class Daemon:
         present = set(iface.peers)
         own = iface.private_key.public_key() if iface.private_key is not None else None
         endpoints: dict[int, object] = {}
-        i = 0
-        while i < len(ops):
-            op = ops[i]
-            if isinstance(op, uapi.SetPrivateKey):
-                key = op.private_key
-                if key is not None and not key.is_zero():
-                    own = key.public_key()
-                    present.discard(own)
-            elif isinstance(op, uapi.ReplacePeers):
-                present = set()
-            elif isinstance(op, uapi.SelectPeer):
-                j = i + 1
-                while j < len(ops) and not isinstance(ops[j], uapi.SelectPeer):
-                    j += 1
-                group, key = ops[i + 1:j], op.public_key
-                i = j
-                if any(isinstance(o, uapi.RemovePeer) for o in group):
+        for op, lines in _set_steps(ops):
+            if lines is not None:
+                key = op.public_key
+                if any(isinstance(o, uapi.RemovePeer) for o in lines):
                     present.discard(key)
                     continue
-                if (any(isinstance(o, uapi.UpdateOnly) for o in group) and key not in present) \
+                if (any(isinstance(o, uapi.UpdateOnly) for o in lines) and key not in present) \
                         or key == own:
                     continue
                 present.add(key)  # (parse_set refused low-order keys)
-                for o in group:
+                for o in lines:
                     if isinstance(o, uapi.SetEndpoint):
                         try:
                             endpoints[id(o)] = resolve(o.endpoint)
                         except (OSError, ValueError):
                             raise uapi.UapiError(uapi.EINVAL, "endpoint: does not resolve") \
                                 from None
-                continue
-            i += 1
+            elif isinstance(op, uapi.SetPrivateKey):
+                key = op.private_key
+                if key is not None and not key.is_zero():
+                    own = key.public_key()
+                    present.discard(own)
+            elif isinstance(op, uapi.ReplacePeers):
+                present = set()
         if len(present) > iface.device.max_peers:
             raise uapi.UapiError(errno_mod.ENOSPC, f"{len(present)} peers would not fit: "
                                                    f"MaxPeers is {iface.device.max_peers}")
         return endpoints
 
-    def _apply_peer(self, key, ops: list, endpoints: Optional[dict] = None) -> bool:
+    def _apply_peer(self, key, ops: list, endpoints: dict) -> bool:
+        """One peer's lines of a set; `endpoints`: _check_set_peers's."""
         iface = self.iface
         if any(isinstance(op, uapi.RemovePeer) for op in ops):
             iface.remove_peer(key)
@@ -900,8 +899,7 @@ class Daemon:
             if isinstance(op, uapi.SetPresharedKey):
                 peer.preshared_key = op.preshared_key
             elif isinstance(op, uapi.SetEndpoint):
-                ep = (endpoints or {}).get(id(op))
-                iface.set_endpoint(peer, ep if ep is not None else resolve(op.endpoint))
+                iface.set_endpoint(peer, endpoints[id(op)])
             elif isinstance(op, uapi.SetPersistentKeepalive):
                 was = peer.persistent_keepalive
                 iface.set_persistent_keepalive(peer, op.interval)
