@@ -191,6 +191,10 @@ class Interface:
         self.prefix_owner: dict[tuple[int, bytes, int], Peer] = {}
         # ids of peers with a persistent keepalive (the tick looks at them)
         self.keepalive_ids: set[int] = set()
+        # per peer id: when its one-way spell of data in / data out began
+        # (0: none), kept by tick (_spells)
+        self._rx_spell: Optional[np.ndarray] = None
+        self._tx_spell: Optional[np.ndarray] = None
         self.counters = {"handshake_bad_mac1": 0, "handshake_bad_mac2": 0,
                          "handshake_ratelimited": 0, "handshake_invalid": 0,
                          "handshake_replayed": 0, "handshake_unknown_index": 0,
@@ -310,6 +314,8 @@ class Interface:
         self.peers_version += 1
         del self.by_id[peer.id]
         self.keepalive_ids.discard(peer.id)
+        if self._rx_spell is not None and peer.id < len(self._rx_spell):
+            self._rx_spell[peer.id] = self._tx_spell[peer.id] = 0
         self._cancel_pending(peer)
         self._forget_prefixes(peer)
         return peer
@@ -644,13 +650,24 @@ class Interface:
         """Ids of peers for which _peer_timers may act: a superset, from the
         counters (data without keepalive, data without reply, keys to
         zero) and from Python's own state (handshakes in progress,
-        persistent keepalive)."""
+        persistent keepalive).
+
+        The two data timers run from the first packet of a one-way spell,
+        as WireGuard arms them (whitepaper 6.5: a timer is not re-armed by
+        the packets after the first), not from the last: a peer that
+        streams to us with nothing to answer gets a keepalive every
+        KEEPALIVE_TIMEOUT, else it starts a handshake every 15 s; and a
+        stream of ours that goes unanswered starts one after 15 s, not
+        only once the stream stops. The counters hold only the last
+        packet's time, so the start of each spell is kept here, as the
+        tick first sees it (the last packet's time then: at most one tick
+        late)."""
         n = np.uint64(now)
+        self._spells(t)
+        rx_since, tx_since = self._rx_spell, self._tx_spell
         with np.errstate(over="ignore"):  # a timestamp ahead of now wraps: still a candidate
-            due = ((t["last_rx_data_ns"] > t["last_tx_ns"])
-                   & (n - t["last_rx_data_ns"] >= np.uint64(KEEPALIVE_NS)))
-            due |= ((t["last_tx_data_ns"] > t["last_rx_ns"])
-                    & (n - t["last_tx_data_ns"] >= np.uint64(KEEPALIVE_NS + REKEY_TIMEOUT_NS)))
+            due = (rx_since != 0) & (n - rx_since >= np.uint64(KEEPALIVE_NS))
+            due |= (tx_since != 0) & (n - tx_since >= np.uint64(KEEPALIVE_NS + REKEY_TIMEOUT_NS))
             # keypairs are created at handshakes, so current_created_ns is
             # never later than the last handshake
             due |= ((t["keypairs"] > 0)
@@ -659,6 +676,20 @@ class Interface:
         ids.update(p.id for p in self.pending_by_index.values())
         ids.update(self.keepalive_ids)
         return sorted(ids)
+
+    def _spells(self, t) -> None:
+        """Brings the one-way spells up to date from a stats table: for
+        each peer, when data in began to go unanswered by anything sent
+        (_rx_spell) and when data out began to go unheard of (_tx_spell),
+        0 for none. A spell that began before the last packet the other
+        way is over; one still open when seen again keeps its start."""
+        if self._rx_spell is None or len(self._rx_spell) != len(t):
+            self._rx_spell = np.zeros(len(t), dtype=np.uint64)
+            self._tx_spell = np.zeros(len(t), dtype=np.uint64)
+        for spell, data, other in ((self._rx_spell, t["last_rx_data_ns"], t["last_tx_ns"]),
+                                   (self._tx_spell, t["last_tx_data_ns"], t["last_rx_ns"])):
+            open_ = data > other
+            spell[...] = np.where(open_ & (spell > other), spell, np.where(open_, data, 0))
 
     def _peer_timers(self, peer: Peer, st: PeerStats, now: int) -> None:
         if peer.pending is not None and now >= peer.next_retry_ns:
@@ -671,12 +702,13 @@ class Interface:
                 self.initiate(peer, retry=True)
         # Sent data but heard nothing back for KEEPALIVE + REKEY_TIMEOUT:
         # the session may be dead; start a handshake.
-        if peer.pending is None and st.last_tx_data_ns > st.last_rx_ns and \
-                now - st.last_tx_data_ns >= KEEPALIVE_NS + REKEY_TIMEOUT_NS and \
+        tx_spell, rx_spell = int(self._tx_spell[peer.id]), int(self._rx_spell[peer.id])
+        if peer.pending is None and tx_spell and \
+                now - tx_spell >= KEEPALIVE_NS + REKEY_TIMEOUT_NS and \
                 now - peer.last_initiation_ns >= REKEY_TIMEOUT_NS:
             self.initiate(peer)
         # Received data and sent nothing back for KEEPALIVE: passive keepalive.
-        if st.last_rx_data_ns > st.last_tx_ns and now - st.last_rx_data_ns >= KEEPALIVE_NS:
+        if rx_spell and now - rx_spell >= KEEPALIVE_NS:
             self.device.keepalive(peer.id)
         elif peer.persistent_keepalive and st.current_created_ns and \
                 now - max(st.last_tx_ns, peer.last_keepalive_sent_ns) >= \

@@ -76,6 +76,77 @@ def test_passive_keepalive_after_keepalive_timeout(topo, tmp_path):
     sink.close()
 
 
+def _send_one_way(w, ns, dst, port=9):
+    w.topo.run(ns, ["python3", "-c",
+                    "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                    f"s.sendto(b'x'*40, ('{dst}', {port}))"])
+
+
+def test_passive_keepalive_during_a_one_way_stream(topo, tmp_path):
+    # Data keeps coming and nothing goes back: WireGuard's keepalive timer
+    # runs from the first unanswered packet, so one goes out 10 s on even
+    # though the last packet is never 10 s old. (Timed from the last packet,
+    # none went out during a one-way stream, and the sender, hearing
+    # nothing for 15 s, started a handshake every 15 s: three times the
+    # rekeys in the soak's one-way iperf3 chunks.)
+    w = TunnelWorld(topo, tmp_path, test_clock=True)
+    assert w.ping(w.client_ns, "10.202.0.1", count=1).returncode == 0
+    time.sleep(0.5)
+    sink = _udp_one_way(w)
+    t0, advanced = time.monotonic(), 0  # the spell began: the clock runs on from here
+    before = _peer(w.status(), w)["tx_packets"]
+    seen = []  # (seconds into the spell, the exit's tx_packets) after each step
+    for _ in range(6):
+        tx = _peer(w.advance_clock(3), w)["tx_packets"]
+        advanced += 3
+        seen.append((round(advanced + time.monotonic() - t0, 2), tx - before))
+        if tx != before:
+            break
+        _send_one_way(w, w.client_ns, "10.202.0.1")  # the stream goes on
+        assert sink.recv(100) == b"x" * 40
+    # nothing before 10 s, then one keepalive within a step of it; the last
+    # datagram was never more than a step old
+    assert [n for t, n in seen if t < 9.7] == [0] * len([t for t, n in seen if t < 9.7]), seen
+    assert seen[-1][1] == 1 and 10 <= seen[-1][0] <= 15, seen
+    sink.close()
+
+
+def test_an_unanswered_stream_starts_a_handshake_after_15_seconds(topo, tmp_path):
+    # What the exit sends goes unanswered (the client moved away): 15 s
+    # after the first unanswered packet it starts a handshake, though it
+    # keeps sending (timed from the last packet sent, it waited until the
+    # stream stopped).
+    w = TunnelWorld(topo, tmp_path, exit_knows_client_endpoint=True, test_clock=True)
+    assert w.ping(w.exit_ns, "10.202.0.2", count=1).returncode == 0
+    w.wg.wg("set", w.wg.ifname, "listen-port", "51999")
+    listener = topo.socket(w.client_ns)
+    listener.bind(("10.201.0.1", 51900))
+    listener.settimeout(0.3)
+
+    def received():
+        kinds = []
+        while True:
+            try:
+                msg = listener.recv(4096)
+            except OSError:
+                return kinds
+            kinds.append("initiation" if msg[0] == 1 and len(msg) == 148 else "transport")
+
+    t0, advanced, seen = None, 0, []
+    for _ in range(8):
+        _send_one_way(w, w.exit_ns, "10.202.0.2")
+        t0 = time.monotonic() if t0 is None else t0
+        kinds = received()
+        seen.append((round(advanced + time.monotonic() - t0, 2), kinds))
+        if "initiation" in kinds:
+            break
+        w.advance_clock(4)
+        advanced += 4
+    assert all(k == ["transport"] for _, k in seen[:-1]), seen
+    assert "initiation" in seen[-1][1] and 15 <= seen[-1][0] <= 22, seen
+    assert w.status()["handshake"]["handshakes_completed"] == 1
+
+
 def test_persistent_keepalive_is_sent_when_idle(topo, tmp_path):
     w = TunnelWorld(topo, tmp_path, exit_knows_client_endpoint=True, test_clock=True)
     w.exit_wg("set", w.name, "peer", str(w.client_key.public_key()), "persistent-keepalive", "25")
